@@ -1,0 +1,58 @@
+//! A minimal HTTP/1.0 GET over plain TCP: enough to probe `/health` endpoints
+//! from the test process without pulling in an HTTP client stack.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The status code and body of `GET http://{addr}{path}`.
+pub async fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write to {addr}: {e}"))?;
+        let mut raw = Vec::new();
+        stream
+            .read_to_end(&mut raw)
+            .await
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        parse_response(&String::from_utf8_lossy(&raw))
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .map_err(|_| format!("GET {addr}{path}: no answer within 5s"))?
+}
+
+fn parse_response(raw: &str) -> Result<(u16, String), String> {
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("malformed HTTP response: {raw:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status code in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_response;
+
+    #[test]
+    fn parses_status_and_body() {
+        let r = parse_response("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+        assert_eq!(r, (200, "ok".to_string()));
+    }
+
+    #[test]
+    fn rejects_a_response_without_headers_end() {
+        assert!(parse_response("HTTP/1.1 200 OK").is_err());
+    }
+}

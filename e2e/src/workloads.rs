@@ -1,0 +1,82 @@
+//! Waits on workloads, phrased as a user would check them.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::{Api, Client};
+
+use crate::{wait_for, Poll};
+
+/// Waits until every desired replica of the Deployment is available.
+pub async fn deployment_available(client: &Client, ns: &str, name: &str, timeout: Duration) {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("deployment {ns}/{name} available"), timeout, || async {
+        match api.get_opt(name).await {
+            Ok(Some(d)) => {
+                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                let status = d.status.unwrap_or_default();
+                let available = status.available_replicas.unwrap_or(0);
+                if available >= want && status.observed_generation == d.metadata.generation {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(format!(
+                        "{available}/{want} available, conditions {:?}",
+                        status
+                            .conditions
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|c| format!("{}={} ({})", c.type_, c.status, c.message.clone().unwrap_or_default()))
+                            .collect::<Vec<_>>()
+                    ))
+                }
+            }
+            Ok(None) => Poll::Pending("not found".into()),
+            Err(e) => Poll::Pending(format!("get failed: {e}")),
+        }
+    })
+    .await
+}
+
+/// The ClusterIP of a Service, once allocated.
+pub async fn cluster_ip(client: &Client, ns: &str, name: &str) -> String {
+    let api: Api<Service> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("service {ns}/{name} ClusterIP"), Duration::from_secs(30), || async {
+        match api.get_opt(name).await {
+            Ok(Some(s)) => match s.spec.and_then(|s| s.cluster_ip) {
+                Some(ip) if ip != "None" && !ip.is_empty() => Poll::Ready(ip),
+                other => Poll::Pending(format!("clusterIP {other:?}")),
+            },
+            Ok(None) => Poll::Pending("not found".into()),
+            Err(e) => Poll::Pending(format!("get failed: {e}")),
+        }
+    })
+    .await
+}
+
+/// Waits for a pod to finish and returns its phase (`Succeeded` or `Failed`).
+pub async fn pod_finished(client: &Client, ns: &str, name: &str, timeout: Duration) -> String {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("pod {ns}/{name} finished"), timeout, || async {
+        match api.get_opt(name).await {
+            Ok(Some(p)) => {
+                let status = p.status.unwrap_or_default();
+                match status.phase.as_deref() {
+                    Some(phase @ ("Succeeded" | "Failed")) => Poll::Ready(phase.to_string()),
+                    phase => Poll::Pending(format!(
+                        "phase {phase:?}, containers {:?}",
+                        status
+                            .container_statuses
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|c| format!("{}: {:?}", c.name, c.state))
+                            .collect::<Vec<_>>()
+                    )),
+                }
+            }
+            Ok(None) => Poll::Pending("not found".into()),
+            Err(e) => Poll::Pending(format!("get failed: {e}")),
+        }
+    })
+    .await
+}

@@ -1,0 +1,1 @@
+//! Pure builders from a `TenantCluster` to the objects that run it. No API client here.
