@@ -11,46 +11,59 @@ use crate::{wait_for, Poll};
 /// Waits until every desired replica of the Deployment is available.
 pub async fn deployment_available(client: &Client, ns: &str, name: &str, timeout: Duration) {
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    wait_for(&format!("deployment {ns}/{name} available"), timeout, || async {
-        match api.get_opt(name).await {
-            Ok(Some(d)) => {
-                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                let status = d.status.unwrap_or_default();
-                let available = status.available_replicas.unwrap_or(0);
-                if available >= want && status.observed_generation == d.metadata.generation {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending(format!(
-                        "{available}/{want} available, conditions {:?}",
-                        status
-                            .conditions
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|c| format!("{}={} ({})", c.type_, c.status, c.message.clone().unwrap_or_default()))
-                            .collect::<Vec<_>>()
-                    ))
+    wait_for(
+        &format!("deployment {ns}/{name} available"),
+        timeout,
+        || async {
+            match api.get_opt(name).await {
+                Ok(Some(d)) => {
+                    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                    let status = d.status.unwrap_or_default();
+                    let available = status.available_replicas.unwrap_or(0);
+                    if available >= want && status.observed_generation == d.metadata.generation {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending(format!(
+                            "{available}/{want} available, conditions {:?}",
+                            status
+                                .conditions
+                                .unwrap_or_default()
+                                .iter()
+                                .map(|c| format!(
+                                    "{}={} ({})",
+                                    c.type_,
+                                    c.status,
+                                    c.message.clone().unwrap_or_default()
+                                ))
+                                .collect::<Vec<_>>()
+                        ))
+                    }
                 }
+                Ok(None) => Poll::Pending("not found".into()),
+                Err(e) => Poll::Pending(format!("get failed: {e}")),
             }
-            Ok(None) => Poll::Pending("not found".into()),
-            Err(e) => Poll::Pending(format!("get failed: {e}")),
-        }
-    })
+        },
+    )
     .await
 }
 
 /// The ClusterIP of a Service, once allocated.
 pub async fn cluster_ip(client: &Client, ns: &str, name: &str) -> String {
     let api: Api<Service> = Api::namespaced(client.clone(), ns);
-    wait_for(&format!("service {ns}/{name} ClusterIP"), Duration::from_secs(30), || async {
-        match api.get_opt(name).await {
-            Ok(Some(s)) => match s.spec.and_then(|s| s.cluster_ip) {
-                Some(ip) if ip != "None" && !ip.is_empty() => Poll::Ready(ip),
-                other => Poll::Pending(format!("clusterIP {other:?}")),
-            },
-            Ok(None) => Poll::Pending("not found".into()),
-            Err(e) => Poll::Pending(format!("get failed: {e}")),
-        }
-    })
+    wait_for(
+        &format!("service {ns}/{name} ClusterIP"),
+        Duration::from_secs(30),
+        || async {
+            match api.get_opt(name).await {
+                Ok(Some(s)) => match s.spec.and_then(|s| s.cluster_ip) {
+                    Some(ip) if ip != "None" && !ip.is_empty() => Poll::Ready(ip),
+                    other => Poll::Pending(format!("clusterIP {other:?}")),
+                },
+                Ok(None) => Poll::Pending("not found".into()),
+                Err(e) => Poll::Pending(format!("get failed: {e}")),
+            }
+        },
+    )
     .await
 }
 

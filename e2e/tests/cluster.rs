@@ -22,9 +22,12 @@ async fn node_is_ready() {
                     .items
                     .iter()
                     .filter(|n| {
-                        n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                        })
+                        n.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|cs| {
+                                cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            })
                     })
                     .filter_map(|n| n.metadata.name.clone())
                     .collect();
@@ -92,13 +95,17 @@ async fn local_etcd_image_answers_health_through_cluster_ip() {
         let ip = workloads::cluster_ip(&client, &ns, "etcd").await;
 
         let addr = format!("{ip}:2379");
-        let body = wait_for("etcd /health through the ClusterIP", Duration::from_secs(30), || async {
-            match http::get(&addr, "/health").await {
-                Ok((200, body)) => Poll::Ready(body),
-                Ok((code, body)) => Poll::Pending(format!("HTTP {code}: {body}")),
-                Err(e) => Poll::Pending(e),
-            }
-        })
+        let body = wait_for(
+            "etcd /health through the ClusterIP",
+            Duration::from_secs(30),
+            || async {
+                match http::get(&addr, "/health").await {
+                    Ok((200, body)) => Poll::Ready(body),
+                    Ok((code, body)) => Poll::Pending(format!("HTTP {code}: {body}")),
+                    Err(e) => Poll::Pending(e),
+                }
+            },
+        )
         .await;
         let health: serde_json::Value = serde_json::from_str(&body).expect("/health returns JSON");
         assert_eq!(health["health"], "true", "etcd reports unhealthy: {body}");
@@ -128,10 +135,17 @@ async fn pod_reaches_another_pod_through_cluster_ip() {
             "spec": {
                 "restartPolicy": "Never",
                 "containers": [{
-                    "name": "wget",
+                    "name": "client",
                     "image": image("busybox:1.35"),
                     "imagePullPolicy": "IfNotPresent",
-                    "command": ["sh", "-c", format!("for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -T 3 -O- http://{ip}:8080/ && exit 0; sleep 1; done; exit 1")]
+                    // busybox's static wget crashes in glibc's NSS lookups; nc does not.
+                    // The body is the last line of the HTTP/1.0 response.
+                    "command": ["sh", "-c", format!(
+                        r#"for i in $(seq 10); do
+                             out=$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 {ip} 8080)
+                             [ -n "$out" ] && {{ printf '%s\n' "$out" | tail -n 1; exit 0; }}
+                             sleep 1
+                           done; exit 1"#)]
                 }]
             }
         }))

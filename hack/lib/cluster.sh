@@ -163,7 +163,7 @@ kill_pod_processes() {
   # kubelet (cgroupfs driver) puts every container of every pod under kubepods/.
   local i pids
   for i in $(seq 1 20); do
-    pids=$(find /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/memory/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)
+    pids=$(find /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/memory/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u || true)
     [ -z "$pids" ] && break
     kill -KILL $pids 2>/dev/null || true
     sleep 0.3
@@ -259,6 +259,8 @@ cluster_healthy() {
 }
 
 teardown() {
+  # Best effort: every step runs even when an earlier one found nothing to do.
+  set +e
   local d i
   stop_daemon kubelet
   kill_pod_processes
@@ -272,6 +274,7 @@ teardown() {
   unmount_cluster_mounts
   teardown_network
   rm -rf "$RUN_DIR" "$KOK_STATE_DIR/cni/ipam" "$PID_DIR"
+  set -e
 }
 
 start_control_plane() {
@@ -325,6 +328,14 @@ node_ready() {
   [ "$(kubectl_ get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
 
+# Ready as reported by this kubelet run, not a status left in etcd by an earlier one.
+node_ready_since() { # node_ready_since RFC3339_UTC
+  node_ready || return 1
+  local beat
+  beat=$(kubectl_ get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}')
+  [[ "$beat" > "$1" || "$beat" == "$1" ]]
+}
+
 cmd_up() {
   require_root
   local t0=$SECONDS
@@ -353,8 +364,10 @@ cmd_up() {
   must_become 30 containerd "socket" ctr_ version
   import_images
   start_control_plane
+  local started_at; started_at=$(date -u +%FT%TZ)
   start_node
-  must_become 120 kubelet "Ready node" node_ready
+  must_become 60 kubelet "healthz" curl_ok http://127.0.0.1:10248/healthz
+  must_become 120 kubelet "Ready node" node_ready_since "$started_at"
   # kube-proxy is ready once its healthz answers (it has synced the Services).
   must_become 30 kube-proxy "healthz" curl_ok http://127.0.0.1:10256/healthz
   trap - EXIT
