@@ -1,3 +1,10 @@
-//! Pure builders from a `TenantCluster` to the objects that run it. No API client here.
+//! Pure builders from a `TenantCluster` to the objects that run it. No API client here:
+//! everything is a function of its inputs, tested without a cluster.
 
+pub mod controlplane;
+pub mod flags;
+pub mod names;
 pub mod pki;
+pub mod secrets;
+pub mod validate;
+pub mod version;

@@ -1,0 +1,9 @@
+//! Writes the CRD YAML of every kok resource to stdout (committed as `crds/crds.yaml`).
+use kube::CustomResourceExt;
+
+fn main() {
+    let crds = [kok_crds::TenantCluster::crd()];
+    for crd in crds {
+        print!("---\n{}", serde_yaml::to_string(&crd).expect("CRDs serialize to YAML"));
+    }
+}

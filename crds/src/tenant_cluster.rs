@@ -1,0 +1,250 @@
+//! `TenantCluster`: one tenant Kubernetes control plane run as pods in the
+//! management cluster.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A tenant cluster's control plane: etcd, kube-apiserver,
+/// kube-controller-manager and kube-scheduler, with its own PKI.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kok.dev",
+    version = "v1alpha1",
+    kind = "TenantCluster",
+    namespaced,
+    shortname = "tc",
+    status = "TenantClusterStatus",
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.version"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantClusterSpec {
+    /// Kubernetes version of the tenant control plane, e.g. `v1.20.2` or `1.31.4`.
+    pub version: String,
+    #[serde(default)]
+    pub etcd: EtcdSpec,
+    #[serde(default)]
+    pub control_plane: ControlPlaneSpec,
+    #[serde(default)]
+    pub networking: NetworkingSpec,
+    /// Registry prefix for the control-plane images (default `registry.k8s.io`).
+    /// Images are `<imageRepository>/<component>:<tag>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_repository: Option<String>,
+    /// When true, kok leaves every child object alone until it is unpaused.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// The tenant's etcd cluster.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdSpec {
+    /// Number of members: 1, 3 or 5 (an even count adds no fault tolerance).
+    #[serde(default = "default_one")]
+    pub replicas: i32,
+    #[serde(default)]
+    pub storage: EtcdStorage,
+    /// etcd version (image tag); by default the one paired with the Kubernetes version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Full image reference; overrides `version` and `imageRepository` for etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for EtcdSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            storage: EtcdStorage::default(),
+            version: None,
+            image: None,
+            resources: None,
+        }
+    }
+}
+
+/// Where etcd keeps its data.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdStorage {
+    /// Keep data in an emptyDir: lost when a pod is replaced. For development only.
+    #[serde(default)]
+    pub ephemeral: bool,
+    /// Size of each member's PersistentVolumeClaim (default `10Gi`).
+    #[serde(default = "default_storage_size")]
+    pub size: String,
+    /// StorageClass of the claims; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for EtcdStorage {
+    fn default() -> Self {
+        Self {
+            ephemeral: false,
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// The control-plane components and how the apiserver is exposed.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneSpec {
+    #[serde(default)]
+    pub apiserver: ApiServerSpec,
+    #[serde(default)]
+    pub controller_manager: ComponentSpec,
+    #[serde(default)]
+    pub scheduler: ComponentSpec,
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// Extra subject alternative names (DNS names or IPs) for the apiserver certificate.
+    #[serde(default, rename = "certSANs", skip_serializing_if = "Vec::is_empty")]
+    pub cert_sans: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiServerSpec {
+    #[serde(default = "default_one")]
+    pub replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra flags, `name: value` without the leading dashes. Flags kok manages
+    /// (certificates, etcd endpoints, service range) cannot be overridden.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_args: BTreeMap<String, String>,
+}
+
+impl Default for ApiServerSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            resources: None,
+            extra_args: BTreeMap::new(),
+        }
+    }
+}
+
+/// Settings shared by the controller-manager and the scheduler.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra flags, `name: value` without the leading dashes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_args: BTreeMap<String, String>,
+}
+
+/// How the tenant apiserver is exposed in the management cluster.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// The tenant cluster's own networks.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkingSpec {
+    #[serde(default = "default_service_cidr", rename = "serviceCIDR")]
+    pub service_cidr: String,
+    #[serde(default = "default_pod_cidr", rename = "podCIDR")]
+    pub pod_cidr: String,
+    #[serde(default = "default_cluster_domain")]
+    pub cluster_domain: String,
+}
+
+impl Default for NetworkingSpec {
+    fn default() -> Self {
+        Self {
+            service_cidr: default_service_cidr(),
+            pod_cidr: default_pod_cidr(),
+            cluster_domain: default_cluster_domain(),
+        }
+    }
+}
+
+/// Observed state, following kstatus: `observedGeneration` and the
+/// `Ready`, `Reconciling` and `Stalled` conditions, plus one per component.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantClusterStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The Kubernetes version the control plane runs now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The etcd member count the cluster was created with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_replicas: Option<i32>,
+    /// `https://host:port` of the tenant apiserver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Secret (same namespace) holding the admin kubeconfig under the key `value`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret_name: Option<String>,
+}
+
+/// Condition types kok sets on a TenantCluster.
+pub mod condition {
+    pub const READY: &str = "Ready";
+    pub const RECONCILING: &str = "Reconciling";
+    pub const STALLED: &str = "Stalled";
+    pub const ETCD: &str = "EtcdReady";
+    pub const APISERVER: &str = "APIServerReady";
+    pub const CONTROLLER_MANAGER: &str = "ControllerManagerReady";
+    pub const SCHEDULER: &str = "SchedulerReady";
+    pub const CERTIFICATES: &str = "CertificatesReady";
+}
+
+fn default_one() -> i32 {
+    1
+}
+fn default_storage_size() -> String {
+    "10Gi".into()
+}
+fn default_service_cidr() -> String {
+    "10.96.0.0/12".into()
+}
+fn default_pod_cidr() -> String {
+    "10.244.0.0/16".into()
+}
+fn default_cluster_domain() -> String {
+    "cluster.local".into()
+}

@@ -1,0 +1,642 @@
+//! Builders for the tenant control plane's workloads and Services.
+//!
+//! The management cluster may have no cluster DNS, so nothing here resolves a
+//! Service name through DNS: every name a component dials (etcd members, the
+//! apiserver) is pinned to its Service's ClusterIP with `hostAliases`, which the
+//! kubelet writes into `/etc/hosts`. Certificates carry the names, so they stay
+//! valid when a Service is recreated with a new ClusterIP.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, HostAlias, HTTPGetAction, KeyToPath, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SecretProjection, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeProjection, VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kok_crds::{ServiceType, TenantClusterSpec};
+
+use crate::flags::{self, FlagInputs, APISERVER_PORT, CONTROLLER_MANAGER_PORT, KUBECONFIG_PATH, PKI_DIR, SCHEDULER_PORT};
+use crate::names::{self, component_labels, Names, CONFIG_HASH_ANNOTATION};
+use crate::validate::ValidSpec;
+
+pub const ETCD_CLIENT_PORT: i32 = 2379;
+pub const ETCD_PEER_PORT: i32 = 2380;
+pub const ETCD_METRICS_PORT: i32 = 2381;
+pub const DEFAULT_IMAGE_REPOSITORY: &str = "registry.k8s.io";
+const ETCD_DATA_DIR: &str = "/var/lib/etcd";
+
+/// Where the children go and who owns them.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub names: Names,
+    pub namespace: String,
+    pub owner: OwnerReference,
+}
+
+impl Placement {
+    fn meta(&self, name: String, component: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(component_labels(&self.names.tenant, component)),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..Default::default()
+        }
+    }
+}
+
+/// Everything the workloads depend on beyond the spec: addresses only known
+/// once the Services exist, and hashes of the mounted configuration.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// ClusterIP of each etcd member's Service, by ordinal.
+    pub etcd_member_ips: Vec<String>,
+    /// ClusterIP of the apiserver Service.
+    pub apiserver_ip: String,
+    /// Identifies this etcd cluster (the TenantCluster UID), so members of two
+    /// clusters can never join each other.
+    pub etcd_cluster_token: String,
+    pub hashes: ConfigHashes,
+}
+
+/// Hash of what each component mounts; a change rolls its pods.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigHashes {
+    pub etcd: String,
+    pub apiserver: String,
+    pub controller_manager: String,
+    pub scheduler: String,
+}
+
+/// Which leaf certificate files each component mounts from the certs Secret.
+pub mod mounts {
+    pub const ETCD: &[&str] = &["etcd-server.crt", "etcd-server.key", "etcd-peer.crt", "etcd-peer.key"];
+    pub const APISERVER: &[&str] = &[
+        "apiserver.crt",
+        "apiserver.key",
+        "apiserver-kubelet-client.crt",
+        "apiserver-kubelet-client.key",
+        "apiserver-etcd-client.crt",
+        "apiserver-etcd-client.key",
+        "front-proxy-client.crt",
+        "front-proxy-client.key",
+    ];
+}
+
+pub fn image_repository(spec: &TenantClusterSpec) -> &str {
+    spec.image_repository.as_deref().unwrap_or(DEFAULT_IMAGE_REPOSITORY)
+}
+
+pub fn component_image(spec: &TenantClusterSpec, valid: &ValidSpec, component: &str) -> String {
+    format!("{}/{component}:{}", image_repository(spec), valid.version)
+}
+
+pub fn etcd_image(spec: &TenantClusterSpec, valid: &ValidSpec) -> String {
+    if let Some(image) = &spec.etcd.image {
+        return image.clone();
+    }
+    let tag = spec
+        .etcd
+        .version
+        .clone()
+        .unwrap_or_else(|| valid.version.default_etcd_tag().to_string());
+    format!("{}/etcd:{tag}", image_repository(spec))
+}
+
+// ---- Services ---------------------------------------------------------------
+
+fn service(meta: ObjectMeta, selector: BTreeMap<String, String>, ports: Vec<ServicePort>, type_: &str, publish_not_ready: bool) -> Service {
+    Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            type_: Some(type_.to_string()),
+            selector: Some(selector),
+            ports: Some(ports),
+            publish_not_ready_addresses: publish_not_ready.then_some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_string()),
+        port,
+        target_port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+/// One Service per etcd member: its stable address for peers and clients.
+/// Not-ready addresses are published because members must reach each other
+/// before any of them is ready (quorum needs the peers).
+pub fn etcd_member_service(p: &Placement, ordinal: i32) -> Service {
+    let name = p.names.etcd_member(ordinal);
+    let mut selector = component_labels(&p.names.tenant, names::ETCD);
+    selector.insert("statefulset.kubernetes.io/pod-name".into(), name.clone());
+    service(
+        p.meta(name, names::ETCD),
+        selector,
+        vec![port("client", ETCD_CLIENT_PORT), port("peer", ETCD_PEER_PORT)],
+        "ClusterIP",
+        true,
+    )
+}
+
+pub fn apiserver_service(p: &Placement, type_: ServiceType) -> Service {
+    service(
+        p.meta(p.names.apiserver(), names::APISERVER),
+        component_labels(&p.names.tenant, names::APISERVER),
+        vec![port("https", APISERVER_PORT)],
+        type_.as_str(),
+        false,
+    )
+}
+
+// ---- etcd -------------------------------------------------------------------
+
+fn etcd_host_aliases(p: &Placement, r: &Resolved) -> Vec<HostAlias> {
+    r.etcd_member_ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| HostAlias {
+            ip: ip.clone(),
+            hostnames: Some(vec![p.names.etcd_member(i as i32)]),
+        })
+        .collect()
+}
+
+fn apiserver_host_alias(p: &Placement, r: &Resolved) -> HostAlias {
+    HostAlias {
+        ip: r.apiserver_ip.clone(),
+        hostnames: Some(vec![p.names.apiserver()]),
+    }
+}
+
+/// The `--initial-cluster` value: every member by its pinned hostname.
+pub fn etcd_initial_cluster(names: &Names, replicas: i32) -> String {
+    (0..replicas)
+        .map(|i| format!("{0}=https://{0}:{ETCD_PEER_PORT}", names.etcd_member(i)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn etcd_client_urls(names: &Names, replicas: i32) -> Vec<String> {
+    (0..replicas)
+        .map(|i| format!("https://{}:{ETCD_CLIENT_PORT}", names.etcd_member(i)))
+        .collect()
+}
+
+fn etcd_args(p: &Placement, valid: &ValidSpec, r: &Resolved) -> Vec<String> {
+    let pki = |f: &str| format!("{PKI_DIR}/{f}");
+    vec![
+        "--name=$(POD_NAME)".into(),
+        format!("--data-dir={ETCD_DATA_DIR}/data"),
+        format!("--listen-client-urls=https://0.0.0.0:{ETCD_CLIENT_PORT}"),
+        format!("--advertise-client-urls=https://$(POD_NAME):{ETCD_CLIENT_PORT}"),
+        format!("--listen-peer-urls=https://0.0.0.0:{ETCD_PEER_PORT}"),
+        format!("--initial-advertise-peer-urls=https://$(POD_NAME):{ETCD_PEER_PORT}"),
+        format!("--listen-metrics-urls=http://0.0.0.0:{ETCD_METRICS_PORT}"),
+        format!("--initial-cluster={}", etcd_initial_cluster(&p.names, valid.etcd_replicas)),
+        "--initial-cluster-state=new".into(),
+        format!("--initial-cluster-token={}", r.etcd_cluster_token),
+        "--client-cert-auth=true".into(),
+        "--peer-client-cert-auth=true".into(),
+        format!("--trusted-ca-file={}", pki("etcd-ca.crt")),
+        format!("--cert-file={}", pki("etcd-server.crt")),
+        format!("--key-file={}", pki("etcd-server.key")),
+        format!("--peer-trusted-ca-file={}", pki("etcd-ca.crt")),
+        format!("--peer-cert-file={}", pki("etcd-peer.crt")),
+        format!("--peer-key-file={}", pki("etcd-peer.key")),
+        "--snapshot-count=10000".into(),
+        "--auto-compaction-retention=8".into(),
+    ]
+}
+
+fn http_probe(path: &str, port: i32, scheme: &str, period: i32, failures: i32, initial_delay: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::Int(port),
+            scheme: Some(scheme.to_string()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        initial_delay_seconds: Some(initial_delay),
+        timeout_seconds: Some(5),
+        ..Default::default()
+    }
+}
+
+fn requests(cpu: &str, memory: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.to_string())),
+            ("memory".to_string(), Quantity(memory.to_string())),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// A projected volume of chosen keys from several Secrets, so each pod sees
+/// only the certificates it uses.
+fn pki_volume(sources: Vec<(String, Vec<(&str, &str)>)>) -> Volume {
+    Volume {
+        name: "pki".into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o400),
+            sources: Some(
+                sources
+                    .into_iter()
+                    .map(|(secret, items)| VolumeProjection {
+                        secret: Some(SecretProjection {
+                            name: secret,
+                            items: Some(
+                                items
+                                    .into_iter()
+                                    .map(|(key, path)| KeyToPath {
+                                        key: key.to_string(),
+                                        path: path.to_string(),
+                                        mode: None,
+                                    })
+                                    .collect(),
+                            ),
+                            optional: Some(false),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+        }),
+        ..Default::default()
+    }
+}
+
+fn same_name(keys: &[&'static str]) -> Vec<(&'static str, &'static str)> {
+    keys.iter().map(|k| (*k, *k)).collect()
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+fn pod_template(p: &Placement, component: &str, hash: &str, spec: PodSpec) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(component_labels(&p.names.tenant, component)),
+            annotations: Some(BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), hash.to_string())])),
+            ..Default::default()
+        }),
+        spec: Some(spec),
+    }
+}
+
+pub fn etcd_statefulset(p: &Placement, spec: &TenantClusterSpec, valid: &ValidSpec, r: &Resolved) -> StatefulSet {
+    let storage = &spec.etcd.storage;
+    let data_volume_name = "data".to_string();
+    let mut volumes = vec![pki_volume(vec![
+        (p.names.ca_secret("etcd-ca"), vec![("tls.crt", "etcd-ca.crt")]),
+        (p.names.certs_secret(), same_name(mounts::ETCD)),
+    ])];
+    let claim_templates = if storage.ephemeral {
+        volumes.push(Volume {
+            name: data_volume_name.clone(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        });
+        None
+    } else {
+        Some(vec![PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(data_volume_name.clone()),
+                labels: Some(component_labels(&p.names.tenant, names::ETCD)),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: storage.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([("storage".to_string(), Quantity(storage.size.clone()))])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }])
+    };
+    let container = Container {
+        name: "etcd".into(),
+        image: Some(etcd_image(spec, valid)),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec!["etcd".into()]),
+        args: Some(etcd_args(p, valid, r)),
+        env: Some(vec![EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ports: Some(vec![
+            container_port("client", ETCD_CLIENT_PORT),
+            container_port("peer", ETCD_PEER_PORT),
+            container_port("metrics", ETCD_METRICS_PORT),
+        ]),
+        readiness_probe: Some(http_probe("/health", ETCD_METRICS_PORT, "HTTP", 5, 3, 0)),
+        liveness_probe: Some(http_probe("/health", ETCD_METRICS_PORT, "HTTP", 10, 8, 15)),
+        resources: Some(spec.etcd.resources.clone().unwrap_or_else(|| requests("50m", "128Mi"))),
+        volume_mounts: Some(vec![
+            mount("pki", PKI_DIR),
+            VolumeMount {
+                name: data_volume_name,
+                mount_path: ETCD_DATA_DIR.into(),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+    StatefulSet {
+        metadata: p.meta(p.names.etcd(), names::ETCD),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(valid.etcd_replicas),
+            service_name: Some(p.names.etcd()),
+            // All members must start together: none is ready until a quorum runs.
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(component_labels(&p.names.tenant, names::ETCD)),
+                ..Default::default()
+            },
+            template: pod_template(
+                p,
+                names::ETCD,
+                &r.hashes.etcd,
+                PodSpec {
+                    containers: vec![container],
+                    host_aliases: Some(etcd_host_aliases(p, r)),
+                    volumes: Some(volumes),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(30),
+                    ..Default::default()
+                },
+            ),
+            volume_claim_templates: claim_templates,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+// ---- apiserver, controller-manager, scheduler -------------------------------
+
+pub fn flag_inputs(p: &Placement, spec: &TenantClusterSpec, valid: &ValidSpec, r: &Resolved) -> FlagInputs {
+    FlagInputs {
+        version: valid.version,
+        tenant: p.names.tenant.clone(),
+        etcd_servers: etcd_client_urls(&p.names, valid.etcd_replicas),
+        advertise_address: Some(r.apiserver_ip.clone()),
+        service_cidr: valid.service_cidr.to_string(),
+        pod_cidr: valid.pod_cidr.to_string(),
+        cluster_domain: spec.networking.cluster_domain.clone(),
+    }
+}
+
+struct ControlPlaneDeployment {
+    name: String,
+    component: &'static str,
+    replicas: i32,
+    args: Vec<String>,
+    port: i32,
+    readiness_path: &'static str,
+    liveness_path: &'static str,
+    resources: ResourceRequirements,
+    volumes: Vec<Volume>,
+    mounts: Vec<VolumeMount>,
+    host_aliases: Vec<HostAlias>,
+    hash: String,
+}
+
+fn deployment(p: &Placement, spec: &TenantClusterSpec, valid: &ValidSpec, d: ControlPlaneDeployment) -> Deployment {
+    let container = Container {
+        name: d.component.into(),
+        image: Some(component_image(spec, valid, d.component)),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec![d.component.into()]),
+        args: Some(d.args),
+        ports: Some(vec![container_port("https", d.port)]),
+        readiness_probe: Some(http_probe(d.readiness_path, d.port, "HTTPS", 3, 3, 0)),
+        liveness_probe: Some(http_probe(d.liveness_path, d.port, "HTTPS", 10, 8, 30)),
+        resources: Some(d.resources),
+        volume_mounts: Some(d.mounts),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: p.meta(d.name, d.component),
+        spec: Some(DeploymentSpec {
+            replicas: Some(d.replicas),
+            selector: LabelSelector {
+                match_labels: Some(component_labels(&p.names.tenant, d.component)),
+                ..Default::default()
+            },
+            // Never fewer ready replicas than desired while rolling: clients keep working.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: pod_template(
+                p,
+                d.component,
+                &d.hash,
+                PodSpec {
+                    containers: vec![container],
+                    host_aliases: Some(d.host_aliases),
+                    volumes: Some(d.volumes),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn apiserver_deployment(p: &Placement, spec: &TenantClusterSpec, valid: &ValidSpec, r: &Resolved) -> Deployment {
+    let flag_values = flags::apiserver_flags(&flag_inputs(p, spec, valid, r));
+    let cp = &spec.control_plane.apiserver;
+    let mut aliases = etcd_host_aliases(p, r);
+    aliases.push(apiserver_host_alias(p, r));
+    deployment(
+        p,
+        spec,
+        valid,
+        ControlPlaneDeployment {
+            name: p.names.apiserver(),
+            component: names::APISERVER,
+            replicas: valid.apiserver_replicas,
+            args: flags::render_args(&flag_values, &cp.extra_args),
+            port: APISERVER_PORT,
+            readiness_path: "/readyz",
+            liveness_path: "/livez",
+            resources: cp.resources.clone().unwrap_or_else(|| requests("100m", "256Mi")),
+            volumes: vec![pki_volume(vec![
+                (p.names.ca_secret("ca"), vec![("tls.crt", "ca.crt")]),
+                (p.names.ca_secret("front-proxy-ca"), vec![("tls.crt", "front-proxy-ca.crt")]),
+                (p.names.ca_secret("etcd-ca"), vec![("tls.crt", "etcd-ca.crt")]),
+                (p.names.service_account_secret(), vec![("sa.key", "sa.key"), ("sa.pub", "sa.pub")]),
+                (p.names.certs_secret(), same_name(mounts::APISERVER)),
+            ])],
+            mounts: vec![mount("pki", PKI_DIR)],
+            host_aliases: aliases,
+            hash: r.hashes.apiserver.clone(),
+        },
+    )
+}
+
+fn kubeconfig_volume(secret: String) -> Volume {
+    Volume {
+        name: "kubeconfig".into(),
+        secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
+            secret_name: Some(secret),
+            default_mode: Some(0o400),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn kubeconfig_dir() -> &'static str {
+    KUBECONFIG_PATH.trim_end_matches("/value")
+}
+
+pub fn controller_manager_deployment(p: &Placement, spec: &TenantClusterSpec, valid: &ValidSpec, r: &Resolved) -> Deployment {
+    let flag_values = flags::controller_manager_flags(&flag_inputs(p, spec, valid, r));
+    let cm = &spec.control_plane.controller_manager;
+    deployment(
+        p,
+        spec,
+        valid,
+        ControlPlaneDeployment {
+            name: p.names.controller_manager(),
+            component: names::CONTROLLER_MANAGER,
+            replicas: 1,
+            args: flags::render_args(&flag_values, &cm.extra_args),
+            port: CONTROLLER_MANAGER_PORT,
+            readiness_path: "/healthz",
+            liveness_path: "/healthz",
+            resources: cm.resources.clone().unwrap_or_else(|| requests("50m", "128Mi")),
+            volumes: vec![
+                pki_volume(vec![
+                    (p.names.ca_secret("ca"), vec![("tls.crt", "ca.crt"), ("tls.key", "ca.key")]),
+                    (p.names.ca_secret("front-proxy-ca"), vec![("tls.crt", "front-proxy-ca.crt")]),
+                    (p.names.service_account_secret(), vec![("sa.key", "sa.key")]),
+                ]),
+                kubeconfig_volume(p.names.component_kubeconfig_secret("controller-manager")),
+            ],
+            mounts: vec![mount("pki", PKI_DIR), mount("kubeconfig", kubeconfig_dir())],
+            host_aliases: vec![apiserver_host_alias(p, r)],
+            hash: r.hashes.controller_manager.clone(),
+        },
+    )
+}
+
+pub fn scheduler_deployment(p: &Placement, spec: &TenantClusterSpec, valid: &ValidSpec, r: &Resolved) -> Deployment {
+    let flag_values = flags::scheduler_flags(&flag_inputs(p, spec, valid, r));
+    let s = &spec.control_plane.scheduler;
+    deployment(
+        p,
+        spec,
+        valid,
+        ControlPlaneDeployment {
+            name: p.names.scheduler(),
+            component: names::SCHEDULER,
+            replicas: 1,
+            args: flags::render_args(&flag_values, &s.extra_args),
+            port: SCHEDULER_PORT,
+            readiness_path: "/healthz",
+            liveness_path: "/healthz",
+            resources: s.resources.clone().unwrap_or_else(|| requests("20m", "64Mi")),
+            volumes: vec![kubeconfig_volume(p.names.component_kubeconfig_secret("scheduler"))],
+            mounts: vec![mount("kubeconfig", kubeconfig_dir())],
+            host_aliases: vec![apiserver_host_alias(p, r)],
+            hash: r.hashes.scheduler.clone(),
+        },
+    )
+}
+
+/// Only this tenant's etcd members (peers) and apiservers, and the kok
+/// operator (health checks, backups), may reach the tenant's etcd.
+pub fn etcd_network_policy(p: &Placement, operator_pod_labels: BTreeMap<String, String>) -> NetworkPolicy {
+    let tenant = &p.names.tenant;
+    let from_pods = |labels: BTreeMap<String, String>, any_namespace: bool| NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(labels),
+            ..Default::default()
+        }),
+        namespace_selector: any_namespace.then(LabelSelector::default),
+        ..Default::default()
+    };
+    NetworkPolicy {
+        metadata: p.meta(p.names.etcd_network_policy(), names::ETCD),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(component_labels(tenant, names::ETCD)),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![
+                    from_pods(component_labels(tenant, names::ETCD), false),
+                    from_pods(component_labels(tenant, names::APISERVER), false),
+                    from_pods(operator_pod_labels, true),
+                ]),
+                ports: Some(
+                    [ETCD_CLIENT_PORT, ETCD_PEER_PORT]
+                        .into_iter()
+                        .map(|port| NetworkPolicyPort {
+                            port: Some(IntOrString::Int(port)),
+                            protocol: Some("TCP".into()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+            }]),
+            ..Default::default()
+        }),
+    }
+}

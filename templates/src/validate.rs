@@ -1,0 +1,344 @@
+//! Validation of a TenantCluster spec: every problem names its field and why,
+//! so the controller can report it as a `Stalled` condition and an Event.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use kok_crds::{TenantClusterSpec, TenantClusterStatus};
+
+use crate::flags::{Component, PROTECTED_FLAGS};
+use crate::pki::San;
+use crate::version::KubeVersion;
+
+/// One invalid field: its path in the object and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// Joins field errors into one message for a condition or Event.
+pub fn describe(errors: &[FieldError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// A spec that passed validation, with its strings parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSpec {
+    pub version: KubeVersion,
+    pub etcd_replicas: i32,
+    pub apiserver_replicas: i32,
+    pub service_cidr: IpNet,
+    pub pod_cidr: IpNet,
+    /// The tenant's `kubernetes` Service IP: the first address of the service range.
+    pub kubernetes_service_ip: IpAddr,
+    pub extra_sans: Vec<San>,
+}
+
+/// Checks `spec` against itself and against what already runs (`status`):
+/// no downgrade, no minor skip, no etcd member count change after creation.
+pub fn validate(
+    spec: &TenantClusterSpec,
+    status: Option<&TenantClusterStatus>,
+) -> Result<ValidSpec, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut err = |field: &str, reason: String| {
+        errors.push(FieldError {
+            field: field.to_string(),
+            reason,
+        })
+    };
+
+    let version = match KubeVersion::parse_supported(&spec.version) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            err("spec.version", e.to_string());
+            None
+        }
+    };
+    if let (Some(v), Some(current)) = (version, status.and_then(|s| s.version.as_deref())) {
+        if let Ok(current) = current.parse::<KubeVersion>() {
+            if v < current {
+                err(
+                    "spec.version",
+                    format!("downgrade from {current} to {v} is not supported"),
+                );
+            } else if v.minor > current.minor + 1 {
+                err(
+                    "spec.version",
+                    format!(
+                        "upgrade from {current} to {v} skips a minor version; step through v1.{} first",
+                        current.minor + 1
+                    ),
+                );
+            }
+        }
+    }
+
+    let etcd_replicas = spec.etcd.replicas;
+    if ![1, 3, 5].contains(&etcd_replicas) {
+        err(
+            "spec.etcd.replicas",
+            format!("must be 1, 3 or 5 (an odd quorum size), got {etcd_replicas}"),
+        );
+    } else if let Some(created) = status.and_then(|s| s.etcd_replicas) {
+        if created != etcd_replicas {
+            err(
+                "spec.etcd.replicas",
+                format!("the etcd cluster was created with {created} members; changing the member count is not supported yet"),
+            );
+        }
+    }
+    if !spec.etcd.storage.ephemeral && spec.etcd.storage.size.trim().is_empty() {
+        err("spec.etcd.storage.size", "must be set for persistent storage".into());
+    }
+
+    let apiserver_replicas = spec.control_plane.apiserver.replicas;
+    if !(1..=10).contains(&apiserver_replicas) {
+        err(
+            "spec.controlPlane.apiserver.replicas",
+            format!("must be between 1 and 10, got {apiserver_replicas}"),
+        );
+    }
+
+    let cp = &spec.control_plane;
+    for (component, field, args) in [
+        (Component::ApiServer, "spec.controlPlane.apiserver.extraArgs", &cp.apiserver.extra_args),
+        (Component::ControllerManager, "spec.controlPlane.controllerManager.extraArgs", &cp.controller_manager.extra_args),
+        (Component::Scheduler, "spec.controlPlane.scheduler.extraArgs", &cp.scheduler.extra_args),
+    ] {
+        for problem in extra_arg_problems(component, args) {
+            err(field, problem);
+        }
+    }
+
+    let service_cidr = parse_cidr(&spec.networking.service_cidr, "spec.networking.serviceCIDR", &mut err);
+    let pod_cidr = parse_cidr(&spec.networking.pod_cidr, "spec.networking.podCIDR", &mut err);
+    if let (Some(s), Some(p)) = (service_cidr, pod_cidr) {
+        if s.contains(&p.network()) || p.contains(&s.network()) {
+            err(
+                "spec.networking.podCIDR",
+                format!("{p} overlaps the service range {s}"),
+            );
+        }
+    }
+    let domain = &spec.networking.cluster_domain;
+    if !is_dns_name(domain) {
+        err(
+            "spec.networking.clusterDomain",
+            format!("{domain:?} is not a DNS name"),
+        );
+    }
+
+    let mut extra_sans = Vec::new();
+    for (i, san) in cp.cert_sans.iter().enumerate() {
+        match parse_san(san) {
+            Some(s) => extra_sans.push(s),
+            None => err(
+                &format!("spec.controlPlane.certSANs[{i}]"),
+                format!("{san:?} is neither an IP address nor a DNS name"),
+            ),
+        }
+    }
+
+    if let Some(repo) = &spec.image_repository {
+        if repo.is_empty() || repo.contains(char::is_whitespace) || repo.ends_with('/') {
+            err(
+                "spec.imageRepository",
+                format!("{repo:?} is not a registry prefix like registry.k8s.io"),
+            );
+        }
+    }
+
+    match (version, service_cidr, pod_cidr, errors.is_empty()) {
+        (Some(version), Some(service_cidr), Some(pod_cidr), true) => {
+            let kubernetes_service_ip = first_host(&service_cidr);
+            Ok(ValidSpec {
+                version,
+                etcd_replicas,
+                apiserver_replicas,
+                service_cidr,
+                pod_cidr,
+                kubernetes_service_ip,
+                extra_sans,
+            })
+        }
+        _ => Err(errors),
+    }
+}
+
+fn parse_cidr(s: &str, field: &str, err: &mut impl FnMut(&str, String)) -> Option<IpNet> {
+    match s.parse::<IpNet>() {
+        Ok(net) if net.trunc() == net => Some(net),
+        Ok(net) => {
+            err(field, format!("{s} has host bits set; did you mean {}?", net.trunc()));
+            None
+        }
+        Err(_) => {
+            err(field, format!("{s:?} is not a CIDR like 10.96.0.0/12"));
+            None
+        }
+    }
+}
+
+fn first_host(net: &IpNet) -> IpAddr {
+    net.hosts().next().unwrap_or(net.network())
+}
+
+fn extra_arg_problems(component: Component, args: &BTreeMap<String, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for name in args.keys() {
+        if name.starts_with('-') {
+            problems.push(format!("{name:?}: give the flag name without leading dashes"));
+        } else if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            problems.push(format!("{name:?} is not a flag name"));
+        } else if PROTECTED_FLAGS
+            .iter()
+            .any(|(c, f)| *c == component && *f == name)
+        {
+            problems.push(format!("--{name} is managed by kok and cannot be overridden"));
+        }
+    }
+    problems
+}
+
+fn parse_san(s: &str) -> Option<San> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(San::Ip(ip));
+    }
+    let name = s.strip_prefix("*.").unwrap_or(s);
+    is_dns_name(name).then(|| San::Dns(s.to_string()))
+}
+
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> TenantClusterSpec {
+        serde_json::from_value(serde_yaml_value(yaml)).expect("test spec deserializes")
+    }
+
+    fn serde_yaml_value(yaml: &str) -> serde_json::Value {
+        serde_yaml::from_str(yaml).expect("test YAML parses")
+    }
+
+    fn fields(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn minimal_spec_is_valid_with_defaults() {
+        let v = validate(&spec("version: v1.20.2"), None).expect("valid");
+        assert_eq!(v.version.minor, 20);
+        assert_eq!(v.etcd_replicas, 1);
+        assert_eq!(v.kubernetes_service_ip.to_string(), "10.96.0.1");
+    }
+
+    #[test]
+    fn even_etcd_replicas_name_the_field() {
+        let errors = validate(&spec("version: v1.20.2\netcd: {replicas: 2}"), None).unwrap_err();
+        assert_eq!(fields(&errors), ["spec.etcd.replicas"]);
+        assert!(errors[0].reason.contains("1, 3 or 5"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn unparsable_version_names_the_field() {
+        let errors = validate(&spec("version: one-point-twenty"), None).unwrap_err();
+        assert_eq!(fields(&errors), ["spec.version"]);
+        assert!(describe(&errors).starts_with("spec.version: "));
+    }
+
+    #[test]
+    fn downgrade_and_minor_skip_are_refused() {
+        let status = TenantClusterStatus {
+            version: Some("v1.21.3".into()),
+            ..Default::default()
+        };
+        let down = validate(&spec("version: v1.20.2"), Some(&status)).unwrap_err();
+        assert_eq!(fields(&down), ["spec.version"]);
+        assert!(down[0].reason.contains("downgrade"));
+        let skip = validate(&spec("version: v1.23.0"), Some(&status)).unwrap_err();
+        assert!(skip[0].reason.contains("skips a minor"));
+        assert!(validate(&spec("version: v1.22.0"), Some(&status)).is_ok());
+        assert!(validate(&spec("version: v1.21.9"), Some(&status)).is_ok());
+    }
+
+    #[test]
+    fn etcd_member_count_is_fixed_after_creation() {
+        let status = TenantClusterStatus {
+            etcd_replicas: Some(1),
+            ..Default::default()
+        };
+        let errors = validate(&spec("version: v1.20.2\netcd: {replicas: 3}"), Some(&status)).unwrap_err();
+        assert_eq!(fields(&errors), ["spec.etcd.replicas"]);
+    }
+
+    #[test]
+    fn protected_and_malformed_extra_args_are_refused() {
+        let s = spec(
+            "version: v1.20.2\ncontrolPlane:\n  apiserver:\n    extraArgs: {etcd-servers: http://evil:2379, --v: '4', audit-log-maxage: '3'}",
+        );
+        let errors = validate(&s, None).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors.iter().all(|e| e.field == "spec.controlPlane.apiserver.extraArgs"));
+        assert!(describe(&errors).contains("--etcd-servers is managed by kok"));
+    }
+
+    #[test]
+    fn cidrs_are_checked() {
+        let errors = validate(
+            &spec("version: v1.20.2\nnetworking: {serviceCIDR: 10.96.0.1/12, podCIDR: banana}"),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(fields(&errors), ["spec.networking.serviceCIDR", "spec.networking.podCIDR"]);
+        let overlap = validate(
+            &spec("version: v1.20.2\nnetworking: {serviceCIDR: 10.0.0.0/8, podCIDR: 10.244.0.0/16}"),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(fields(&overlap), ["spec.networking.podCIDR"]);
+    }
+
+    #[test]
+    fn cert_sans_accept_ips_and_names_only() {
+        let ok = validate(
+            &spec("version: v1.20.2\ncontrolPlane: {certSANs: [10.0.0.9, api.example.com, '*.example.com']}"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(ok.extra_sans.len(), 3);
+        let errors = validate(&spec("version: v1.20.2\ncontrolPlane: {certSANs: ['not a name']}"), None).unwrap_err();
+        assert_eq!(fields(&errors), ["spec.controlPlane.certSANs[0]"]);
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let errors = validate(&spec("version: nope\netcd: {replicas: 4}\ncontrolPlane: {apiserver: {replicas: 0}}"), None)
+            .unwrap_err();
+        assert_eq!(
+            fields(&errors),
+            ["spec.version", "spec.etcd.replicas", "spec.controlPlane.apiserver.replicas"]
+        );
+    }
+}

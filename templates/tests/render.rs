@@ -1,0 +1,239 @@
+//! Renders a TenantCluster fixture into every child and checks what the
+//! control plane depends on: names pinned without DNS, flags, images, probes,
+//! owner references and the rolling hash.
+
+use std::collections::{BTreeSet, HashMap};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::PodSpec;
+use kok_crds::{ServiceType, TenantCluster};
+use kok_templates::controlplane::{self as cp, ConfigHashes, Placement, Resolved};
+use kok_templates::names::{Names, CONFIG_HASH_ANNOTATION, TENANT_LABEL};
+use kok_templates::validate::{validate, ValidSpec};
+use kube::Resource;
+
+fn fixture(name: &str) -> TenantCluster {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_yaml::from_str(&std::fs::read_to_string(&path).expect("fixture exists")).expect("fixture parses")
+}
+
+struct Rendered {
+    tc: TenantCluster,
+    valid: ValidSpec,
+    p: Placement,
+    r: Resolved,
+}
+
+fn render(tc: TenantCluster) -> Rendered {
+    let valid = validate(&tc.spec, None).expect("fixture is valid");
+    let p = Placement {
+        names: Names::new(&tc.metadata.name.clone().unwrap()),
+        namespace: tc.metadata.namespace.clone().unwrap(),
+        owner: tc.controller_owner_ref(&()).expect("fixture has a uid"),
+    };
+    let r = Resolved {
+        etcd_member_ips: (0..valid.etcd_replicas).map(|i| format!("10.202.0.{}", 10 + i)).collect(),
+        apiserver_ip: "10.202.0.50".into(),
+        etcd_cluster_token: "token-1".into(),
+        hashes: ConfigHashes {
+            etcd: "e1".into(),
+            apiserver: "a1".into(),
+            controller_manager: "c1".into(),
+            scheduler: "s1".into(),
+        },
+    };
+    Rendered { tc, valid, p, r }
+}
+
+fn args(spec: &PodSpec) -> Vec<String> {
+    spec.containers[0].args.clone().unwrap_or_default()
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let prefix = format!("--{name}=");
+    args.iter().find_map(|a| a.strip_prefix(&prefix))
+}
+
+fn aliases(spec: &PodSpec) -> HashMap<String, String> {
+    spec.host_aliases
+        .iter()
+        .flatten()
+        .flat_map(|a| a.hostnames.iter().flatten().map(move |h| (h.clone(), a.ip.clone())))
+        .collect()
+}
+
+/// Every https://host:port the component dials must be pinned by a host alias:
+/// the management cluster may have no DNS.
+fn assert_hosts_pinned(urls: &str, spec: &PodSpec) {
+    let pinned = aliases(spec);
+    for url in urls.split(',') {
+        let host = url
+            .trim_start_matches("https://")
+            .split(':')
+            .next()
+            .unwrap();
+        assert!(pinned.contains_key(host), "{host} in {url} is not pinned by hostAliases: {pinned:?}");
+    }
+}
+
+#[test]
+fn etcd_members_find_each_other_without_dns() {
+    let x = render(fixture("three-members.yaml"));
+    let sts = cp::etcd_statefulset(&x.p, &x.tc.spec, &x.valid, &x.r);
+    let spec = sts.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+    let podspec = spec.template.spec.as_ref().unwrap();
+    let a = args(podspec);
+    let initial = flag(&a, "initial-cluster").unwrap();
+    assert_eq!(
+        initial,
+        "demo-etcd-0=https://demo-etcd-0:2380,demo-etcd-1=https://demo-etcd-1:2380,demo-etcd-2=https://demo-etcd-2:2380"
+    );
+    let pinned = aliases(podspec);
+    assert_eq!(pinned["demo-etcd-0"], "10.202.0.10");
+    assert_eq!(pinned["demo-etcd-2"], "10.202.0.12");
+    assert_eq!(flag(&a, "initial-cluster-token"), Some("token-1"));
+    assert_eq!(flag(&a, "client-cert-auth"), Some("true"));
+    assert_eq!(podspec.containers[0].image.as_deref(), Some("kok.local/etcd:3.4.23"));
+    // Ephemeral storage: an emptyDir, no claim templates.
+    assert!(spec.volume_claim_templates.is_none());
+    assert!(podspec.volumes.iter().flatten().any(|v| v.name == "data" && v.empty_dir.is_some()));
+}
+
+#[test]
+fn persistent_etcd_gets_claims_of_the_declared_size() {
+    let mut tc = fixture("three-members.yaml");
+    tc.spec.etcd.storage.ephemeral = false;
+    tc.spec.etcd.storage.size = "5Gi".into();
+    tc.spec.etcd.storage.storage_class_name = Some("fast".into());
+    let x = render(tc);
+    let sts = cp::etcd_statefulset(&x.p, &x.tc.spec, &x.valid, &x.r);
+    let claims = sts.spec.unwrap().volume_claim_templates.unwrap();
+    let claim = claims[0].spec.as_ref().unwrap();
+    assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(claim.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "5Gi");
+}
+
+#[test]
+fn member_services_publish_not_ready_peers() {
+    let x = render(fixture("three-members.yaml"));
+    let svc = cp::etcd_member_service(&x.p, 1);
+    let spec = svc.spec.unwrap();
+    assert_eq!(svc.metadata.name.as_deref(), Some("demo-etcd-1"));
+    assert_eq!(spec.publish_not_ready_addresses, Some(true));
+    assert_eq!(spec.selector.unwrap()["statefulset.kubernetes.io/pod-name"], "demo-etcd-1");
+}
+
+#[test]
+fn apiserver_reaches_every_member_and_keeps_serving_while_rolling() {
+    let x = render(fixture("three-members.yaml"));
+    let d: Deployment = cp::apiserver_deployment(&x.p, &x.tc.spec, &x.valid, &x.r);
+    let spec = d.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let ru = spec.strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
+    assert_eq!(ru.max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)));
+    let podspec = spec.template.spec.as_ref().unwrap();
+    let a = args(podspec);
+    let servers = flag(&a, "etcd-servers").unwrap();
+    assert_eq!(servers.split(',').count(), 3);
+    assert_hosts_pinned(servers, podspec);
+    assert_eq!(flag(&a, "advertise-address"), Some("10.202.0.50"));
+    assert_eq!(flag(&a, "insecure-port"), Some("0"), "v1.20 must turn the insecure port off");
+    assert_eq!(flag(&a, "v"), Some("2"), "extra args are passed");
+    assert_eq!(podspec.containers[0].image.as_deref(), Some("kok.local/kube-apiserver:v1.20.2"));
+    let probe = podspec.containers[0].readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    assert_eq!((probe.path.as_deref(), probe.scheme.as_deref()), (Some("/readyz"), Some("HTTPS")));
+    // It mounts exactly the files its flags name.
+    let projected: BTreeSet<String> = podspec.volumes.as_ref().unwrap()[0]
+        .projected
+        .as_ref()
+        .unwrap()
+        .sources
+        .iter()
+        .flatten()
+        .flat_map(|s| s.secret.as_ref().unwrap().items.iter().flatten().map(|i| format!("/etc/kubernetes/pki/{}", i.path)))
+        .collect();
+    for f in ["etcd-cafile", "etcd-certfile", "etcd-keyfile", "tls-cert-file", "tls-private-key-file", "client-ca-file",
+              "service-account-key-file", "service-account-signing-key-file", "proxy-client-cert-file", "requestheader-client-ca-file"] {
+        let path = flag(&a, f).unwrap();
+        assert!(projected.contains(path), "--{f}={path} is not mounted: {projected:?}");
+    }
+}
+
+#[test]
+fn controller_manager_and_scheduler_reach_the_apiserver_by_a_pinned_name() {
+    let x = render(fixture("three-members.yaml"));
+    for d in [
+        cp::controller_manager_deployment(&x.p, &x.tc.spec, &x.valid, &x.r),
+        cp::scheduler_deployment(&x.p, &x.tc.spec, &x.valid, &x.r),
+    ] {
+        let podspec = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert_eq!(aliases(podspec)["demo-apiserver"], "10.202.0.50");
+        assert_eq!(flag(&args(podspec), "kubeconfig"), Some("/etc/kubernetes/kubeconfig/value"));
+        assert!(podspec.containers[0].volume_mounts.iter().flatten().any(|m| m.mount_path == "/etc/kubernetes/kubeconfig"));
+    }
+}
+
+#[test]
+fn children_are_owned_and_labelled() {
+    let x = render(fixture("three-members.yaml"));
+    let metas = [
+        cp::etcd_statefulset(&x.p, &x.tc.spec, &x.valid, &x.r).metadata,
+        cp::apiserver_deployment(&x.p, &x.tc.spec, &x.valid, &x.r).metadata,
+        cp::apiserver_service(&x.p, ServiceType::ClusterIP).metadata,
+        cp::etcd_network_policy(&x.p, Default::default()).metadata,
+    ];
+    for m in metas {
+        let owner = &m.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "TenantCluster");
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(m.labels.as_ref().unwrap()[TENANT_LABEL], "demo");
+        assert_eq!(m.namespace.as_deref(), Some("tenants"));
+    }
+}
+
+#[test]
+fn a_changed_config_hash_changes_the_pod_template() {
+    let x = render(fixture("three-members.yaml"));
+    let before = cp::apiserver_deployment(&x.p, &x.tc.spec, &x.valid, &x.r);
+    let mut r2 = x.r.clone();
+    r2.hashes.apiserver = "a2".into();
+    let after = cp::apiserver_deployment(&x.p, &x.tc.spec, &x.valid, &r2);
+    let ann = |d: &Deployment| {
+        d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[CONFIG_HASH_ANNOTATION].clone()
+    };
+    assert_eq!(ann(&before), "a1");
+    assert_eq!(ann(&after), "a2");
+}
+
+#[test]
+fn default_images_come_from_the_upstream_registry() {
+    let mut tc = fixture("three-members.yaml");
+    tc.spec.image_repository = None;
+    tc.spec.etcd.version = None;
+    tc.spec.version = "v1.31.4".into();
+    let x = render(tc);
+    assert_eq!(cp::etcd_image(&x.tc.spec, &x.valid), "registry.k8s.io/etcd:3.5.15-0");
+    let d = cp::scheduler_deployment(&x.p, &x.tc.spec, &x.valid, &x.r);
+    let podspec = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(podspec.containers[0].image.as_deref(), Some("registry.k8s.io/kube-scheduler:v1.31.4"));
+    assert_eq!(flag(&args(podspec), "port"), None, "v1.31 has no --port");
+}
+
+#[test]
+fn etcd_network_policy_admits_only_the_tenant_and_the_operator() {
+    let x = render(fixture("three-members.yaml"));
+    let operator = std::collections::BTreeMap::from([("app.kubernetes.io/name".to_string(), "kok-operator".to_string())]);
+    let np = cp::etcd_network_policy(&x.p, operator.clone());
+    let spec = np.spec.unwrap();
+    assert_eq!(spec.pod_selector.unwrap().match_labels.unwrap()["kok.dev/component"], "etcd");
+    let from = spec.ingress.unwrap()[0].from.clone().unwrap();
+    let components: Vec<String> = from
+        .iter()
+        .filter_map(|peer| peer.pod_selector.as_ref()?.match_labels.as_ref()?.get("kok.dev/component").cloned())
+        .collect();
+    assert_eq!(components, ["etcd", "kube-apiserver"]);
+    assert!(from.iter().any(|peer| peer.pod_selector.as_ref().unwrap().match_labels.as_ref() == Some(&operator)
+        && peer.namespace_selector.is_some()));
+}
