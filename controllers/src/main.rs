@@ -1,1 +1,176 @@
-fn main() {}
+//! kok-operator: runs the TenantCluster controller in the management cluster.
+//!
+//! Configuration (environment):
+//! - `KOK_METRICS_ADDR` (default `0.0.0.0:8080`): `/metrics`, `/healthz`, `/readyz`
+//! - `POD_NAMESPACE` (default `kok-system`): where the leader Lease lives
+//! - `POD_NAME` (default: the host name): this replica's identity in the Lease
+//! - `KOK_LEADER_ELECTION` (default `true`): `false` for a single local replica
+//! - `RUST_LOG` (default `info`), `KOK_LOG_FORMAT` (`json` or `text`, default `text`)
+
+mod apply;
+mod conditions;
+mod context;
+mod error;
+mod leader;
+mod pki;
+mod telemetry;
+mod tenant;
+mod tenant_health;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kok_crds::TenantCluster;
+use kube::api::ListParams;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::context::Context;
+use crate::leader::LeaderElector;
+use crate::telemetry::{Health, Metrics};
+
+const OPERATOR_NAME: &str = "kok-operator";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "kok-system".into());
+    let identity = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| format!("{OPERATOR_NAME}-{}", std::process::id()));
+    let leader_election = std::env::var("KOK_LEADER_ELECTION")
+        .map(|v| v != "false")
+        .unwrap_or(true);
+    let metrics_addr: std::net::SocketAddr = std::env::var("KOK_METRICS_ADDR")
+        .unwrap_or_else(|_| "0.0.0.0:8080".into())
+        .parse()
+        .context("KOK_METRICS_ADDR is not host:port")?;
+
+    let client = Client::try_default()
+        .await
+        .context("connecting to the management cluster")?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+
+    // One shutdown signal for everything: SIGTERM (kubelet) or Ctrl-C.
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown signal received");
+        let _ = shutdown_tx.send(true);
+    });
+    let listener = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .with_context(|| format!("binding {metrics_addr}"))?;
+    tokio::spawn(telemetry::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        shutdown(shutdown_rx.clone()),
+    ));
+
+    let tenants: Api<TenantCluster> = Api::all(client.clone());
+    if let Err(e) = tenants.list(&ListParams::default().limit(1)).await {
+        anyhow::bail!("cannot list TenantClusters ({e}); is the CRD installed (kubectl apply -f crds/crds.yaml)?");
+    }
+
+    let elector = LeaderElector::new(client.clone(), &namespace, OPERATOR_NAME, &identity);
+    if leader_election {
+        tokio::select! {
+            acquired = elector.acquire() => acquired.context("acquiring the leader lease")?,
+            _ = shutdown(shutdown_rx.clone()) => return Ok(()),
+        }
+        info!(%identity, "leading");
+    }
+    health.set_ready(true);
+
+    let reporter = Reporter {
+        controller: OPERATOR_NAME.into(),
+        instance: Some(identity.clone()),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(client.clone(), reporter),
+        metrics.clone(),
+        BTreeMap::from([(
+            "app.kubernetes.io/name".to_string(),
+            OPERATOR_NAME.to_string(),
+        )]),
+    ));
+    // Only kok's own children are watched (and cached), not every Secret in the cluster.
+    let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=kok");
+    let controller = Controller::new(tenants, watcher::Config::default())
+        .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
+        .owns(Api::<Deployment>::all(client.clone()), children.clone())
+        .owns(Api::<Service>::all(client.clone()), children.clone())
+        .owns(Api::<Secret>::all(client.clone()), children)
+        .graceful_shutdown_on(shutdown(shutdown_rx.clone()))
+        .run(tenant::reconcile, tenant::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "controller event");
+            }
+        });
+
+    if leader_election {
+        tokio::select! {
+            _ = controller => {}
+            lost = elector.hold() => {
+                // Another replica may already be acting: stop at once, restart as a standby.
+                error!(error = %lost, "lost the leader lease; exiting");
+                health.set_ready(false);
+                std::process::exit(1);
+            }
+        }
+        elector.release().await;
+    } else {
+        controller.await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("KOK_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -92,7 +92,7 @@ where
 {
     let start = Instant::now();
     let interval = Duration::from_millis(500);
-    let mut last = String::from("(not checked yet)");
+    let mut last;
     loop {
         match check().await {
             Poll::Ready(v) => return v,
@@ -109,4 +109,5 @@ where
 }
 
 pub mod http;
+pub mod tenant;
 pub mod workloads;

@@ -9,23 +9,28 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet, StatefulSetSpec,
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
+    StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HostAlias, HTTPGetAction, KeyToPath, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SecretProjection, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeProjection, VolumeResourceRequirements,
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HostAlias, KeyToPath,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SecretProjection, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kok_crds::{ServiceType, TenantClusterSpec};
 
-use crate::flags::{self, FlagInputs, APISERVER_PORT, CONTROLLER_MANAGER_PORT, KUBECONFIG_PATH, PKI_DIR, SCHEDULER_PORT};
+use crate::flags::{
+    self, FlagInputs, APISERVER_PORT, CONTROLLER_MANAGER_PORT, KUBECONFIG_PATH, PKI_DIR,
+    SCHEDULER_PORT,
+};
 use crate::names::{self, component_labels, Names, CONFIG_HASH_ANNOTATION};
 use crate::validate::ValidSpec;
 
@@ -80,7 +85,12 @@ pub struct ConfigHashes {
 
 /// Which leaf certificate files each component mounts from the certs Secret.
 pub mod mounts {
-    pub const ETCD: &[&str] = &["etcd-server.crt", "etcd-server.key", "etcd-peer.crt", "etcd-peer.key"];
+    pub const ETCD: &[&str] = &[
+        "etcd-server.crt",
+        "etcd-server.key",
+        "etcd-peer.crt",
+        "etcd-peer.key",
+    ];
     pub const APISERVER: &[&str] = &[
         "apiserver.crt",
         "apiserver.key",
@@ -94,7 +104,9 @@ pub mod mounts {
 }
 
 pub fn image_repository(spec: &TenantClusterSpec) -> &str {
-    spec.image_repository.as_deref().unwrap_or(DEFAULT_IMAGE_REPOSITORY)
+    spec.image_repository
+        .as_deref()
+        .unwrap_or(DEFAULT_IMAGE_REPOSITORY)
 }
 
 pub fn component_image(spec: &TenantClusterSpec, valid: &ValidSpec, component: &str) -> String {
@@ -115,7 +127,13 @@ pub fn etcd_image(spec: &TenantClusterSpec, valid: &ValidSpec) -> String {
 
 // ---- Services ---------------------------------------------------------------
 
-fn service(meta: ObjectMeta, selector: BTreeMap<String, String>, ports: Vec<ServicePort>, type_: &str, publish_not_ready: bool) -> Service {
+fn service(
+    meta: ObjectMeta,
+    selector: BTreeMap<String, String>,
+    ports: Vec<ServicePort>,
+    type_: &str,
+    publish_not_ready: bool,
+) -> Service {
     Service {
         metadata: meta,
         spec: Some(ServiceSpec {
@@ -149,7 +167,10 @@ pub fn etcd_member_service(p: &Placement, ordinal: i32) -> Service {
     service(
         p.meta(name, names::ETCD),
         selector,
-        vec![port("client", ETCD_CLIENT_PORT), port("peer", ETCD_PEER_PORT)],
+        vec![
+            port("client", ETCD_CLIENT_PORT),
+            port("peer", ETCD_PEER_PORT),
+        ],
         "ClusterIP",
         true,
     )
@@ -209,7 +230,10 @@ fn etcd_args(p: &Placement, valid: &ValidSpec, r: &Resolved) -> Vec<String> {
         format!("--listen-peer-urls=https://0.0.0.0:{ETCD_PEER_PORT}"),
         format!("--initial-advertise-peer-urls=https://$(POD_NAME):{ETCD_PEER_PORT}"),
         format!("--listen-metrics-urls=http://0.0.0.0:{ETCD_METRICS_PORT}"),
-        format!("--initial-cluster={}", etcd_initial_cluster(&p.names, valid.etcd_replicas)),
+        format!(
+            "--initial-cluster={}",
+            etcd_initial_cluster(&p.names, valid.etcd_replicas)
+        ),
         "--initial-cluster-state=new".into(),
         format!("--initial-cluster-token={}", r.etcd_cluster_token),
         "--client-cert-auth=true".into(),
@@ -225,7 +249,14 @@ fn etcd_args(p: &Placement, valid: &ValidSpec, r: &Resolved) -> Vec<String> {
     ]
 }
 
-fn http_probe(path: &str, port: i32, scheme: &str, period: i32, failures: i32, initial_delay: i32) -> Probe {
+fn http_probe(
+    path: &str,
+    port: i32,
+    scheme: &str,
+    period: i32,
+    failures: i32,
+    initial_delay: i32,
+) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
@@ -302,18 +333,29 @@ fn pod_template(p: &Placement, component: &str, hash: &str, spec: PodSpec) -> Po
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(component_labels(&p.names.tenant, component)),
-            annotations: Some(BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), hash.to_string())])),
+            annotations: Some(BTreeMap::from([(
+                CONFIG_HASH_ANNOTATION.to_string(),
+                hash.to_string(),
+            )])),
             ..Default::default()
         }),
         spec: Some(spec),
     }
 }
 
-pub fn etcd_statefulset(p: &Placement, spec: &TenantClusterSpec, valid: &ValidSpec, r: &Resolved) -> StatefulSet {
+pub fn etcd_statefulset(
+    p: &Placement,
+    spec: &TenantClusterSpec,
+    valid: &ValidSpec,
+    r: &Resolved,
+) -> StatefulSet {
     let storage = &spec.etcd.storage;
     let data_volume_name = "data".to_string();
     let mut volumes = vec![pki_volume(vec![
-        (p.names.ca_secret("etcd-ca"), vec![("tls.crt", "etcd-ca.crt")]),
+        (
+            p.names.ca_secret("etcd-ca"),
+            vec![("tls.crt", "etcd-ca.crt")],
+        ),
         (p.names.certs_secret(), same_name(mounts::ETCD)),
     ])];
     let claim_templates = if storage.ephemeral {
@@ -334,7 +376,10 @@ pub fn etcd_statefulset(p: &Placement, spec: &TenantClusterSpec, valid: &ValidSp
                 access_modes: Some(vec!["ReadWriteOnce".into()]),
                 storage_class_name: storage.storage_class_name.clone(),
                 resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([("storage".to_string(), Quantity(storage.size.clone()))])),
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_string(),
+                        Quantity(storage.size.clone()),
+                    )])),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -366,7 +411,12 @@ pub fn etcd_statefulset(p: &Placement, spec: &TenantClusterSpec, valid: &ValidSp
         ]),
         readiness_probe: Some(http_probe("/health", ETCD_METRICS_PORT, "HTTP", 5, 3, 0)),
         liveness_probe: Some(http_probe("/health", ETCD_METRICS_PORT, "HTTP", 10, 8, 15)),
-        resources: Some(spec.etcd.resources.clone().unwrap_or_else(|| requests("50m", "128Mi"))),
+        resources: Some(
+            spec.etcd
+                .resources
+                .clone()
+                .unwrap_or_else(|| requests("50m", "128Mi")),
+        ),
         volume_mounts: Some(vec![
             mount("pki", PKI_DIR),
             VolumeMount {
@@ -420,7 +470,12 @@ fn container_port(name: &str, port: i32) -> ContainerPort {
 
 // ---- apiserver, controller-manager, scheduler -------------------------------
 
-pub fn flag_inputs(p: &Placement, spec: &TenantClusterSpec, valid: &ValidSpec, r: &Resolved) -> FlagInputs {
+pub fn flag_inputs(
+    p: &Placement,
+    spec: &TenantClusterSpec,
+    valid: &ValidSpec,
+    r: &Resolved,
+) -> FlagInputs {
     FlagInputs {
         version: valid.version,
         tenant: p.names.tenant.clone(),
@@ -447,7 +502,12 @@ struct ControlPlaneDeployment {
     hash: String,
 }
 
-fn deployment(p: &Placement, spec: &TenantClusterSpec, valid: &ValidSpec, d: ControlPlaneDeployment) -> Deployment {
+fn deployment(
+    p: &Placement,
+    spec: &TenantClusterSpec,
+    valid: &ValidSpec,
+    d: ControlPlaneDeployment,
+) -> Deployment {
     let container = Container {
         name: d.component.into(),
         image: Some(component_image(spec, valid, d.component)),
@@ -496,7 +556,12 @@ fn deployment(p: &Placement, spec: &TenantClusterSpec, valid: &ValidSpec, d: Con
     }
 }
 
-pub fn apiserver_deployment(p: &Placement, spec: &TenantClusterSpec, valid: &ValidSpec, r: &Resolved) -> Deployment {
+pub fn apiserver_deployment(
+    p: &Placement,
+    spec: &TenantClusterSpec,
+    valid: &ValidSpec,
+    r: &Resolved,
+) -> Deployment {
     let flag_values = flags::apiserver_flags(&flag_inputs(p, spec, valid, r));
     let cp = &spec.control_plane.apiserver;
     let mut aliases = etcd_host_aliases(p, r);
@@ -513,12 +578,24 @@ pub fn apiserver_deployment(p: &Placement, spec: &TenantClusterSpec, valid: &Val
             port: APISERVER_PORT,
             readiness_path: "/readyz",
             liveness_path: "/livez",
-            resources: cp.resources.clone().unwrap_or_else(|| requests("100m", "256Mi")),
+            resources: cp
+                .resources
+                .clone()
+                .unwrap_or_else(|| requests("100m", "256Mi")),
             volumes: vec![pki_volume(vec![
                 (p.names.ca_secret("ca"), vec![("tls.crt", "ca.crt")]),
-                (p.names.ca_secret("front-proxy-ca"), vec![("tls.crt", "front-proxy-ca.crt")]),
-                (p.names.ca_secret("etcd-ca"), vec![("tls.crt", "etcd-ca.crt")]),
-                (p.names.service_account_secret(), vec![("sa.key", "sa.key"), ("sa.pub", "sa.pub")]),
+                (
+                    p.names.ca_secret("front-proxy-ca"),
+                    vec![("tls.crt", "front-proxy-ca.crt")],
+                ),
+                (
+                    p.names.ca_secret("etcd-ca"),
+                    vec![("tls.crt", "etcd-ca.crt")],
+                ),
+                (
+                    p.names.service_account_secret(),
+                    vec![("sa.key", "sa.key"), ("sa.pub", "sa.pub")],
+                ),
                 (p.names.certs_secret(), same_name(mounts::APISERVER)),
             ])],
             mounts: vec![mount("pki", PKI_DIR)],
@@ -544,7 +621,12 @@ fn kubeconfig_dir() -> &'static str {
     KUBECONFIG_PATH.trim_end_matches("/value")
 }
 
-pub fn controller_manager_deployment(p: &Placement, spec: &TenantClusterSpec, valid: &ValidSpec, r: &Resolved) -> Deployment {
+pub fn controller_manager_deployment(
+    p: &Placement,
+    spec: &TenantClusterSpec,
+    valid: &ValidSpec,
+    r: &Resolved,
+) -> Deployment {
     let flag_values = flags::controller_manager_flags(&flag_inputs(p, spec, valid, r));
     let cm = &spec.control_plane.controller_manager;
     deployment(
@@ -559,11 +641,20 @@ pub fn controller_manager_deployment(p: &Placement, spec: &TenantClusterSpec, va
             port: CONTROLLER_MANAGER_PORT,
             readiness_path: "/healthz",
             liveness_path: "/healthz",
-            resources: cm.resources.clone().unwrap_or_else(|| requests("50m", "128Mi")),
+            resources: cm
+                .resources
+                .clone()
+                .unwrap_or_else(|| requests("50m", "128Mi")),
             volumes: vec![
                 pki_volume(vec![
-                    (p.names.ca_secret("ca"), vec![("tls.crt", "ca.crt"), ("tls.key", "ca.key")]),
-                    (p.names.ca_secret("front-proxy-ca"), vec![("tls.crt", "front-proxy-ca.crt")]),
+                    (
+                        p.names.ca_secret("ca"),
+                        vec![("tls.crt", "ca.crt"), ("tls.key", "ca.key")],
+                    ),
+                    (
+                        p.names.ca_secret("front-proxy-ca"),
+                        vec![("tls.crt", "front-proxy-ca.crt")],
+                    ),
                     (p.names.service_account_secret(), vec![("sa.key", "sa.key")]),
                 ]),
                 kubeconfig_volume(p.names.component_kubeconfig_secret("controller-manager")),
@@ -575,7 +666,12 @@ pub fn controller_manager_deployment(p: &Placement, spec: &TenantClusterSpec, va
     )
 }
 
-pub fn scheduler_deployment(p: &Placement, spec: &TenantClusterSpec, valid: &ValidSpec, r: &Resolved) -> Deployment {
+pub fn scheduler_deployment(
+    p: &Placement,
+    spec: &TenantClusterSpec,
+    valid: &ValidSpec,
+    r: &Resolved,
+) -> Deployment {
     let flag_values = flags::scheduler_flags(&flag_inputs(p, spec, valid, r));
     let s = &spec.control_plane.scheduler;
     deployment(
@@ -590,8 +686,13 @@ pub fn scheduler_deployment(p: &Placement, spec: &TenantClusterSpec, valid: &Val
             port: SCHEDULER_PORT,
             readiness_path: "/healthz",
             liveness_path: "/healthz",
-            resources: s.resources.clone().unwrap_or_else(|| requests("20m", "64Mi")),
-            volumes: vec![kubeconfig_volume(p.names.component_kubeconfig_secret("scheduler"))],
+            resources: s
+                .resources
+                .clone()
+                .unwrap_or_else(|| requests("20m", "64Mi")),
+            volumes: vec![kubeconfig_volume(
+                p.names.component_kubeconfig_secret("scheduler"),
+            )],
             mounts: vec![mount("kubeconfig", kubeconfig_dir())],
             host_aliases: vec![apiserver_host_alias(p, r)],
             hash: r.hashes.scheduler.clone(),
@@ -601,7 +702,10 @@ pub fn scheduler_deployment(p: &Placement, spec: &TenantClusterSpec, valid: &Val
 
 /// Only this tenant's etcd members (peers) and apiservers, and the kok
 /// operator (health checks, backups), may reach the tenant's etcd.
-pub fn etcd_network_policy(p: &Placement, operator_pod_labels: BTreeMap<String, String>) -> NetworkPolicy {
+pub fn etcd_network_policy(
+    p: &Placement,
+    operator_pod_labels: BTreeMap<String, String>,
+) -> NetworkPolicy {
     let tenant = &p.names.tenant;
     let from_pods = |labels: BTreeMap<String, String>, any_namespace: bool| NetworkPolicyPeer {
         pod_selector: Some(LabelSelector {

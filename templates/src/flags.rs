@@ -46,7 +46,10 @@ pub const PROTECTED_FLAGS: &[(Component, &str)] = &[
     (Component::ControllerManager, "cluster-signing-cert-file"),
     (Component::ControllerManager, "cluster-signing-key-file"),
     (Component::ControllerManager, "root-ca-file"),
-    (Component::ControllerManager, "service-account-private-key-file"),
+    (
+        Component::ControllerManager,
+        "service-account-private-key-file",
+    ),
     (Component::Scheduler, "kubeconfig"),
     (Component::Scheduler, "authentication-kubeconfig"),
     (Component::Scheduler, "authorization-kubeconfig"),
@@ -75,7 +78,10 @@ pub const REQUIRED_FLAGS: &[(Component, &str)] = &[
     (Component::ApiServer, "tls-cert-file"),
     (Component::ApiServer, "client-ca-file"),
     (Component::ControllerManager, "kubeconfig"),
-    (Component::ControllerManager, "service-account-private-key-file"),
+    (
+        Component::ControllerManager,
+        "service-account-private-key-file",
+    ),
     (Component::ControllerManager, "root-ca-file"),
     (Component::ControllerManager, "cluster-signing-cert-file"),
     (Component::Scheduler, "kubeconfig"),
@@ -116,12 +122,21 @@ pub fn apiserver_flags(i: &FlagInputs) -> Flags {
         ("client-ca-file", pki("ca.crt")),
         ("tls-cert-file", pki("apiserver.crt")),
         ("tls-private-key-file", pki("apiserver.key")),
-        ("kubelet-client-certificate", pki("apiserver-kubelet-client.crt")),
+        (
+            "kubelet-client-certificate",
+            pki("apiserver-kubelet-client.crt"),
+        ),
         ("kubelet-client-key", pki("apiserver-kubelet-client.key")),
-        ("kubelet-preferred-address-types", "InternalIP,ExternalIP,Hostname".into()),
+        (
+            "kubelet-preferred-address-types",
+            "InternalIP,ExternalIP,Hostname".into(),
+        ),
         ("requestheader-client-ca-file", pki("front-proxy-ca.crt")),
         ("requestheader-allowed-names", "front-proxy-client".into()),
-        ("requestheader-extra-headers-prefix", "X-Remote-Extra-".into()),
+        (
+            "requestheader-extra-headers-prefix",
+            "X-Remote-Extra-".into(),
+        ),
         ("requestheader-group-headers", "X-Remote-Group".into()),
         ("requestheader-username-headers", "X-Remote-User".into()),
         ("proxy-client-cert-file", pki("front-proxy-client.crt")),
@@ -230,7 +245,11 @@ mod tests {
     }
 
     const VERSIONS: [u32; 5] = [20, 31, 32, 33, 34];
-    const COMPONENTS: [Component; 3] = [Component::ApiServer, Component::ControllerManager, Component::Scheduler];
+    const COMPONENTS: [Component; 3] = [
+        Component::ApiServer,
+        Component::ControllerManager,
+        Component::Scheduler,
+    ];
 
     #[test]
     fn no_version_gets_a_flag_removed_in_it() {
@@ -239,7 +258,10 @@ mod tests {
                 let f = rendered(c, minor);
                 for (rc, flag, removed_in) in REMOVED_FLAGS {
                     if *rc == c && minor >= *removed_in {
-                        assert!(!f.contains_key(*flag), "v1.{minor} {c:?} must not get --{flag}");
+                        assert!(
+                            !f.contains_key(*flag),
+                            "v1.{minor} {c:?} must not get --{flag}"
+                        );
                     }
                 }
             }
@@ -250,23 +272,43 @@ mod tests {
     fn every_version_gets_the_required_flags() {
         for minor in VERSIONS {
             for (c, flag) in REQUIRED_FLAGS {
-                assert!(rendered(*c, minor).contains_key(*flag), "v1.{minor} {c:?} needs --{flag}");
+                assert!(
+                    rendered(*c, minor).contains_key(*flag),
+                    "v1.{minor} {c:?} needs --{flag}"
+                );
             }
         }
     }
 
     #[test]
     fn old_versions_turn_insecure_ports_off() {
-        assert_eq!(rendered(Component::ApiServer, 20).get("insecure-port").map(String::as_str), Some("0"));
-        assert_eq!(rendered(Component::ControllerManager, 20).get("port").map(String::as_str), Some("0"));
-        assert_eq!(rendered(Component::Scheduler, 20).get("port").map(String::as_str), Some("0"));
+        assert_eq!(
+            rendered(Component::ApiServer, 20)
+                .get("insecure-port")
+                .map(String::as_str),
+            Some("0")
+        );
+        assert_eq!(
+            rendered(Component::ControllerManager, 20)
+                .get("port")
+                .map(String::as_str),
+            Some("0")
+        );
+        assert_eq!(
+            rendered(Component::Scheduler, 20)
+                .get("port")
+                .map(String::as_str),
+            Some("0")
+        );
         assert!(!rendered(Component::Scheduler, 23).contains_key("port"));
     }
 
     #[test]
     fn etcd_servers_list_every_member() {
         let mut i = inputs(20);
-        i.etcd_servers = (0..3).map(|n| format!("https://demo-etcd-{n}:2379")).collect();
+        i.etcd_servers = (0..3)
+            .map(|n| format!("https://demo-etcd-{n}:2379"))
+            .collect();
         assert_eq!(
             apiserver_flags(&i)["etcd-servers"],
             "https://demo-etcd-0:2379,https://demo-etcd-1:2379,https://demo-etcd-2:2379"
@@ -283,7 +325,10 @@ mod tests {
     #[test]
     fn protected_flags_are_flags_kok_sets() {
         for (c, flag) in PROTECTED_FLAGS {
-            assert!(rendered(*c, 20).contains_key(*flag), "{c:?} --{flag} is protected but never set");
+            assert!(
+                rendered(*c, 20).contains_key(*flag),
+                "{c:?} --{flag} is protected but never set"
+            );
         }
     }
 }

@@ -50,7 +50,12 @@ pub fn ca_secret(p: &Placement, name: String, ca: &CertKeyPair) -> Secret {
 }
 
 pub fn kubeconfig_secret(p: &Placement, name: String, kubeconfig: String) -> Secret {
-    secret(p, name, "Opaque", BTreeMap::from([(KUBECONFIG_KEY.to_string(), kubeconfig)]))
+    secret(
+        p,
+        name,
+        "Opaque",
+        BTreeMap::from([(KUBECONFIG_KEY.to_string(), kubeconfig)]),
+    )
 }
 
 /// Reads a Secret's data as UTF-8 strings (PEM and YAML are text).
@@ -81,7 +86,11 @@ pub fn config_hash<'a>(parts: impl IntoIterator<Item = (&'a str, &'a str)>) -> S
         h.update(value.as_bytes());
         h.update([0]);
     }
-    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

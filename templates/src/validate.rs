@@ -27,7 +27,11 @@ impl fmt::Display for FieldError {
 
 /// Joins field errors into one message for a condition or Event.
 pub fn describe(errors: &[FieldError]) -> String {
-    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A spec that passed validation, with its strings parsed.
@@ -98,7 +102,10 @@ pub fn validate(
         }
     }
     if !spec.etcd.storage.ephemeral && spec.etcd.storage.size.trim().is_empty() {
-        err("spec.etcd.storage.size", "must be set for persistent storage".into());
+        err(
+            "spec.etcd.storage.size",
+            "must be set for persistent storage".into(),
+        );
     }
 
     let apiserver_replicas = spec.control_plane.apiserver.replicas;
@@ -111,17 +118,37 @@ pub fn validate(
 
     let cp = &spec.control_plane;
     for (component, field, args) in [
-        (Component::ApiServer, "spec.controlPlane.apiserver.extraArgs", &cp.apiserver.extra_args),
-        (Component::ControllerManager, "spec.controlPlane.controllerManager.extraArgs", &cp.controller_manager.extra_args),
-        (Component::Scheduler, "spec.controlPlane.scheduler.extraArgs", &cp.scheduler.extra_args),
+        (
+            Component::ApiServer,
+            "spec.controlPlane.apiserver.extraArgs",
+            &cp.apiserver.extra_args,
+        ),
+        (
+            Component::ControllerManager,
+            "spec.controlPlane.controllerManager.extraArgs",
+            &cp.controller_manager.extra_args,
+        ),
+        (
+            Component::Scheduler,
+            "spec.controlPlane.scheduler.extraArgs",
+            &cp.scheduler.extra_args,
+        ),
     ] {
         for problem in extra_arg_problems(component, args) {
             err(field, problem);
         }
     }
 
-    let service_cidr = parse_cidr(&spec.networking.service_cidr, "spec.networking.serviceCIDR", &mut err);
-    let pod_cidr = parse_cidr(&spec.networking.pod_cidr, "spec.networking.podCIDR", &mut err);
+    let service_cidr = parse_cidr(
+        &spec.networking.service_cidr,
+        "spec.networking.serviceCIDR",
+        &mut err,
+    );
+    let pod_cidr = parse_cidr(
+        &spec.networking.pod_cidr,
+        "spec.networking.podCIDR",
+        &mut err,
+    );
     if let (Some(s), Some(p)) = (service_cidr, pod_cidr) {
         if s.contains(&p.network()) || p.contains(&s.network()) {
             err(
@@ -179,7 +206,10 @@ fn parse_cidr(s: &str, field: &str, err: &mut impl FnMut(&str, String)) -> Optio
     match s.parse::<IpNet>() {
         Ok(net) if net.trunc() == net => Some(net),
         Ok(net) => {
-            err(field, format!("{s} has host bits set; did you mean {}?", net.trunc()));
+            err(
+                field,
+                format!("{s} has host bits set; did you mean {}?", net.trunc()),
+            );
             None
         }
         Err(_) => {
@@ -197,14 +227,18 @@ fn extra_arg_problems(component: Component, args: &BTreeMap<String, String>) -> 
     let mut problems = Vec::new();
     for name in args.keys() {
         if name.starts_with('-') {
-            problems.push(format!("{name:?}: give the flag name without leading dashes"));
+            problems.push(format!(
+                "{name:?}: give the flag name without leading dashes"
+            ));
         } else if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             problems.push(format!("{name:?} is not a flag name"));
         } else if PROTECTED_FLAGS
             .iter()
             .any(|(c, f)| *c == component && *f == name)
         {
-            problems.push(format!("--{name} is managed by kok and cannot be overridden"));
+            problems.push(format!(
+                "--{name} is managed by kok and cannot be overridden"
+            ));
         }
     }
     problems
@@ -224,7 +258,9 @@ fn is_dns_name(s: &str) -> bool {
         && s.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -289,7 +325,11 @@ mod tests {
             etcd_replicas: Some(1),
             ..Default::default()
         };
-        let errors = validate(&spec("version: v1.20.2\netcd: {replicas: 3}"), Some(&status)).unwrap_err();
+        let errors = validate(
+            &spec("version: v1.20.2\netcd: {replicas: 3}"),
+            Some(&status),
+        )
+        .unwrap_err();
         assert_eq!(fields(&errors), ["spec.etcd.replicas"]);
     }
 
@@ -300,7 +340,9 @@ mod tests {
         );
         let errors = validate(&s, None).unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors.iter().all(|e| e.field == "spec.controlPlane.apiserver.extraArgs"));
+        assert!(errors
+            .iter()
+            .all(|e| e.field == "spec.controlPlane.apiserver.extraArgs"));
         assert!(describe(&errors).contains("--etcd-servers is managed by kok"));
     }
 
@@ -311,9 +353,14 @@ mod tests {
             None,
         )
         .unwrap_err();
-        assert_eq!(fields(&errors), ["spec.networking.serviceCIDR", "spec.networking.podCIDR"]);
+        assert_eq!(
+            fields(&errors),
+            ["spec.networking.serviceCIDR", "spec.networking.podCIDR"]
+        );
         let overlap = validate(
-            &spec("version: v1.20.2\nnetworking: {serviceCIDR: 10.0.0.0/8, podCIDR: 10.244.0.0/16}"),
+            &spec(
+                "version: v1.20.2\nnetworking: {serviceCIDR: 10.0.0.0/8, podCIDR: 10.244.0.0/16}",
+            ),
             None,
         )
         .unwrap_err();
@@ -328,17 +375,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.extra_sans.len(), 3);
-        let errors = validate(&spec("version: v1.20.2\ncontrolPlane: {certSANs: ['not a name']}"), None).unwrap_err();
+        let errors = validate(
+            &spec("version: v1.20.2\ncontrolPlane: {certSANs: ['not a name']}"),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(fields(&errors), ["spec.controlPlane.certSANs[0]"]);
     }
 
     #[test]
     fn all_problems_are_reported_at_once() {
-        let errors = validate(&spec("version: nope\netcd: {replicas: 4}\ncontrolPlane: {apiserver: {replicas: 0}}"), None)
-            .unwrap_err();
+        let errors = validate(
+            &spec("version: nope\netcd: {replicas: 4}\ncontrolPlane: {apiserver: {replicas: 0}}"),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(
             fields(&errors),
-            ["spec.version", "spec.etcd.replicas", "spec.controlPlane.apiserver.replicas"]
+            [
+                "spec.version",
+                "spec.etcd.replicas",
+                "spec.controlPlane.apiserver.replicas"
+            ]
         );
     }
 }

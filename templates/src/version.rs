@@ -94,12 +94,24 @@ mod tests {
     fn parses_with_and_without_v() {
         let v: KubeVersion = "v1.20.2".parse().unwrap();
         assert_eq!((v.major, v.minor, v.patch), (1, 20, 2));
-        assert_eq!("1.31.4".parse::<KubeVersion>().unwrap().to_string(), "v1.31.4");
+        assert_eq!(
+            "1.31.4".parse::<KubeVersion>().unwrap().to_string(),
+            "v1.31.4"
+        );
     }
 
     #[test]
     fn rejects_malformed_versions() {
-        for bad in ["", "v1.20", "1.20.x", "v1.20.2.1", "latest", "v1..2", "v1.20.-1", "1.20.2-rc.0"] {
+        for bad in [
+            "",
+            "v1.20",
+            "1.20.x",
+            "v1.20.2.1",
+            "latest",
+            "v1..2",
+            "v1.20.-1",
+            "1.20.2-rc.0",
+        ] {
             assert!(
                 matches!(bad.parse::<KubeVersion>(), Err(VersionError::Unparsable(_))),
                 "{bad:?} should not parse"
@@ -111,8 +123,14 @@ mod tests {
     fn supported_range_is_enforced() {
         assert!(KubeVersion::parse_supported("v1.20.2").is_ok());
         assert!(KubeVersion::parse_supported("v1.34.0").is_ok());
-        assert!(matches!(KubeVersion::parse_supported("v1.19.9"), Err(VersionError::Unsupported(_))));
-        assert!(matches!(KubeVersion::parse_supported("v2.0.0"), Err(VersionError::Unsupported(_))));
+        assert!(matches!(
+            KubeVersion::parse_supported("v1.19.9"),
+            Err(VersionError::Unsupported(_))
+        ));
+        assert!(matches!(
+            KubeVersion::parse_supported("v2.0.0"),
+            Err(VersionError::Unsupported(_))
+        ));
     }
 
     #[test]

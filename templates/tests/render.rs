@@ -14,7 +14,8 @@ use kube::Resource;
 
 fn fixture(name: &str) -> TenantCluster {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    serde_yaml::from_str(&std::fs::read_to_string(&path).expect("fixture exists")).expect("fixture parses")
+    serde_yaml::from_str(&std::fs::read_to_string(&path).expect("fixture exists"))
+        .expect("fixture parses")
 }
 
 struct Rendered {
@@ -32,7 +33,9 @@ fn render(tc: TenantCluster) -> Rendered {
         owner: tc.controller_owner_ref(&()).expect("fixture has a uid"),
     };
     let r = Resolved {
-        etcd_member_ips: (0..valid.etcd_replicas).map(|i| format!("10.202.0.{}", 10 + i)).collect(),
+        etcd_member_ips: (0..valid.etcd_replicas)
+            .map(|i| format!("10.202.0.{}", 10 + i))
+            .collect(),
         apiserver_ip: "10.202.0.50".into(),
         etcd_cluster_token: "token-1".into(),
         hashes: ConfigHashes {
@@ -58,7 +61,12 @@ fn aliases(spec: &PodSpec) -> HashMap<String, String> {
     spec.host_aliases
         .iter()
         .flatten()
-        .flat_map(|a| a.hostnames.iter().flatten().map(move |h| (h.clone(), a.ip.clone())))
+        .flat_map(|a| {
+            a.hostnames
+                .iter()
+                .flatten()
+                .map(move |h| (h.clone(), a.ip.clone()))
+        })
         .collect()
 }
 
@@ -72,7 +80,10 @@ fn assert_hosts_pinned(urls: &str, spec: &PodSpec) {
             .split(':')
             .next()
             .unwrap();
-        assert!(pinned.contains_key(host), "{host} in {url} is not pinned by hostAliases: {pinned:?}");
+        assert!(
+            pinned.contains_key(host),
+            "{host} in {url} is not pinned by hostAliases: {pinned:?}"
+        );
     }
 }
 
@@ -95,10 +106,17 @@ fn etcd_members_find_each_other_without_dns() {
     assert_eq!(pinned["demo-etcd-2"], "10.202.0.12");
     assert_eq!(flag(&a, "initial-cluster-token"), Some("token-1"));
     assert_eq!(flag(&a, "client-cert-auth"), Some("true"));
-    assert_eq!(podspec.containers[0].image.as_deref(), Some("kok.local/etcd:3.4.23"));
+    assert_eq!(
+        podspec.containers[0].image.as_deref(),
+        Some("kok.local/etcd:3.4.23")
+    );
     // Ephemeral storage: an emptyDir, no claim templates.
     assert!(spec.volume_claim_templates.is_none());
-    assert!(podspec.volumes.iter().flatten().any(|v| v.name == "data" && v.empty_dir.is_some()));
+    assert!(podspec
+        .volumes
+        .iter()
+        .flatten()
+        .any(|v| v.name == "data" && v.empty_dir.is_some()));
 }
 
 #[test]
@@ -112,7 +130,10 @@ fn persistent_etcd_gets_claims_of_the_declared_size() {
     let claims = sts.spec.unwrap().volume_claim_templates.unwrap();
     let claim = claims[0].spec.as_ref().unwrap();
     assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
-    assert_eq!(claim.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "5Gi");
+    assert_eq!(
+        claim.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+        "5Gi"
+    );
 }
 
 #[test]
@@ -122,7 +143,10 @@ fn member_services_publish_not_ready_peers() {
     let spec = svc.spec.unwrap();
     assert_eq!(svc.metadata.name.as_deref(), Some("demo-etcd-1"));
     assert_eq!(spec.publish_not_ready_addresses, Some(true));
-    assert_eq!(spec.selector.unwrap()["statefulset.kubernetes.io/pod-name"], "demo-etcd-1");
+    assert_eq!(
+        spec.selector.unwrap()["statefulset.kubernetes.io/pod-name"],
+        "demo-etcd-1"
+    );
 }
 
 #[test]
@@ -131,19 +155,44 @@ fn apiserver_reaches_every_member_and_keeps_serving_while_rolling() {
     let d: Deployment = cp::apiserver_deployment(&x.p, &x.tc.spec, &x.valid, &x.r);
     let spec = d.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(2));
-    let ru = spec.strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
-    assert_eq!(ru.max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)));
+    let ru = spec
+        .strategy
+        .as_ref()
+        .unwrap()
+        .rolling_update
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        ru.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+    );
     let podspec = spec.template.spec.as_ref().unwrap();
     let a = args(podspec);
     let servers = flag(&a, "etcd-servers").unwrap();
     assert_eq!(servers.split(',').count(), 3);
     assert_hosts_pinned(servers, podspec);
     assert_eq!(flag(&a, "advertise-address"), Some("10.202.0.50"));
-    assert_eq!(flag(&a, "insecure-port"), Some("0"), "v1.20 must turn the insecure port off");
+    assert_eq!(
+        flag(&a, "insecure-port"),
+        Some("0"),
+        "v1.20 must turn the insecure port off"
+    );
     assert_eq!(flag(&a, "v"), Some("2"), "extra args are passed");
-    assert_eq!(podspec.containers[0].image.as_deref(), Some("kok.local/kube-apiserver:v1.20.2"));
-    let probe = podspec.containers[0].readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
-    assert_eq!((probe.path.as_deref(), probe.scheme.as_deref()), (Some("/readyz"), Some("HTTPS")));
+    assert_eq!(
+        podspec.containers[0].image.as_deref(),
+        Some("kok.local/kube-apiserver:v1.20.2")
+    );
+    let probe = podspec.containers[0]
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (probe.path.as_deref(), probe.scheme.as_deref()),
+        (Some("/readyz"), Some("HTTPS"))
+    );
     // It mounts exactly the files its flags name.
     let projected: BTreeSet<String> = podspec.volumes.as_ref().unwrap()[0]
         .projected
@@ -152,12 +201,33 @@ fn apiserver_reaches_every_member_and_keeps_serving_while_rolling() {
         .sources
         .iter()
         .flatten()
-        .flat_map(|s| s.secret.as_ref().unwrap().items.iter().flatten().map(|i| format!("/etc/kubernetes/pki/{}", i.path)))
+        .flat_map(|s| {
+            s.secret
+                .as_ref()
+                .unwrap()
+                .items
+                .iter()
+                .flatten()
+                .map(|i| format!("/etc/kubernetes/pki/{}", i.path))
+        })
         .collect();
-    for f in ["etcd-cafile", "etcd-certfile", "etcd-keyfile", "tls-cert-file", "tls-private-key-file", "client-ca-file",
-              "service-account-key-file", "service-account-signing-key-file", "proxy-client-cert-file", "requestheader-client-ca-file"] {
+    for f in [
+        "etcd-cafile",
+        "etcd-certfile",
+        "etcd-keyfile",
+        "tls-cert-file",
+        "tls-private-key-file",
+        "client-ca-file",
+        "service-account-key-file",
+        "service-account-signing-key-file",
+        "proxy-client-cert-file",
+        "requestheader-client-ca-file",
+    ] {
         let path = flag(&a, f).unwrap();
-        assert!(projected.contains(path), "--{f}={path} is not mounted: {projected:?}");
+        assert!(
+            projected.contains(path),
+            "--{f}={path} is not mounted: {projected:?}"
+        );
     }
 }
 
@@ -170,8 +240,15 @@ fn controller_manager_and_scheduler_reach_the_apiserver_by_a_pinned_name() {
     ] {
         let podspec = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         assert_eq!(aliases(podspec)["demo-apiserver"], "10.202.0.50");
-        assert_eq!(flag(&args(podspec), "kubeconfig"), Some("/etc/kubernetes/kubeconfig/value"));
-        assert!(podspec.containers[0].volume_mounts.iter().flatten().any(|m| m.mount_path == "/etc/kubernetes/kubeconfig"));
+        assert_eq!(
+            flag(&args(podspec), "kubeconfig"),
+            Some("/etc/kubernetes/kubeconfig/value")
+        );
+        assert!(podspec.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == "/etc/kubernetes/kubeconfig"));
     }
 }
 
@@ -201,7 +278,17 @@ fn a_changed_config_hash_changes_the_pod_template() {
     r2.hashes.apiserver = "a2".into();
     let after = cp::apiserver_deployment(&x.p, &x.tc.spec, &x.valid, &r2);
     let ann = |d: &Deployment| {
-        d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[CONFIG_HASH_ANNOTATION].clone()
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
     };
     assert_eq!(ann(&before), "a1");
     assert_eq!(ann(&after), "a2");
@@ -214,26 +301,47 @@ fn default_images_come_from_the_upstream_registry() {
     tc.spec.etcd.version = None;
     tc.spec.version = "v1.31.4".into();
     let x = render(tc);
-    assert_eq!(cp::etcd_image(&x.tc.spec, &x.valid), "registry.k8s.io/etcd:3.5.15-0");
+    assert_eq!(
+        cp::etcd_image(&x.tc.spec, &x.valid),
+        "registry.k8s.io/etcd:3.5.15-0"
+    );
     let d = cp::scheduler_deployment(&x.p, &x.tc.spec, &x.valid, &x.r);
     let podspec = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    assert_eq!(podspec.containers[0].image.as_deref(), Some("registry.k8s.io/kube-scheduler:v1.31.4"));
+    assert_eq!(
+        podspec.containers[0].image.as_deref(),
+        Some("registry.k8s.io/kube-scheduler:v1.31.4")
+    );
     assert_eq!(flag(&args(podspec), "port"), None, "v1.31 has no --port");
 }
 
 #[test]
 fn etcd_network_policy_admits_only_the_tenant_and_the_operator() {
     let x = render(fixture("three-members.yaml"));
-    let operator = std::collections::BTreeMap::from([("app.kubernetes.io/name".to_string(), "kok-operator".to_string())]);
+    let operator = std::collections::BTreeMap::from([(
+        "app.kubernetes.io/name".to_string(),
+        "kok-operator".to_string(),
+    )]);
     let np = cp::etcd_network_policy(&x.p, operator.clone());
     let spec = np.spec.unwrap();
-    assert_eq!(spec.pod_selector.unwrap().match_labels.unwrap()["kok.dev/component"], "etcd");
+    assert_eq!(
+        spec.pod_selector.unwrap().match_labels.unwrap()["kok.dev/component"],
+        "etcd"
+    );
     let from = spec.ingress.unwrap()[0].from.clone().unwrap();
     let components: Vec<String> = from
         .iter()
-        .filter_map(|peer| peer.pod_selector.as_ref()?.match_labels.as_ref()?.get("kok.dev/component").cloned())
+        .filter_map(|peer| {
+            peer.pod_selector
+                .as_ref()?
+                .match_labels
+                .as_ref()?
+                .get("kok.dev/component")
+                .cloned()
+        })
         .collect();
     assert_eq!(components, ["etcd", "kube-apiserver"]);
-    assert!(from.iter().any(|peer| peer.pod_selector.as_ref().unwrap().match_labels.as_ref() == Some(&operator)
-        && peer.namespace_selector.is_some()));
+    assert!(from.iter().any(
+        |peer| peer.pod_selector.as_ref().unwrap().match_labels.as_ref() == Some(&operator)
+            && peer.namespace_selector.is_some()
+    ));
 }

@@ -4,6 +4,9 @@ use kube::CustomResourceExt;
 fn main() {
     let crds = [kok_crds::TenantCluster::crd()];
     for crd in crds {
-        print!("---\n{}", serde_yaml::to_string(&crd).expect("CRDs serialize to YAML"));
+        print!(
+            "---\n{}",
+            serde_yaml::to_string(&crd).expect("CRDs serialize to YAML")
+        );
     }
 }

@@ -1,0 +1,71 @@
+//! kstatus conditions: set one, keep its transition time when nothing changed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) {
+    let status = if status { "True" } else { "False" };
+    let message = message.into();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Time(Timestamp::now());
+            }
+            c.status = status.into();
+            c.reason = reason.into();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: Time(Timestamp::now()),
+        }),
+    }
+}
+
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let mut cs = Vec::new();
+        set(&mut cs, "Ready", false, "Progressing", "starting", Some(1));
+        let first = cs[0].last_transition_time.clone();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        set(
+            &mut cs,
+            "Ready",
+            false,
+            "Progressing",
+            "still starting",
+            Some(2),
+        );
+        assert_eq!(
+            cs[0].last_transition_time, first,
+            "same status keeps the time"
+        );
+        assert_eq!(cs[0].message, "still starting");
+        set(&mut cs, "Ready", true, "Ready", "up", Some(2));
+        assert_ne!(cs[0].last_transition_time, first, "a new status moves it");
+        assert!(is_true(&cs, "Ready"));
+        assert_eq!(cs.len(), 1);
+    }
+}

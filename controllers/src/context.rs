@@ -1,0 +1,93 @@
+//! State shared by every reconcile: the client, the Event recorder, metrics,
+//! and the per-object failure counts behind the retry backoff.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use kok_crds::TenantCluster;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::ObjectRef;
+use kube::Client;
+
+use crate::telemetry::Metrics;
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Labels of the operator's pods, allowed through each tenant's etcd NetworkPolicy.
+    pub operator_pod_labels: std::collections::BTreeMap<String, String>,
+    failures: Mutex<HashMap<ObjectRef<TenantCluster>, usize>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        operator_pod_labels: std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            client,
+            recorder,
+            metrics,
+            operator_pod_labels,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// The delay before retrying `obj` after its n-th consecutive failure:
+    /// exponential from 1 s to 5 min with jitter, so a broken object never
+    /// retries hot and many broken objects do not retry in step.
+    pub fn next_retry(&self, obj: ObjectRef<TenantCluster>) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(obj).or_insert(0);
+        *n += 1;
+        retry_delay(*n)
+    }
+
+    pub fn reset_failures(&self, obj: &ObjectRef<TenantCluster>) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(obj);
+    }
+}
+
+pub fn retry_delay(consecutive_failures: usize) -> Duration {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(300))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(consecutive_failures.saturating_sub(1))
+        .unwrap_or(Duration::from_secs(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_delay;
+    use std::time::Duration;
+
+    #[test]
+    fn retry_delay_grows_and_is_capped() {
+        // With jitter the delay lies in [base, 2*base).
+        let first = retry_delay(1);
+        assert!(
+            first >= Duration::from_secs(1) && first < Duration::from_secs(2),
+            "{first:?}"
+        );
+        let fifth = retry_delay(5);
+        assert!(
+            fifth >= Duration::from_secs(16) && fifth < Duration::from_secs(32),
+            "{fifth:?}"
+        );
+        let late = retry_delay(40);
+        assert!(late <= Duration::from_secs(600), "{late:?}");
+        assert!(late >= Duration::from_secs(300), "{late:?}");
+    }
+}

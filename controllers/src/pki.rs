@@ -1,0 +1,188 @@
+//! The tenant's PKI in Secrets: CAs created once and never replaced, leaves
+//! reissued when they expire within 30 days or no longer match what they must
+//! certify.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::Secret;
+use kok_templates::controlplane::Placement;
+use kok_templates::pki::{self, CaKind, CertKeyPair, TenantPkiInputs, CA_VALIDITY, RENEW_BEFORE};
+use kok_templates::secrets::{self, cert_key_pair, string_data, CA_CERT_KEY, CA_KEY_KEY};
+use kube::api::PostParams;
+use kube::Api;
+use time::OffsetDateTime;
+use tracing::info;
+
+use crate::apply::apply;
+use crate::error::{Error, Result};
+
+/// What the rest of the reconcile needs from the PKI.
+pub struct TenantPki {
+    pub cas: HashMap<CaKind, CertKeyPair>,
+    pub sa_key: String,
+    pub sa_pub: String,
+    /// Every leaf by catalogue name.
+    pub leaves: BTreeMap<String, CertKeyPair>,
+    /// Leaves issued in this reconcile, with why.
+    pub issued: Vec<(String, String)>,
+    /// When the first leaf expires.
+    pub earliest_expiry: Option<OffsetDateTime>,
+}
+
+impl TenantPki {
+    pub fn ca(&self, kind: CaKind) -> &CertKeyPair {
+        // ensure() fills all three kinds before returning.
+        &self.cas[&kind]
+    }
+}
+
+pub async fn ensure(
+    secrets_api: &Api<Secret>,
+    p: &Placement,
+    inputs: &TenantPkiInputs,
+) -> Result<TenantPki> {
+    let now = OffsetDateTime::now_utc();
+    let mut cas = HashMap::new();
+    for kind in CaKind::ALL {
+        let ca = ensure_ca(secrets_api, p, kind, now).await?;
+        cas.insert(kind, ca);
+    }
+    let (sa_key, sa_pub) = ensure_service_account_key(secrets_api, p).await?;
+
+    let certs_name = p.names.certs_secret();
+    let stored = secrets_api
+        .get_opt(&certs_name)
+        .await?
+        .map(|s| string_data(&s))
+        .unwrap_or_default();
+    let mut leaves = BTreeMap::new();
+    let mut issued = Vec::new();
+    for leaf in pki::tenant_leaf_certs(inputs) {
+        let ca = &cas[&leaf.ca];
+        let existing = cert_key_pair(&stored, leaf.name);
+        let reason = match &existing {
+            None => Some("missing".to_string()),
+            Some(l) => pki::leaf_renewal_reason(l, ca, &leaf.spec, now, RENEW_BEFORE)
+                .map(|r| r.to_string()),
+        };
+        let pair = match (existing, reason) {
+            (Some(pair), None) => pair,
+            (_, reason) => {
+                let reason = reason.unwrap_or_else(|| "missing".into());
+                info!(leaf = leaf.name, %reason, "issuing certificate");
+                issued.push((leaf.name.to_string(), reason));
+                pki::issue_leaf(ca, &leaf.spec, now)?
+            }
+        };
+        leaves.insert(leaf.name.to_string(), pair);
+    }
+    if !issued.is_empty() {
+        let data = leaves
+            .iter()
+            .flat_map(|(name, pair)| {
+                [
+                    (format!("{name}.crt"), pair.cert_pem.clone()),
+                    (format!("{name}.key"), pair.key_pem.clone()),
+                ]
+            })
+            .collect();
+        apply(secrets_api, &secrets::secret(p, certs_name, "Opaque", data)).await?;
+    }
+    let earliest_expiry = leaves
+        .values()
+        .filter_map(|l| pki::not_after(&l.cert_pem).ok())
+        .min();
+    Ok(TenantPki {
+        cas,
+        sa_key,
+        sa_pub,
+        leaves,
+        issued,
+        earliest_expiry,
+    })
+}
+
+/// Reads a CA, or creates it when its Secret does not exist. Created with a
+/// plain create, never applied: an existing CA must never be overwritten,
+/// since every client certificate in the tenant chains to it.
+async fn ensure_ca(
+    api: &Api<Secret>,
+    p: &Placement,
+    kind: CaKind,
+    now: OffsetDateTime,
+) -> Result<CertKeyPair> {
+    let name = p.names.ca_secret(kind.name());
+    if let Some(existing) = api.get_opt(&name).await? {
+        return read_ca(&name, &existing);
+    }
+    let ca = pki::new_ca(&kind.common_name(&p.names.tenant), now, CA_VALIDITY)?;
+    match api
+        .create(
+            &PostParams::default(),
+            &secrets::ca_secret(p, name.clone(), &ca),
+        )
+        .await
+    {
+        Ok(_) => {
+            info!(secret = %name, "created certificate authority");
+            Ok(ca)
+        }
+        // Someone (a previous run of ours) created it meanwhile: use theirs.
+        Err(kube::Error::Api(e)) if e.code == 409 => read_ca(&name, &api.get(&name).await?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn read_ca(name: &str, secret: &Secret) -> Result<CertKeyPair> {
+    let data = string_data(secret);
+    let corrupt = |reason: &str| Error::CorruptCa {
+        secret: name.to_string(),
+        reason: reason.to_string(),
+    };
+    let pair = CertKeyPair {
+        cert_pem: data
+            .get(CA_CERT_KEY)
+            .ok_or_else(|| corrupt("no tls.crt"))?
+            .clone(),
+        key_pem: data
+            .get(CA_KEY_KEY)
+            .ok_or_else(|| corrupt("no tls.key"))?
+            .clone(),
+    };
+    pki::not_after(&pair.cert_pem).map_err(|e| corrupt(&e.to_string()))?;
+    Ok(pair)
+}
+
+/// The service-account signing key is as precious as a CA: every token in the
+/// tenant is signed with it, so it is also created once and never replaced.
+async fn ensure_service_account_key(api: &Api<Secret>, p: &Placement) -> Result<(String, String)> {
+    let name = p.names.service_account_secret();
+    let read = |s: &Secret| -> Result<(String, String)> {
+        let data = string_data(s);
+        match (data.get("sa.key"), data.get("sa.pub")) {
+            (Some(k), Some(p)) => Ok((k.clone(), p.clone())),
+            _ => Err(Error::CorruptCa {
+                secret: name.clone(),
+                reason: "sa.key or sa.pub missing".into(),
+            }),
+        }
+    };
+    if let Some(existing) = api.get_opt(&name).await? {
+        return read(&existing);
+    }
+    let (key, public) = pki::new_service_account_key()?;
+    let secret = secrets::secret(
+        p,
+        name.clone(),
+        "Opaque",
+        BTreeMap::from([
+            ("sa.key".to_string(), key.clone()),
+            ("sa.pub".to_string(), public.clone()),
+        ]),
+    );
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok((key, public)),
+        Err(kube::Error::Api(e)) if e.code == 409 => read(&api.get(&name).await?),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,240 @@
+//! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControllerLabels {
+    controller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    controller: String,
+    reason: String,
+}
+
+type HistogramFamily = Family<ControllerLabels, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ControllerLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    duration: HistogramFamily,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        let failures = Family::<FailureLabels, Counter>::default();
+        // 10 ms .. ~80 s: a reconcile that waits on a slow API server shows up.
+        let duration: HistogramFamily =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 2.0, 14)));
+        registry.register("kok_reconcile", "Reconciles run", reconciles.clone());
+        registry.register(
+            "kok_reconcile_errors",
+            "Reconciles that failed, by reason",
+            failures.clone(),
+        );
+        registry.register(
+            "kok_reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            duration.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            failures,
+            duration,
+        }
+    }
+
+    /// Counts a reconcile and times it until the returned timer is dropped.
+    pub fn reconcile_started(&self, controller: &'static str) -> ReconcileTimer<'_> {
+        let labels = ControllerLabels {
+            controller: controller.to_string(),
+        };
+        self.reconciles.get_or_create(&labels).inc();
+        ReconcileTimer {
+            metrics: self,
+            labels,
+            start: Instant::now(),
+        }
+    }
+
+    pub fn reconcile_failed(&self, controller: &'static str, reason: &'static str) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                controller: controller.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    labels: ControllerLabels,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .duration
+            .get_or_create(&self.labels)
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Readiness of this replica: set once it is initialised (the CRD is served
+/// and it is leading or standing by). Liveness is "the process serves".
+#[derive(Default)]
+pub struct Health {
+    ready: AtomicBool,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz_handler))
+        .with_state(AppState { metrics, health })
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn readyz_handler(State(state): State<AppState>) -> impl IntoResponse {
+    if state.health.is_ready() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(metrics, health))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.unwrap();
+        let code = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = raw
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (code, body)
+    }
+
+    #[test]
+    fn reconciles_failures_and_durations_are_rendered() {
+        let m = Metrics::new();
+        drop(m.reconcile_started("tenantcluster"));
+        m.reconcile_failed("tenantcluster", "kube_api");
+        let text = m.render();
+        assert!(
+            text.contains(r#"kok_reconcile_total{controller="tenantcluster"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"kok_reconcile_errors_total{controller="tenantcluster",reason="kube_api"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kok_reconcile_duration_seconds_count{controller="tenantcluster"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn endpoints_report_health_readiness_and_metrics() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, metrics.clone(), health.clone(), async {
+            let _ = rx.await;
+        }));
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        assert_eq!(get(addr, "/readyz").await.0, 503);
+        health.set_ready(true);
+        assert_eq!(get(addr, "/readyz").await.0, 200);
+        drop(metrics.reconcile_started("tenantcluster"));
+        let (code, body) = get(addr, "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(body.contains("kok_reconcile_total"), "{body}");
+        tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}

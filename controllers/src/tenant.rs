@@ -1,0 +1,770 @@
+//! The TenantCluster reconciler: validate -> Services -> PKI -> workloads -> status.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kok_crds::{condition, ServiceType, TenantCluster, TenantClusterStatus};
+use kok_templates::controlplane::{self as cp, ConfigHashes, Placement, Resolved};
+use kok_templates::flags::APISERVER_PORT;
+use kok_templates::names::{tenant_selector, Names};
+use kok_templates::pki::{self, CaKind, San, TenantPkiInputs};
+use kok_templates::secrets::{self, config_hash};
+use kok_templates::validate::{describe, validate, ValidSpec};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::apply::apply;
+use crate::conditions;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::pki::{self as tenant_pki, TenantPki};
+use crate::tenant_health;
+
+pub const FINALIZER: &str = "kok.dev/cleanup";
+const CONTROLLER: &str = "tenantcluster";
+/// How often a healthy tenant is looked at again (certificate expiry, health).
+const RESYNC: Duration = Duration::from_secs(300);
+/// How often a tenant that is still coming up is looked at.
+const PROGRESS_POLL: Duration = Duration::from_secs(3);
+
+#[instrument(skip_all, fields(tenant = %tc.name_any(), ns = tc.namespace().unwrap_or_default()))]
+pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    let ns = tc
+        .namespace()
+        .ok_or_else(|| Error::IncompleteObject(tc.name_any()))?;
+    let api: Api<TenantCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let obj_ref = ObjectRef::from_obj(tc.as_ref());
+    let result = finalizer(&api, FINALIZER, tc, |event| async {
+        match event {
+            FinalizerEvent::Apply(tc) => apply_tenant(tc, &ctx).await,
+            FinalizerEvent::Cleanup(tc) => cleanup(tc, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.reset_failures(&obj_ref);
+    }
+    result
+}
+
+pub fn error_policy(tc: Arc<TenantCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_failed(CONTROLLER, error.metric_label());
+    let delay = ctx.next_retry(ObjectRef::from_obj(tc.as_ref()));
+    warn!(tenant = %tc.name_any(), %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
+    let ns = tc.namespace().unwrap_or_default();
+    let name = tc.name_any();
+    let generation = tc.metadata.generation;
+    let old_status = tc.status.clone().unwrap_or_default();
+    let mut status = old_status.clone();
+    status.observed_generation = generation;
+
+    // 1. Validate. An invalid spec touches nothing and waits for the next edit.
+    let valid = match validate(&tc.spec, tc.status.as_ref()) {
+        Ok(v) => v,
+        Err(errors) => {
+            let message = describe(&errors);
+            warn!(%message, "invalid spec");
+            publish(
+                ctx,
+                &tc,
+                EventType::Warning,
+                "InvalidSpec",
+                "Validate",
+                &message,
+            )
+            .await;
+            conditions::set(
+                &mut status.conditions,
+                condition::STALLED,
+                true,
+                "InvalidSpec",
+                message.clone(),
+                generation,
+            );
+            conditions::set(
+                &mut status.conditions,
+                condition::RECONCILING,
+                false,
+                "InvalidSpec",
+                "waiting for the spec to be fixed",
+                generation,
+            );
+            conditions::set(
+                &mut status.conditions,
+                condition::READY,
+                false,
+                "InvalidSpec",
+                message,
+                generation,
+            );
+            patch_status(ctx, &tc, &old_status, status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    conditions::set(
+        &mut status.conditions,
+        condition::STALLED,
+        false,
+        "SpecValid",
+        "",
+        generation,
+    );
+
+    if tc.spec.paused {
+        conditions::set(
+            &mut status.conditions,
+            condition::RECONCILING,
+            false,
+            "Paused",
+            "spec.paused is true: kok leaves the control plane as it is",
+            generation,
+        );
+        patch_status(ctx, &tc, &old_status, status).await?;
+        return Ok(Action::await_change());
+    }
+
+    let owner = tc
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::IncompleteObject(name.clone()))?;
+    let p = Placement {
+        names: Names::new(&name),
+        namespace: ns.clone(),
+        owner,
+    };
+    let client = &ctx.client;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+
+    // 2. Services first: their ClusterIPs pin every name the components dial.
+    //    A Service deleted by hand is recreated on the address the workloads
+    //    still pin, so certificates and kubeconfigs stay valid.
+    let mut pinned = pinned_addresses(
+        statefulsets
+            .get_opt(&p.names.etcd())
+            .await?
+            .and_then(|s| s.spec)
+            .and_then(|s| s.template.spec),
+    );
+    pinned.extend(pinned_addresses(
+        deployments
+            .get_opt(&p.names.apiserver())
+            .await?
+            .and_then(|d| d.spec)
+            .and_then(|d| d.template.spec),
+    ));
+    let mut etcd_member_ips = Vec::new();
+    for i in 0..valid.etcd_replicas {
+        let svc = apply_service(&services, cp::etcd_member_service(&p, i), &pinned).await?;
+        etcd_member_ips
+            .push(cluster_ip(&svc).ok_or_else(|| Error::IncompleteObject(p.names.etcd_member(i)))?);
+    }
+    let apiserver_svc = apply_service(
+        &services,
+        cp::apiserver_service(&p, tc.spec.control_plane.service.type_),
+        &pinned,
+    )
+    .await?;
+    let apiserver_ip =
+        cluster_ip(&apiserver_svc).ok_or_else(|| Error::IncompleteObject(p.names.apiserver()))?;
+    let endpoint = endpoint(ctx, &tc, &apiserver_svc, &apiserver_ip).await?;
+
+    // 3. PKI.
+    let pki_inputs = pki_inputs(
+        &p,
+        &tc,
+        &valid,
+        &apiserver_ip,
+        endpoint.as_ref().map(|e| e.host.as_str()),
+    );
+    let pki = match tenant_pki::ensure(&secrets_api, &p, &pki_inputs).await {
+        Ok(pki) => pki,
+        Err(e @ Error::CorruptCa { .. }) => {
+            let message = e.to_string();
+            publish(
+                ctx,
+                &tc,
+                EventType::Warning,
+                "CorruptCA",
+                "EnsurePKI",
+                &message,
+            )
+            .await;
+            conditions::set(
+                &mut status.conditions,
+                condition::CERTIFICATES,
+                false,
+                "CorruptCA",
+                message.clone(),
+                generation,
+            );
+            conditions::set(
+                &mut status.conditions,
+                condition::STALLED,
+                true,
+                "CorruptCA",
+                message,
+                generation,
+            );
+            patch_status(ctx, &tc, &old_status, status).await?;
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e),
+    };
+    if !pki.issued.is_empty() {
+        let issued = pki
+            .issued
+            .iter()
+            .map(|(n, why)| format!("{n} ({why})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        publish(
+            ctx,
+            &tc,
+            EventType::Normal,
+            "CertificatesIssued",
+            "EnsurePKI",
+            &issued,
+        )
+        .await;
+    }
+
+    // 4. Kubeconfigs: the admin one for users (the endpoint), the components'
+    //    through the pinned apiserver name.
+    let internal_url = format!("https://{}:{APISERVER_PORT}", p.names.apiserver());
+    let cluster_ca = &pki.ca(CaKind::Cluster).cert_pem;
+    let cm_kubeconfig = pki::kubeconfig(
+        &name,
+        &internal_url,
+        cluster_ca,
+        "system:kube-controller-manager",
+        &pki.leaves["controller-manager"],
+    );
+    let sched_kubeconfig = pki::kubeconfig(
+        &name,
+        &internal_url,
+        cluster_ca,
+        "system:kube-scheduler",
+        &pki.leaves["scheduler"],
+    );
+    apply(
+        &secrets_api,
+        &secrets::kubeconfig_secret(
+            &p,
+            p.names.component_kubeconfig_secret("controller-manager"),
+            cm_kubeconfig.clone(),
+        ),
+    )
+    .await?;
+    apply(
+        &secrets_api,
+        &secrets::kubeconfig_secret(
+            &p,
+            p.names.component_kubeconfig_secret("scheduler"),
+            sched_kubeconfig.clone(),
+        ),
+    )
+    .await?;
+    let admin_kubeconfig = endpoint.as_ref().map(|e| {
+        pki::kubeconfig(
+            &name,
+            &e.url(),
+            cluster_ca,
+            "kok-admin",
+            &pki.leaves["admin"],
+        )
+    });
+    if let Some(kc) = &admin_kubeconfig {
+        apply(
+            &secrets_api,
+            &secrets::kubeconfig_secret(&p, p.names.admin_kubeconfig_secret(), kc.clone()),
+        )
+        .await?;
+        status.kubeconfig_secret_name = Some(p.names.admin_kubeconfig_secret());
+        status.endpoint = endpoint.as_ref().map(|e| e.url());
+    }
+
+    // 5. Workloads, in dependency order on first creation; afterwards every
+    //    one is applied on every pass so drift is put back.
+    let resolved = Resolved {
+        etcd_member_ips,
+        apiserver_ip,
+        etcd_cluster_token: tc.uid().unwrap_or_default(),
+        hashes: config_hashes(&pki, &cm_kubeconfig, &sched_kubeconfig),
+    };
+    apply(
+        &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
+        &cp::etcd_network_policy(&p, ctx.operator_pod_labels.clone()),
+    )
+    .await?;
+    let etcd = apply(
+        &statefulsets,
+        &cp::etcd_statefulset(&p, &tc.spec, &valid, &resolved),
+    )
+    .await?;
+    status.etcd_replicas = Some(valid.etcd_replicas);
+    let etcd_ready = etcd
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let etcd_quorum = valid.etcd_replicas / 2 + 1;
+
+    let apiserver = if etcd_ready >= etcd_quorum
+        || deployments.get_opt(&p.names.apiserver()).await?.is_some()
+    {
+        Some(
+            apply(
+                &deployments,
+                &cp::apiserver_deployment(&p, &tc.spec, &valid, &resolved),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let apiserver_available = apiserver.as_ref().map(available_replicas).unwrap_or(0);
+    let mut controllers_applied = Vec::new();
+    for (dname, build) in [
+        (
+            p.names.controller_manager(),
+            cp::controller_manager_deployment as fn(&_, &_, &_, &_) -> Deployment,
+        ),
+        (p.names.scheduler(), cp::scheduler_deployment),
+    ] {
+        if apiserver_available > 0 || deployments.get_opt(&dname).await?.is_some() {
+            controllers_applied.push(Some(
+                apply(&deployments, &build(&p, &tc.spec, &valid, &resolved)).await?,
+            ));
+        } else {
+            controllers_applied.push(None);
+        }
+    }
+
+    // 6. Observe and report.
+    let tenant_ready = match &admin_kubeconfig {
+        Some(kc) if apiserver_available > 0 => tenant_health::readyz(kc).await,
+        _ => Err("the apiserver has no available replica yet".to_string()),
+    };
+    let g = generation;
+    let c = &mut status.conditions;
+    let etcd_ok = etcd_ready >= valid.etcd_replicas;
+    conditions::set(
+        c,
+        condition::ETCD,
+        etcd_ok,
+        if etcd_ok {
+            "MembersReady"
+        } else {
+            "MembersNotReady"
+        },
+        format!("{etcd_ready}/{} members ready", valid.etcd_replicas),
+        g,
+    );
+    let api_ok = apiserver_available >= valid.apiserver_replicas && tenant_ready.is_ok();
+    conditions::set(
+        c,
+        condition::APISERVER,
+        api_ok,
+        if api_ok { "Available" } else { "NotAvailable" },
+        match &tenant_ready {
+            Ok(()) => format!(
+                "{apiserver_available}/{} replicas available, /readyz ok",
+                valid.apiserver_replicas
+            ),
+            Err(why) => format!(
+                "{apiserver_available}/{} replicas available; {why}",
+                valid.apiserver_replicas
+            ),
+        },
+        g,
+    );
+    for (ctype, d) in [
+        (condition::CONTROLLER_MANAGER, &controllers_applied[0]),
+        (condition::SCHEDULER, &controllers_applied[1]),
+    ] {
+        let avail = d.as_ref().map(available_replicas).unwrap_or(0);
+        conditions::set(
+            c,
+            ctype,
+            avail > 0,
+            if avail > 0 {
+                "Available"
+            } else {
+                "NotAvailable"
+            },
+            format!("{avail}/1 replicas available"),
+            g,
+        );
+    }
+    let expiry = pki
+        .earliest_expiry
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    conditions::set(
+        c,
+        condition::CERTIFICATES,
+        true,
+        "Valid",
+        format!("all certificates valid; the first expires at {expiry}"),
+        g,
+    );
+
+    let components_ready = [
+        condition::ETCD,
+        condition::APISERVER,
+        condition::CONTROLLER_MANAGER,
+        condition::SCHEDULER,
+    ]
+    .iter()
+    .all(|t| conditions::is_true(c, t));
+    let ready = components_ready && endpoint.is_some();
+    if ready {
+        status.version = Some(valid.version.to_string());
+        conditions::set(
+            c,
+            condition::READY,
+            true,
+            "Ready",
+            "the tenant control plane is serving",
+            g,
+        );
+        conditions::set(c, condition::RECONCILING, false, "Ready", "", g);
+    } else {
+        let waiting: Vec<&str> = c
+            .iter()
+            .filter(|x| {
+                x.status == "False" && x.type_.ends_with("Ready") && x.type_ != condition::READY
+            })
+            .map(|x| x.type_.as_str())
+            .collect();
+        let msg = if endpoint.is_none() {
+            "waiting for the apiserver Service to get an address".to_string()
+        } else {
+            format!("waiting for {}", waiting.join(", "))
+        };
+        conditions::set(c, condition::READY, false, "Progressing", msg.clone(), g);
+        conditions::set(c, condition::RECONCILING, true, "Progressing", msg, g);
+    }
+    let became_ready = ready && !conditions::is_true(&old_status.conditions, condition::READY);
+    patch_status(ctx, &tc, &old_status, status).await?;
+    if became_ready {
+        info!("tenant control plane ready");
+        publish(
+            ctx,
+            &tc,
+            EventType::Normal,
+            "Ready",
+            "Reconcile",
+            "the tenant control plane is serving",
+        )
+        .await;
+    }
+    Ok(Action::requeue(if ready { RESYNC } else { PROGRESS_POLL }))
+}
+
+/// Deletes every child kok created for the tenant, then lets the finalizer go.
+/// etcd PersistentVolumeClaims are kept: they hold data, and kok did not
+/// create them directly (the StatefulSet did); delete them by label to reclaim.
+async fn cleanup(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
+    let ns = tc.namespace().unwrap_or_default();
+    let selector = tenant_selector(&tc.name_any());
+    let lp = ListParams::default().labels(&selector);
+    let dp = DeleteParams::background();
+    let c = ctx.client.clone();
+    let remaining = delete_all(&Api::<Deployment>::namespaced(c.clone(), &ns), &dp, &lp).await?
+        + delete_all(&Api::<StatefulSet>::namespaced(c.clone(), &ns), &dp, &lp).await?
+        + delete_all(&Api::<Service>::namespaced(c.clone(), &ns), &dp, &lp).await?
+        + delete_all(&Api::<NetworkPolicy>::namespaced(c.clone(), &ns), &dp, &lp).await?
+        + delete_all(&Api::<Secret>::namespaced(c.clone(), &ns), &dp, &lp).await?;
+    if remaining > 0 {
+        return Err(Error::CleanupPending(tc.name_any()));
+    }
+    info!("tenant children deleted; releasing finalizer");
+    Ok(Action::await_change())
+}
+
+/// Deletes what matches and returns how many objects still exist afterwards.
+async fn delete_all<K>(api: &Api<K>, dp: &DeleteParams, lp: &ListParams) -> Result<usize>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let existing = api.list_metadata(lp).await?;
+    for obj in &existing.items {
+        match api.delete(&obj.name_any(), dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if existing.items.is_empty() {
+        return Ok(0);
+    }
+    Ok(api.list_metadata(lp).await?.items.len())
+}
+
+/// Hostname -> IP pins (`hostAliases`) of a running workload.
+fn pinned_addresses(pod: Option<k8s_openapi::api::core::v1::PodSpec>) -> HashMap<String, String> {
+    pod.and_then(|p| p.host_aliases)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|a| {
+            a.hostnames
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |h| (h, a.ip.clone()))
+        })
+        .collect()
+}
+
+/// Applies a Service, keeping its ClusterIP: the existing one, or when it was
+/// deleted, the address the workloads still pin (if that is free).
+async fn apply_service(
+    api: &Api<Service>,
+    mut svc: Service,
+    pinned: &HashMap<String, String>,
+) -> Result<Service> {
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let existing_ip = api.get_opt(&name).await?.as_ref().and_then(cluster_ip);
+    let wanted = existing_ip.clone().or_else(|| pinned.get(&name).cloned());
+    if let Some(ip) = wanted {
+        set_cluster_ip(&mut svc, Some(ip.clone()));
+        match apply(api, &svc).await {
+            Ok(s) => return Ok(s),
+            // Only a recreation can fail on the address (taken meanwhile): take a new one.
+            Err(Error::Kube(kube::Error::Api(e))) if existing_ip.is_none() && e.code == 422 => {
+                warn!(service = %name, %ip, error = %e.message, "could not reuse the pinned ClusterIP");
+                set_cluster_ip(&mut svc, None);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    apply(api, &svc).await
+}
+
+fn set_cluster_ip(svc: &mut Service, ip: Option<String>) {
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.cluster_ip = ip;
+    }
+}
+
+fn cluster_ip(svc: &Service) -> Option<String> {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.clone())
+        .filter(|ip| !ip.is_empty() && ip != "None")
+}
+
+fn available_replicas(d: &Deployment) -> i32 {
+    d.status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
+}
+
+/// Where users reach the tenant apiserver.
+pub struct Endpoint {
+    pub host: String,
+    pub port: i32,
+}
+
+impl Endpoint {
+    pub fn url(&self) -> String {
+        if self.host.contains(':') {
+            format!("https://[{}]:{}", self.host, self.port)
+        } else {
+            format!("https://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+async fn endpoint(
+    ctx: &Context,
+    tc: &TenantCluster,
+    svc: &Service,
+    cluster_ip: &str,
+) -> Result<Option<Endpoint>> {
+    Ok(match tc.spec.control_plane.service.type_ {
+        ServiceType::ClusterIP => Some(Endpoint {
+            host: cluster_ip.to_string(),
+            port: APISERVER_PORT,
+        }),
+        ServiceType::NodePort => {
+            let node_port = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.ports.as_ref())
+                .and_then(|ports| ports.first())
+                .and_then(|p| p.node_port);
+            let nodes: Api<Node> = Api::all(ctx.client.clone());
+            let node_ip = nodes
+                .list(&ListParams::default().limit(1))
+                .await?
+                .items
+                .into_iter()
+                .flat_map(|n| n.status.and_then(|s| s.addresses).unwrap_or_default())
+                .find(|a| a.type_ == "InternalIP")
+                .map(|a| a.address);
+            node_ip
+                .zip(node_port)
+                .map(|(host, port)| Endpoint { host, port })
+        }
+        ServiceType::LoadBalancer => svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .and_then(|i| i.first())
+            .and_then(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+            .map(|host| Endpoint {
+                host,
+                port: APISERVER_PORT,
+            }),
+    })
+}
+
+fn pki_inputs(
+    p: &Placement,
+    tc: &TenantCluster,
+    valid: &ValidSpec,
+    apiserver_ip: &str,
+    endpoint_host: Option<&str>,
+) -> TenantPkiInputs {
+    let apiserver = p.names.apiserver();
+    let ns = &p.namespace;
+    let mut apiserver_sans = vec![
+        San::Dns(apiserver.clone()),
+        San::Dns(format!("{apiserver}.{ns}")),
+        San::Dns(format!("{apiserver}.{ns}.svc")),
+        San::Dns(format!("{apiserver}.{ns}.svc.cluster.local")),
+        San::Dns("localhost".into()),
+        San::Ip([127, 0, 0, 1].into()),
+        San::Ip(valid.kubernetes_service_ip),
+    ];
+    for host in [Some(apiserver_ip), endpoint_host].into_iter().flatten() {
+        apiserver_sans.push(match host.parse() {
+            Ok(ip) => San::Ip(ip),
+            Err(_) => San::Dns(host.to_string()),
+        });
+    }
+    apiserver_sans.extend(valid.extra_sans.iter().cloned());
+    let mut etcd_sans: Vec<San> = (0..valid.etcd_replicas)
+        .map(|i| San::Dns(p.names.etcd_member(i)))
+        .collect();
+    etcd_sans.push(San::Dns(p.names.etcd()));
+    etcd_sans.push(San::Dns("localhost".into()));
+    etcd_sans.push(San::Ip([127, 0, 0, 1].into()));
+    TenantPkiInputs {
+        cluster_name: p.names.tenant.clone(),
+        cluster_domain: tc.spec.networking.cluster_domain.clone(),
+        apiserver_sans: dedup(apiserver_sans),
+        etcd_sans,
+    }
+}
+
+fn dedup(mut sans: Vec<San>) -> Vec<San> {
+    let mut seen = std::collections::HashSet::new();
+    sans.retain(|s| seen.insert(s.clone()));
+    sans
+}
+
+fn config_hashes(pki: &TenantPki, cm_kubeconfig: &str, sched_kubeconfig: &str) -> ConfigHashes {
+    let leaf = |n: &str| {
+        pki.leaves
+            .get(n)
+            .map(|l| l.cert_pem.as_str())
+            .unwrap_or_default()
+    };
+    let ca = |k: CaKind| pki.ca(k).cert_pem.as_str();
+    ConfigHashes {
+        etcd: config_hash([
+            ("etcd-ca", ca(CaKind::Etcd)),
+            ("etcd-server", leaf("etcd-server")),
+            ("etcd-peer", leaf("etcd-peer")),
+        ]),
+        apiserver: config_hash(
+            [
+                ("ca", ca(CaKind::Cluster)),
+                ("front-proxy-ca", ca(CaKind::FrontProxy)),
+                ("etcd-ca", ca(CaKind::Etcd)),
+                ("sa.pub", pki.sa_pub.as_str()),
+            ]
+            .into_iter()
+            .chain(
+                [
+                    "apiserver",
+                    "apiserver-kubelet-client",
+                    "apiserver-etcd-client",
+                    "front-proxy-client",
+                ]
+                .into_iter()
+                .map(|n| (n, leaf(n))),
+            ),
+        ),
+        controller_manager: config_hash([
+            ("ca", ca(CaKind::Cluster)),
+            ("sa.key", pki.sa_key.as_str()),
+            ("kubeconfig", cm_kubeconfig),
+        ]),
+        scheduler: config_hash([("kubeconfig", sched_kubeconfig)]),
+    }
+}
+
+/// Patches status only when it differs from what is stored.
+async fn patch_status(
+    ctx: &Context,
+    tc: &TenantCluster,
+    old: &TenantClusterStatus,
+    new: TenantClusterStatus,
+) -> Result<()> {
+    if *old == new && tc.status.is_some() {
+        return Ok(());
+    }
+    let api: Api<TenantCluster> =
+        Api::namespaced(ctx.client.clone(), &tc.namespace().unwrap_or_default());
+    api.patch_status(
+        &tc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": new })),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    tc: &TenantCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &tc.object_ref(&())).await {
+        warn!(error = %e, reason, "could not publish event");
+    }
+}
