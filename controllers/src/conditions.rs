@@ -12,7 +12,12 @@ pub fn set(
     generation: Option<i64>,
 ) {
     let status = if status { "True" } else { "False" };
-    let message = message.into();
+    let mut message = message.into();
+    // Apiservers up to at least v1.20 reject an empty `message` on a CRD
+    // condition as "null" (measured), so an empty message falls back to the reason.
+    if message.is_empty() {
+        message = reason.to_string();
+    }
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
             if c.status != status {
@@ -67,5 +72,12 @@ mod tests {
         assert_ne!(cs[0].last_transition_time, first, "a new status moves it");
         assert!(is_true(&cs, "Ready"));
         assert_eq!(cs.len(), 1);
+    }
+
+    #[test]
+    fn an_empty_message_becomes_the_reason() {
+        let mut cs = Vec::new();
+        set(&mut cs, "Stalled", false, "SpecValid", "", Some(1));
+        assert_eq!(cs[0].message, "SpecValid");
     }
 }

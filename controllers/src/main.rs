@@ -81,6 +81,10 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("cannot list TenantClusters ({e}); is the CRD installed (kubectl apply -f crds/crds.yaml)?");
     }
 
+    // Ready means "able to act": a standby is ready to take over, so rollouts of
+    // a multi-replica Deployment do not wait for a Lease only one replica can hold.
+    health.set_ready(true);
+
     let elector = LeaderElector::new(client.clone(), &namespace, OPERATOR_NAME, &identity);
     if leader_election {
         tokio::select! {
@@ -89,7 +93,6 @@ async fn main() -> anyhow::Result<()> {
         }
         info!(%identity, "leading");
     }
-    health.set_ready(true);
 
     let reporter = Reporter {
         controller: OPERATOR_NAME.into(),

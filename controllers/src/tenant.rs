@@ -123,7 +123,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         condition::STALLED,
         false,
         "SpecValid",
-        "",
+        "the spec is valid",
         generation,
     );
 
@@ -447,7 +447,14 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
             "the tenant control plane is serving",
             g,
         );
-        conditions::set(c, condition::RECONCILING, false, "Ready", "", g);
+        conditions::set(
+            c,
+            condition::RECONCILING,
+            false,
+            "Ready",
+            "the control plane matches the spec",
+            g,
+        );
     } else {
         let waiting: Vec<&str> = c
             .iter()
