@@ -125,6 +125,27 @@ pub fn etcd_image(spec: &TenantClusterSpec, valid: &ValidSpec) -> String {
     format!("{}/etcd:{tag}", image_repository(spec))
 }
 
+/// The etcd minor version the members run (3.4 -> 4), read from the image tag.
+/// `None` for a tag that is not a version (a digest, `latest`).
+pub fn etcd_minor(spec: &TenantClusterSpec, valid: &ValidSpec) -> Option<u32> {
+    let image = etcd_image(spec, valid);
+    let tag = image.rsplit_once(':')?.1.trim_start_matches('v');
+    let mut parts = tag.split('.');
+    (parts.next()? == "3").then_some(())?;
+    parts.next()?.parse().ok()
+}
+
+/// Members dial each other from pod IPs that no certificate can name in
+/// advance, so the peer client certificate's SANs are not checked against the
+/// source address; the etcd CA (which only kok holds) still authenticates peers.
+/// etcd 3.6 renamed the flag out of `experimental`.
+fn etcd_peer_san_flag(minor: Option<u32>) -> &'static str {
+    match minor {
+        Some(m) if m >= 6 => "--peer-skip-client-san-verification=true",
+        _ => "--experimental-peer-skip-client-san-verification=true",
+    }
+}
+
 // ---- Services ---------------------------------------------------------------
 
 fn service(
@@ -220,7 +241,12 @@ pub fn etcd_client_urls(names: &Names, replicas: i32) -> Vec<String> {
         .collect()
 }
 
-fn etcd_args(p: &Placement, valid: &ValidSpec, r: &Resolved) -> Vec<String> {
+fn etcd_args(
+    p: &Placement,
+    spec: &TenantClusterSpec,
+    valid: &ValidSpec,
+    r: &Resolved,
+) -> Vec<String> {
     let pki = |f: &str| format!("{PKI_DIR}/{f}");
     vec![
         "--name=$(POD_NAME)".into(),
@@ -238,6 +264,7 @@ fn etcd_args(p: &Placement, valid: &ValidSpec, r: &Resolved) -> Vec<String> {
         format!("--initial-cluster-token={}", r.etcd_cluster_token),
         "--client-cert-auth=true".into(),
         "--peer-client-cert-auth=true".into(),
+        etcd_peer_san_flag(etcd_minor(spec, valid)).into(),
         format!("--trusted-ca-file={}", pki("etcd-ca.crt")),
         format!("--cert-file={}", pki("etcd-server.crt")),
         format!("--key-file={}", pki("etcd-server.key")),
@@ -392,7 +419,7 @@ pub fn etcd_statefulset(
         image: Some(etcd_image(spec, valid)),
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(vec!["etcd".into()]),
-        args: Some(etcd_args(p, valid, r)),
+        args: Some(etcd_args(p, spec, valid, r)),
         env: Some(vec![EnvVar {
             name: "POD_NAME".into(),
             value_from: Some(EnvVarSource {

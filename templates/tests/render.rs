@@ -345,3 +345,22 @@ fn etcd_network_policy_admits_only_the_tenant_and_the_operator() {
             && peer.namespace_selector.is_some()
     ));
 }
+
+#[test]
+fn etcd_peers_are_authenticated_by_the_ca_not_by_their_pod_ip() {
+    // Pod IPs are unknown when certificates are issued, so the SAN check on
+    // peer client certificates is off, under the flag name of each etcd minor.
+    for (tag, flag_name) in [
+        ("3.4.23", "experimental-peer-skip-client-san-verification"),
+        ("3.5.16-0", "experimental-peer-skip-client-san-verification"),
+        ("3.6.4-0", "peer-skip-client-san-verification"),
+    ] {
+        let mut tc = fixture("three-members.yaml");
+        tc.spec.etcd.version = Some(tag.into());
+        let x = render(tc);
+        let sts = cp::etcd_statefulset(&x.p, &x.tc.spec, &x.valid, &x.r);
+        let a = args(sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap());
+        assert_eq!(flag(&a, flag_name), Some("true"), "etcd {tag}: {a:?}");
+        assert_eq!(flag(&a, "peer-client-cert-auth"), Some("true"));
+    }
+}
