@@ -132,6 +132,22 @@ pub async fn tenant_client(client: &Client, ns: &str, name: &str) -> Client {
     Client::try_from(config).expect("tenant client")
 }
 
+/// Like [`tenant_client`], but `None` while the kubeconfig Secret does not exist yet.
+pub async fn try_tenant_client(client: &Client, ns: &str, name: &str) -> Option<Client> {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(&format!("{name}-kubeconfig"))
+        .await
+        .ok()??;
+    let bytes = secret.data?.remove("value")?;
+    let kubeconfig = Kubeconfig::from_yaml(std::str::from_utf8(&bytes.0).ok()?).ok()?;
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .ok()?;
+    config.connect_timeout = Some(Duration::from_secs(2));
+    config.read_timeout = Some(Duration::from_secs(5));
+    Client::try_from(config).ok()
+}
+
 /// Reads a key of a Secret as text.
 pub async fn secret_text(client: &Client, ns: &str, secret: &str, key: &str) -> String {
     let s = Api::<Secret>::namespaced(client.clone(), ns)
