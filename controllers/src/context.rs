@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use kok_crds::TenantCluster;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
 use kube::Client;
+use kube::Resource;
 
 use crate::telemetry::Metrics;
 
@@ -19,7 +19,12 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Labels of the operator's pods, allowed through each tenant's etcd NetworkPolicy.
     pub operator_pod_labels: std::collections::BTreeMap<String, String>,
-    failures: Mutex<HashMap<ObjectRef<TenantCluster>, usize>>,
+    /// etcd binaries for restoring backups into a scratch etcd.
+    pub etcd_tools: crate::verify::Tools,
+    /// Scratch space for backup verification (`KOK_WORK_DIR`, default the temp dir).
+    pub work_dir: std::path::PathBuf,
+    /// Consecutive failures per object, keyed by kind/namespace/name.
+    failures: Mutex<HashMap<String, usize>>,
 }
 
 impl Context {
@@ -34,6 +39,10 @@ impl Context {
             recorder,
             metrics,
             operator_pod_labels,
+            etcd_tools: crate::verify::Tools::from_env(),
+            work_dir: std::env::var_os("KOK_WORK_DIR")
+                .map(Into::into)
+                .unwrap_or_else(|| std::env::temp_dir().join("kok")),
             failures: Mutex::default(),
         }
     }
@@ -41,19 +50,28 @@ impl Context {
     /// The delay before retrying `obj` after its n-th consecutive failure:
     /// exponential from 1 s to 5 min with jitter, so a broken object never
     /// retries hot and many broken objects do not retry in step.
-    pub fn next_retry(&self, obj: ObjectRef<TenantCluster>) -> Duration {
+    pub fn next_retry<K: Resource<DynamicType = ()>>(&self, obj: &ObjectRef<K>) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = failures.entry(obj).or_insert(0);
+        let n = failures.entry(key(obj)).or_insert(0);
         *n += 1;
         retry_delay(*n)
     }
 
-    pub fn reset_failures(&self, obj: &ObjectRef<TenantCluster>) {
+    pub fn reset_failures<K: Resource<DynamicType = ()>>(&self, obj: &ObjectRef<K>) {
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(obj);
+            .remove(&key(obj));
     }
+}
+
+fn key<K: Resource<DynamicType = ()>>(obj: &ObjectRef<K>) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace.as_deref().unwrap_or_default(),
+        obj.name
+    )
 }
 
 pub fn retry_delay(consecutive_failures: usize) -> Duration {

@@ -7,16 +7,6 @@
 //! - `KOK_LEADER_ELECTION` (default `true`): `false` for a single local replica
 //! - `RUST_LOG` (default `info`), `KOK_LOG_FORMAT` (`json` or `text`, default `text`)
 
-mod apply;
-mod conditions;
-mod context;
-mod error;
-mod leader;
-mod pki;
-mod telemetry;
-mod tenant;
-mod tenant_health;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -24,17 +14,19 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Secret, Service};
-use kok_crds::TenantCluster;
+use kok_crds::{EtcdBackup, TenantCluster};
 use kube::api::ListParams;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::context::Context;
-use crate::leader::LeaderElector;
-use crate::telemetry::{Health, Metrics};
+use kok_controllers::context::Context;
+use kok_controllers::leader::LeaderElector;
+use kok_controllers::telemetry::{self, Health, Metrics};
+use kok_controllers::{backup, backup_schedule, tenant};
 
 const OPERATOR_NAME: &str = "kok-operator";
 
@@ -109,18 +101,41 @@ async fn main() -> anyhow::Result<()> {
     ));
     // Only kok's own children are watched (and cached), not every Secret in the cluster.
     let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=kok");
-    let controller = Controller::new(tenants, watcher::Config::default())
+    let tenant_controller = Controller::new(tenants.clone(), watcher::Config::default())
         .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
         .owns(Api::<Deployment>::all(client.clone()), children.clone())
         .owns(Api::<Service>::all(client.clone()), children.clone())
         .owns(Api::<Secret>::all(client.clone()), children)
         .graceful_shutdown_on(shutdown(shutdown_rx.clone()))
-        .run(tenant::reconcile, tenant::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "controller event");
-            }
-        });
+        .run(tenant::reconcile, tenant::error_policy, ctx.clone())
+        .for_each(log_result);
+    let backup_controller = Controller::new(
+        Api::<EtcdBackup>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown(shutdown_rx.clone()))
+    .run(backup::reconcile, backup::error_policy, ctx.clone())
+    .for_each(log_result);
+    // The schedule looks at a tenant again whenever one of its backups changes.
+    let schedule_controller = Controller::new(tenants, watcher::Config::default())
+        .watches(
+            Api::<EtcdBackup>::all(client.clone()),
+            watcher::Config::default(),
+            |b: EtcdBackup| {
+                let ns = b.metadata.namespace.clone()?;
+                Some(ObjectRef::<TenantCluster>::new(&b.spec.tenant_cluster).within(&ns))
+            },
+        )
+        .graceful_shutdown_on(shutdown(shutdown_rx.clone()))
+        .run(
+            backup_schedule::reconcile,
+            backup_schedule::error_policy,
+            ctx,
+        )
+        .for_each(log_result);
+    let controller = async {
+        tokio::join!(tenant_controller, backup_controller, schedule_controller);
+    };
 
     if leader_election {
         tokio::select! {
@@ -138,6 +153,12 @@ async fn main() -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(e) = result {
+        warn!(error = %e, "controller event");
+    }
 }
 
 async fn shutdown(mut rx: watch::Receiver<bool>) {

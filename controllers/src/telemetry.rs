@@ -28,6 +28,11 @@ struct FailureLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
 type HistogramFamily = Family<ControllerLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -35,6 +40,8 @@ pub struct Metrics {
     reconciles: Family<ControllerLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     duration: HistogramFamily,
+    backups: Family<ResultLabels, Counter>,
+    verifications: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -62,11 +69,25 @@ impl Metrics {
             "Time spent in one reconcile",
             duration.clone(),
         );
+        let backups = Family::<ResultLabels, Counter>::default();
+        let verifications = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "kok_etcd_backups",
+            "EtcdBackups finished, by result (succeeded, failed)",
+            backups.clone(),
+        );
+        registry.register(
+            "kok_etcd_backup_verifications",
+            "Backups restored into a scratch etcd, by result (passed, failed)",
+            verifications.clone(),
+        );
         Self {
             registry,
             reconciles,
             failures,
             duration,
+            backups,
+            verifications,
         }
     }
 
@@ -88,6 +109,24 @@ impl Metrics {
             .get_or_create(&FailureLabels {
                 controller: controller.to_string(),
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn backup_finished(&self, succeeded: bool) {
+        let result = if succeeded { "succeeded" } else { "failed" };
+        self.backups
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn backup_verified(&self, passed: bool) {
+        let result = if passed { "passed" } else { "failed" };
+        self.verifications
+            .get_or_create(&ResultLabels {
+                result: result.into(),
             })
             .inc();
     }

@@ -62,7 +62,7 @@ pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Acti
 pub fn error_policy(tc: Arc<TenantCluster>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcile_failed(CONTROLLER, error.metric_label());
-    let delay = ctx.next_retry(ObjectRef::from_obj(tc.as_ref()));
+    let delay = ctx.next_retry(&ObjectRef::from_obj(tc.as_ref()));
     warn!(tenant = %tc.name_any(), %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -126,6 +126,19 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         "the spec is valid",
         generation,
     );
+
+    if let Some(restore) = tc.annotations().get(kok_crds::RESTORE_ANNOTATION) {
+        conditions::set(
+            &mut status.conditions,
+            condition::RECONCILING,
+            true,
+            "RestoreInProgress",
+            format!("EtcdRestore {restore} is restoring etcd; the control plane is left to it"),
+            generation,
+        );
+        patch_status(ctx, &tc, &old_status, status).await?;
+        return Ok(Action::await_change());
+    }
 
     if tc.spec.paused {
         conditions::set(
@@ -505,6 +518,7 @@ async fn cleanup(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     if remaining > 0 {
         return Err(Error::CleanupPending(tc.name_any()));
     }
+    crate::backup_schedule::delete_all_backups(ctx, &tc).await?;
     info!("tenant children deleted; releasing finalizer");
     Ok(Action::await_change())
 }

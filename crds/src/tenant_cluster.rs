@@ -38,6 +38,10 @@ pub struct TenantClusterSpec {
     /// Images are `<imageRepository>/<component>:<tag>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_repository: Option<String>,
+    /// Scheduled etcd backups; unset: no schedule (on-demand EtcdBackups need it
+    /// too, for the destination).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::BackupSpec>,
     /// When true, kok leaves every child object alone until it is unpaused.
     #[serde(default)]
     pub paused: bool,
@@ -219,7 +223,26 @@ pub struct TenantClusterStatus {
     /// Secret (same namespace) holding the admin kubeconfig under the key `value`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig_secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupScheduleStatus>,
 }
+
+/// Progress of the backup schedule, so a restarted operator neither repeats
+/// nor misses (more than one) scheduled run.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupScheduleStatus {
+    /// The scheduled time of the last run kok started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// The newest EtcdBackup that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_backup: Option<String>,
+}
+
+/// Set on a TenantCluster by a running EtcdRestore (value: its name): the
+/// TenantCluster reconciler leaves the control plane to the restore meanwhile.
+pub const RESTORE_ANNOTATION: &str = "kok.dev/restore-in-progress";
 
 /// Condition types kok sets on a TenantCluster.
 pub mod condition {

@@ -1,6 +1,7 @@
 //! Pure builders from a `TenantCluster` to the objects that run it. No API client here:
 //! everything is a function of its inputs, tested without a cluster.
 
+pub mod backup;
 pub mod controlplane;
 pub mod flags;
 pub mod names;

@@ -185,6 +185,10 @@ pub fn validate(
         }
     }
 
+    if let Some(backup) = &spec.backup {
+        errors.extend(crate::backup::validate_backup(backup));
+    }
+
     match (version, service_cidr, pod_cidr, errors.is_empty()) {
         (Some(version), Some(service_cidr), Some(pod_cidr), true) => {
             let kubernetes_service_ip = first_host(&service_cidr);

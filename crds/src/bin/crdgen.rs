@@ -2,7 +2,11 @@
 use kube::CustomResourceExt;
 
 fn main() {
-    let crds = [kok_crds::TenantCluster::crd()];
+    let crds = [
+        kok_crds::TenantCluster::crd(),
+        kok_crds::EtcdBackup::crd(),
+        kok_crds::EtcdRestore::crd(),
+    ];
     for crd in crds {
         print!(
             "---\n{}",

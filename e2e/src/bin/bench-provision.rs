@@ -63,7 +63,7 @@ async fn main() {
     for count in [1usize, 10] {
         let existing = list_names(&client, &ns).await.len();
         for i in existing..count {
-            tenant::create(&client, &ns, &tenant::dev_tenant(&format!("rest-{i}"), 1)).await;
+            tenant::create(&client, &ns, &small_tenant(&format!("rest-{i}"))).await;
         }
         for i in 0..count {
             tenant::wait_ready(&client, &ns, &format!("rest-{i}"), READY_TIMEOUT).await;
@@ -79,6 +79,20 @@ async fn main() {
     }
 
     let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
+}
+
+/// A 1-member tenant with small CPU requests: with the defaults (220m per
+/// tenant) a 2-core node schedules only 8 or 9 tenants besides the operator.
+fn small_tenant(name: &str) -> TenantCluster {
+    let mut tc = tenant::dev_tenant(name, 1);
+    let small: k8s_openapi::api::core::v1::ResourceRequirements =
+        serde_json::from_value(serde_json::json!({"requests": {"cpu": "10m", "memory": "64Mi"}}))
+            .expect("valid resources");
+    tc.spec.etcd.resources = Some(small.clone());
+    tc.spec.control_plane.apiserver.resources = Some(small.clone());
+    tc.spec.control_plane.controller_manager.resources = Some(small.clone());
+    tc.spec.control_plane.scheduler.resources = Some(small);
+    tc
 }
 
 async fn apply_to_readyz(client: &Client, ns: &str, name: &str, members: i32) -> Duration {

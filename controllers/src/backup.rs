@@ -1,0 +1,339 @@
+//! The EtcdBackup reconciler: one snapshot per object, Pending -> Running ->
+//! (Verifying) -> Succeeded | Failed, each step recorded in status first so a
+//! restarted operator redoes only the step it was in.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kok_crds::{condition, BackupPhase, BackupSpec, EtcdBackup, EtcdBackupStatus, TenantCluster};
+use kok_templates::backup::artifact_key;
+use kok_templates::secrets::string_data;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::context::Context;
+use crate::destination::{S3Credentials, Store};
+use crate::error::{Error, Result};
+use crate::etcd::EtcdAccess;
+use crate::snapshot::{self, Fingerprint};
+use crate::verify;
+
+const CONTROLLER: &str = "etcdbackup";
+
+#[instrument(skip_all, fields(backup = %eb.name_any(), ns = eb.namespace().unwrap_or_default()))]
+pub async fn reconcile(eb: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    let status = eb.status.clone().unwrap_or_default();
+    let phase = status.phase.unwrap_or(BackupPhase::Pending);
+    if phase.is_terminal() {
+        return Ok(Action::await_change());
+    }
+    let ns = eb.namespace().unwrap_or_default();
+    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = match phase {
+        BackupPhase::Pending | BackupPhase::Running => run(&eb, &ctx, &api, status).await,
+        BackupPhase::Verifying => verify_step(&eb, &ctx, &api, status).await,
+        BackupPhase::Succeeded | BackupPhase::Failed => Ok(()),
+    };
+    result?;
+    ctx.reset_failures(&ObjectRef::from_obj(eb.as_ref()));
+    Ok(Action::await_change())
+}
+
+pub fn error_policy(eb: Arc<EtcdBackup>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_failed(CONTROLLER, error.metric_label());
+    let delay = ctx.next_retry(&ObjectRef::from_obj(eb.as_ref()));
+    warn!(backup = %eb.name_any(), %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Why a backup cannot be taken: recorded as `Failed` with this message.
+pub struct Refusal(pub String);
+
+async fn run(
+    eb: &EtcdBackup,
+    ctx: &Context,
+    api: &Api<EtcdBackup>,
+    mut status: EtcdBackupStatus,
+) -> Result<()> {
+    let ns = eb.namespace().unwrap_or_default();
+    let (tc, spec) = match backup_target(ctx, &ns, &eb.spec.tenant_cluster).await? {
+        Ok(t) => t,
+        Err(Refusal(message)) => return fail(ctx, api, eb, status, message).await,
+    };
+    let store = match open_store(ctx, &ns, &spec).await? {
+        Ok(s) => s,
+        Err(Refusal(message)) => return fail(ctx, api, eb, status, message).await,
+    };
+    let key = artifact_key(&ns, &tc.name_any(), &eb.name_any());
+    status.phase = Some(BackupPhase::Running);
+    status.start_time.get_or_insert_with(now);
+    status.location = Some(store.location(&key));
+    status.message = Some("streaming the snapshot".into());
+    patch_status(api, eb, &status).await?;
+
+    let taken = async {
+        let access = EtcdAccess::for_tenant(&ctx.client, &tc)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut etcd = access.connect().await.map_err(|e| e.to_string())?;
+        snapshot::take(&mut etcd, &store, &key)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    let snap = match taken {
+        Ok(s) => s,
+        Err(message) => return fail(ctx, api, eb, status, message).await,
+    };
+    info!(
+        size = snap.size,
+        revision = snap.fingerprint.revision,
+        "snapshot stored"
+    );
+    status.size_bytes = Some(snap.size);
+    status.sha256 = Some(snap.sha256);
+    status.revision = Some(snap.fingerprint.revision);
+    status.key_count = Some(snap.fingerprint.key_count);
+    status.kv_hash = Some(snap.fingerprint.kv_hash);
+    if spec.verify {
+        status.phase = Some(BackupPhase::Verifying);
+        status.message = Some("restoring into a scratch etcd".into());
+        patch_status(api, eb, &status).await?;
+        verify_with(
+            eb,
+            ctx,
+            api,
+            status,
+            &store,
+            &key,
+            snap.fingerprint.compact_revision,
+        )
+        .await
+    } else {
+        succeed(ctx, api, eb, status, "snapshot stored (not verified)").await
+    }
+}
+
+/// Resumes a backup whose verification was interrupted.
+async fn verify_step(
+    eb: &EtcdBackup,
+    ctx: &Context,
+    api: &Api<EtcdBackup>,
+    status: EtcdBackupStatus,
+) -> Result<()> {
+    let ns = eb.namespace().unwrap_or_default();
+    let (tc, spec) = match backup_target(ctx, &ns, &eb.spec.tenant_cluster).await? {
+        Ok(t) => t,
+        Err(Refusal(message)) => return fail(ctx, api, eb, status, message).await,
+    };
+    let store = match open_store(ctx, &ns, &spec).await? {
+        Ok(s) => s,
+        Err(Refusal(message)) => return fail(ctx, api, eb, status, message).await,
+    };
+    let key = artifact_key(&ns, &tc.name_any(), &eb.name_any());
+    verify_with(eb, ctx, api, status, &store, &key, 0).await
+}
+
+async fn verify_with(
+    eb: &EtcdBackup,
+    ctx: &Context,
+    api: &Api<EtcdBackup>,
+    mut status: EtcdBackupStatus,
+    store: &Store,
+    key: &str,
+    compact_revision: i64,
+) -> Result<()> {
+    let (Some(revision), Some(key_count), Some(kv_hash), Some(sha256)) = (
+        status.revision,
+        status.key_count,
+        status.kv_hash,
+        status.sha256.clone(),
+    ) else {
+        return fail(
+            ctx,
+            api,
+            eb,
+            status,
+            "no recorded fingerprint to verify against".into(),
+        )
+        .await;
+    };
+    let recorded = Fingerprint {
+        revision,
+        key_count,
+        kv_hash,
+        compact_revision,
+    };
+    let outcome = verify::verify(
+        store,
+        key,
+        &sha256,
+        &recorded,
+        &ctx.etcd_tools,
+        &ctx.work_dir,
+    )
+    .await;
+    ctx.metrics.backup_verified(outcome.is_ok());
+    match outcome {
+        Ok(_) => {
+            status.verified = Some(true);
+            succeed(
+                ctx,
+                api,
+                eb,
+                status,
+                "snapshot stored and verified by a restore",
+            )
+            .await
+        }
+        Err(e) => {
+            status.verified = Some(false);
+            fail(ctx, api, eb, status, format!("verification failed: {e}")).await
+        }
+    }
+}
+
+/// The TenantCluster to back up and its backup settings, or why not.
+async fn backup_target(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Result<(TenantCluster, BackupSpec), Refusal>> {
+    let tcs: Api<TenantCluster> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(tc) = tcs.get_opt(name).await? else {
+        return Ok(Err(Refusal(format!("TenantCluster {name} not found"))));
+    };
+    let Some(spec) = tc.spec.backup.clone() else {
+        return Ok(Err(Refusal(format!(
+            "TenantCluster {name} has no spec.backup, so no destination"
+        ))));
+    };
+    if tc.spec.paused {
+        return Ok(Err(Refusal(format!(
+            "TenantCluster {name} is paused (spec.paused)"
+        ))));
+    }
+    let etcd_ready = tc
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == condition::ETCD))
+        .map(|c| (c.status == "True", c.message.clone()));
+    match etcd_ready {
+        Some((true, _)) => Ok(Ok((tc, spec))),
+        Some((false, why)) => Ok(Err(Refusal(format!(
+            "TenantCluster {name} etcd is not ready: {why}"
+        )))),
+        None => Ok(Err(Refusal(format!(
+            "TenantCluster {name} has not reported etcd health yet"
+        )))),
+    }
+}
+
+pub async fn open_store(
+    ctx: &Context,
+    ns: &str,
+    spec: &BackupSpec,
+) -> Result<Result<Store, Refusal>> {
+    let creds = match &spec.destination.s3 {
+        Some(s3) => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+            let Some(secret) = secrets.get_opt(&s3.credentials_secret).await? else {
+                return Ok(Err(Refusal(format!(
+                    "S3 credentials Secret {} not found",
+                    s3.credentials_secret
+                ))));
+            };
+            match s3_credentials(&string_data(&secret)) {
+                Some(c) => Some(c),
+                None => {
+                    return Ok(Err(Refusal(format!(
+                        "Secret {} needs keys accessKeyID and secretAccessKey",
+                        s3.credentials_secret
+                    ))))
+                }
+            }
+        }
+        None => None,
+    };
+    Ok(Store::open(&spec.destination, creds).map_err(|e| Refusal(e.to_string())))
+}
+
+pub fn s3_credentials(data: &BTreeMap<String, String>) -> Option<S3Credentials> {
+    Some(S3Credentials {
+        access_key_id: data.get("accessKeyID")?.clone(),
+        secret_access_key: data.get("secretAccessKey")?.clone(),
+        session_token: data.get("sessionToken").cloned(),
+    })
+}
+
+async fn succeed(
+    ctx: &Context,
+    api: &Api<EtcdBackup>,
+    eb: &EtcdBackup,
+    mut status: EtcdBackupStatus,
+    message: &str,
+) -> Result<()> {
+    status.phase = Some(BackupPhase::Succeeded);
+    status.message = Some(message.into());
+    status.completion_time = Some(now());
+    patch_status(api, eb, &status).await?;
+    ctx.metrics.backup_finished(true);
+    info!("backup succeeded");
+    Ok(())
+}
+
+async fn fail(
+    ctx: &Context,
+    api: &Api<EtcdBackup>,
+    eb: &EtcdBackup,
+    mut status: EtcdBackupStatus,
+    message: String,
+) -> Result<()> {
+    warn!(%message, "backup failed");
+    status.phase = Some(BackupPhase::Failed);
+    status.message = Some(message);
+    status.completion_time = Some(now());
+    patch_status(api, eb, &status).await?;
+    ctx.metrics.backup_finished(false);
+    Ok(())
+}
+
+async fn patch_status(
+    api: &Api<EtcdBackup>,
+    eb: &EtcdBackup,
+    status: &EtcdBackupStatus,
+) -> Result<()> {
+    api.patch_status(
+        &eb.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// The time a backup finished (or was created), for retention.
+pub fn backup_time(eb: &EtcdBackup) -> chrono::DateTime<Utc> {
+    let ts = eb
+        .status
+        .as_ref()
+        .and_then(|s| s.completion_time.as_ref())
+        .or(eb.metadata.creation_timestamp.as_ref())
+        .map(|t| t.0.as_second())
+        .unwrap_or_default();
+    kok_templates::backup::from_unix(ts)
+}

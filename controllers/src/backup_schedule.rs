@@ -1,0 +1,278 @@
+//! Per TenantCluster: start scheduled EtcdBackups (kok's own cron: the
+//! management cluster may not serve CronJob) and apply retention.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kok_crds::{
+    BackupPhase, BackupScheduleStatus, EtcdBackup, EtcdBackupSpec, EtcdRestore, RestorePhase,
+    TenantCluster,
+};
+use kok_templates::backup::{
+    artifact_key, due, parse_schedule, retention_victims, scheduled_backup_name, BackupRecord,
+};
+use kok_templates::names::TENANT_LABEL;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::backup::{backup_time, open_store, Refusal};
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+const CONTROLLER: &str = "backupschedule";
+/// Retention by age needs a look now and then even when no slot is near.
+const RETENTION_POLL: Duration = Duration::from_secs(300);
+
+#[instrument(skip_all, fields(tenant = %tc.name_any(), ns = tc.namespace().unwrap_or_default()))]
+pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    let Some(spec) = tc.spec.backup.clone() else {
+        return Ok(Action::await_change());
+    };
+    if tc.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = tc.namespace().unwrap_or_default();
+    let name = tc.name_any();
+    let backups = tenant_backups(&ctx, &ns, &name).await?;
+
+    // Retention first: deleting never depends on the schedule being valid.
+    apply_retention(&ctx, &tc, &spec, &backups).await?;
+
+    let mut status = tc
+        .status
+        .as_ref()
+        .and_then(|s| s.backup.clone())
+        .unwrap_or_default();
+    let old = status.clone();
+    status.last_successful_backup = backups
+        .iter()
+        .filter(|b| phase(b) == Some(BackupPhase::Succeeded))
+        .max_by_key(|b| backup_time(b))
+        .map(|b| b.name_any());
+
+    let mut wake = RETENTION_POLL;
+    if let Some(Ok(schedule)) = spec.schedule.as_deref().map(parse_schedule) {
+        let now = Utc::now();
+        let counted_from = status
+            .last_schedule_time
+            .as_ref()
+            .or(tc.metadata.creation_timestamp.as_ref())
+            .map(|t| kok_templates::backup::from_unix(t.0.as_second()))
+            .unwrap_or(now);
+        let d = due(&schedule, counted_from, now);
+        if let Some(slot) = d.run {
+            start_scheduled(&ctx, &tc, &backups, slot).await?;
+            status.last_schedule_time = Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(slot.timestamp()).unwrap_or_default(),
+            ));
+        }
+        if let Some(next) = d.next {
+            let until = (next - now).to_std().unwrap_or_default() + Duration::from_secs(1);
+            wake = wake.min(until);
+        }
+    }
+    if status != old {
+        patch_schedule_status(&ctx, &tc, &status).await?;
+    }
+    ctx.reset_failures(&ObjectRef::from_obj(tc.as_ref()));
+    Ok(Action::requeue(wake))
+}
+
+pub fn error_policy(tc: Arc<TenantCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_failed(CONTROLLER, error.metric_label());
+    let delay = ctx.next_retry(&ObjectRef::from_obj(tc.as_ref()));
+    warn!(tenant = %tc.name_any(), %error, retry_in = ?delay, "backup schedule failed");
+    Action::requeue(delay)
+}
+
+fn phase(b: &EtcdBackup) -> Option<BackupPhase> {
+    b.status.as_ref().and_then(|s| s.phase)
+}
+
+/// Every EtcdBackup of the tenant, scheduled or made by hand.
+pub async fn tenant_backups(ctx: &Context, ns: &str, tenant: &str) -> Result<Vec<EtcdBackup>> {
+    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|b| b.spec.tenant_cluster == tenant)
+        .collect())
+}
+
+async fn start_scheduled(
+    ctx: &Context,
+    tc: &TenantCluster,
+    backups: &[EtcdBackup],
+    slot: chrono::DateTime<Utc>,
+) -> Result<()> {
+    let ns = tc.namespace().unwrap_or_default();
+    // A slow backup must not make them pile up: this slot is skipped, visibly.
+    if let Some(running) = backups
+        .iter()
+        .find(|b| !phase(b).is_some_and(BackupPhase::is_terminal))
+    {
+        let note = format!(
+            "skipped the {slot} backup: {} is still running",
+            running.name_any()
+        );
+        warn!(%note);
+        publish(ctx, tc, EventType::Warning, "BackupSkipped", &note).await;
+        return Ok(());
+    }
+    let name = scheduled_backup_name(&tc.name_any(), slot);
+    let backup = EtcdBackup {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(
+                [
+                    (TENANT_LABEL.to_string(), tc.name_any()),
+                    ("kok.dev/scheduled".to_string(), "true".to_string()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        spec: EtcdBackupSpec {
+            tenant_cluster: tc.name_any(),
+        },
+        status: None,
+    };
+    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    match api.create(&PostParams::default(), &backup).await {
+        Ok(_) => info!(backup = %name, "started a scheduled backup"),
+        // Already started for this slot (by us before a restart): not a second run.
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+async fn apply_retention(
+    ctx: &Context,
+    tc: &TenantCluster,
+    spec: &kok_crds::BackupSpec,
+    backups: &[EtcdBackup],
+) -> Result<()> {
+    let ns = tc.namespace().unwrap_or_default();
+    let restores: Api<EtcdRestore> = Api::namespaced(ctx.client.clone(), &ns);
+    let in_use: Vec<String> = restores
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| {
+            !matches!(
+                r.status.as_ref().and_then(|s| s.phase),
+                Some(RestorePhase::Completed) | Some(RestorePhase::Failed)
+            )
+        })
+        .map(|r| r.spec.backup)
+        .collect();
+    let records: Vec<BackupRecord> = backups
+        .iter()
+        .map(|b| BackupRecord {
+            name: b.name_any(),
+            time: backup_time(b),
+            succeeded: phase(b) == Some(BackupPhase::Succeeded),
+            finished: phase(b).is_some_and(BackupPhase::is_terminal),
+            in_use: in_use.contains(&b.name_any()),
+        })
+        .collect();
+    let victims = retention_victims(&records, &spec.retention, Utc::now());
+    if victims.is_empty() {
+        return Ok(());
+    }
+    let store = match open_store(ctx, &ns, spec).await? {
+        Ok(s) => s,
+        Err(Refusal(why)) => {
+            warn!(%why, "retention cannot reach the destination");
+            return Ok(());
+        }
+    };
+    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    for victim in victims {
+        // The artifact first: an object without artifact is visible, an
+        // artifact without object would be a silent leak.
+        if let Err(e) = store
+            .delete(&artifact_key(&ns, &tc.name_any(), &victim))
+            .await
+        {
+            warn!(backup = %victim, error = %e, "could not delete the artifact; keeping the backup");
+            continue;
+        }
+        match api.delete(&victim, &DeleteParams::default()).await {
+            Ok(_) => info!(backup = %victim, "retention deleted a backup"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// With `deletionPolicy: Delete`, a deleted TenantCluster takes its backups along.
+pub async fn delete_all_backups(ctx: &Context, tc: &TenantCluster) -> Result<()> {
+    let Some(spec) = &tc.spec.backup else {
+        return Ok(());
+    };
+    if spec.deletion_policy != kok_crds::DeletionPolicy::Delete {
+        return Ok(());
+    }
+    let ns = tc.namespace().unwrap_or_default();
+    let backups = tenant_backups(ctx, &ns, &tc.name_any()).await?;
+    let store = open_store(ctx, &ns, spec).await?.ok();
+    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    for b in backups {
+        if let Some(store) = &store {
+            if let Err(e) = store
+                .delete(&artifact_key(&ns, &tc.name_any(), &b.name_any()))
+                .await
+            {
+                warn!(backup = %b.name_any(), error = %e, "could not delete the artifact");
+                continue;
+            }
+        }
+        let _ = api.delete(&b.name_any(), &DeleteParams::default()).await;
+    }
+    Ok(())
+}
+
+async fn patch_schedule_status(
+    ctx: &Context,
+    tc: &TenantCluster,
+    status: &BackupScheduleStatus,
+) -> Result<()> {
+    let api: Api<TenantCluster> =
+        Api::namespaced(ctx.client.clone(), &tc.namespace().unwrap_or_default());
+    api.patch_status(
+        &tc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "backup": status } })),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, tc: &TenantCluster, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Backup".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &tc.object_ref(&())).await {
+        warn!(error = %e, "could not publish event");
+    }
+}

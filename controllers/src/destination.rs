@@ -1,0 +1,185 @@
+//! Backup destinations behind one interface (object_store): a directory in the
+//! operator's pod, or an S3-compatible bucket. Artifacts are written as
+//! multipart uploads of fixed-size parts, so memory stays bounded at any size.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use kok_crds::{Destination, S3Destination};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, WriteMultipart};
+
+/// Part size of multipart uploads (S3's minimum is 5 MiB).
+pub const PART_SIZE: usize = 5 * 1024 * 1024;
+/// Parts in flight at once: memory is bounded by PART_SIZE * (this + 1).
+const PARTS_IN_FLIGHT: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    #[error("destination: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("destination: {0}")]
+    Config(String),
+}
+
+/// S3 credentials, read from the Secret named in the destination.
+#[derive(Clone)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+// Never print credentials, even in debug logs.
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    /// Key prefix inside the store (S3 `prefix`), without slashes at the ends.
+    prefix: String,
+    /// `file:///dir` or `s3://bucket`, for locations shown in status.
+    base_url: String,
+}
+
+impl Store {
+    pub fn open(
+        destination: &Destination,
+        credentials: Option<S3Credentials>,
+    ) -> Result<Self, DestinationError> {
+        match (&destination.filesystem, &destination.s3) {
+            (Some(fs), None) => Self::filesystem(&fs.path),
+            (None, Some(s3)) => {
+                let creds = credentials.ok_or_else(|| {
+                    DestinationError::Config("S3 destination without credentials".into())
+                })?;
+                Self::s3(s3, creds)
+            }
+            _ => Err(DestinationError::Config(
+                "set exactly one of filesystem and s3".into(),
+            )),
+        }
+    }
+
+    pub fn filesystem(dir: &str) -> Result<Self, DestinationError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| DestinationError::Config(format!("creating {dir}: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(LocalFileSystem::new_with_prefix(dir)?),
+            prefix: String::new(),
+            base_url: format!("file://{}", dir.trim_end_matches('/')),
+        })
+    }
+
+    pub fn s3(s3: &S3Destination, creds: S3Credentials) -> Result<Self, DestinationError> {
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&s3.bucket)
+            .with_region(&s3.region)
+            .with_access_key_id(&creds.access_key_id)
+            .with_secret_access_key(&creds.secret_access_key);
+        if let Some(token) = &creds.session_token {
+            builder = builder.with_token(token);
+        }
+        if let Some(endpoint) = &s3.endpoint {
+            // S3-compatible servers: path-style addressing; plain http only if asked for.
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        Ok(Self {
+            inner: Arc::new(builder.build()?),
+            prefix: s3
+                .prefix
+                .clone()
+                .unwrap_or_default()
+                .trim_matches('/')
+                .to_string(),
+            base_url: format!("s3://{}", s3.bucket),
+        })
+    }
+
+    fn path(&self, key: &str) -> Path {
+        if self.prefix.is_empty() {
+            Path::from(key)
+        } else {
+            Path::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    /// The location of `key` as shown to users (`file:///…`, `s3://bucket/…`).
+    pub fn location(&self, key: &str) -> String {
+        format!("{}/{}", self.base_url, self.path(key))
+    }
+
+    /// Starts writing `key`; nothing is visible under it until `finish`.
+    pub async fn writer(&self, key: &str) -> Result<ArtifactWriter, DestinationError> {
+        let upload = self.inner.put_multipart(&self.path(key)).await?;
+        Ok(ArtifactWriter {
+            write: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+        })
+    }
+
+    pub async fn read(
+        &self,
+        key: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, DestinationError>>, DestinationError> {
+        let stream = self.inner.get(&self.path(key)).await?.into_stream();
+        Ok(stream.map(|r| r.map_err(DestinationError::from)).boxed())
+    }
+
+    pub async fn size(&self, key: &str) -> Result<u64, DestinationError> {
+        Ok(self.inner.head(&self.path(key)).await?.size)
+    }
+
+    /// Deletes `key`; a key that is already gone is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), DestinationError> {
+        match self.inner.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, DestinationError> {
+        match self.inner.head(&self.path(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A multipart upload in progress.
+pub struct ArtifactWriter {
+    write: WriteMultipart,
+}
+
+impl ArtifactWriter {
+    /// Buffers `data`; waits while too many parts are in flight (backpressure
+    /// instead of memory growth when the destination is slower than etcd).
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), DestinationError> {
+        self.write.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+        self.write.write(data);
+        Ok(())
+    }
+
+    pub async fn finish(self) -> Result<(), DestinationError> {
+        self.write.finish().await?;
+        Ok(())
+    }
+
+    /// Drops the partial upload: nothing remains under the key.
+    pub async fn abort(self) {
+        let _ = self.write.abort().await;
+    }
+}

@@ -1,0 +1,129 @@
+//! Connecting to a tenant's etcd with the client certificate kok issued for
+//! itself (`etcd-operator-client`), one member at a time.
+
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kok_crds::TenantCluster;
+use kok_templates::names::Names;
+use kok_templates::secrets::string_data;
+use kube::{Api, ResourceExt};
+
+/// One member's address and the name its certificate carries.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub url: String,
+    /// TLS server name to verify (`<tenant>-etcd-<i>`); `None` for plain http.
+    pub tls_name: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Tls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+#[derive(Clone)]
+pub struct EtcdAccess {
+    pub members: Vec<Member>,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("no etcd member answered: {0}")]
+    Unreachable(String),
+    #[error("tenant etcd access: {0}")]
+    Access(String),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl EtcdAccess {
+    /// Connects to the first member that answers a status call.
+    pub async fn connect(&self) -> Result<Client, EtcdError> {
+        let mut last = String::from("no members");
+        for m in &self.members {
+            let mut options = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(30));
+            if let (Some(tls), Some(name)) = (&self.tls, &m.tls_name) {
+                options = options.with_tls(
+                    TlsOptions::new()
+                        .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                        .domain_name(name.clone()),
+                );
+            }
+            match Client::connect([m.url.as_str()], Some(options)).await {
+                Ok(mut c) => match c.status().await {
+                    Ok(_) => return Ok(c),
+                    Err(e) => last = format!("{}: {e}", m.url),
+                },
+                Err(e) => last = format!("{}: {e}", m.url),
+            }
+        }
+        Err(EtcdError::Unreachable(last))
+    }
+
+    /// The members of a running tenant, by their Services' ClusterIPs.
+    pub async fn for_tenant(client: &kube::Client, tc: &TenantCluster) -> Result<Self, EtcdError> {
+        let ns = tc.namespace().unwrap_or_default();
+        let names = Names::new(&tc.name_any());
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let read = |s: Option<Secret>, what: &str| {
+            s.map(|s| string_data(&s))
+                .ok_or_else(|| EtcdError::Access(format!("Secret {what} not found")))
+        };
+        let ca = read(
+            secrets.get_opt(&names.ca_secret("etcd-ca")).await?,
+            "etcd CA",
+        )?;
+        let certs = read(
+            secrets.get_opt(&names.certs_secret()).await?,
+            "certificates",
+        )?;
+        let field = |m: &std::collections::BTreeMap<String, String>, k: &str| {
+            m.get(k)
+                .cloned()
+                .ok_or_else(|| EtcdError::Access(format!("key {k} missing")))
+        };
+        let tls = Tls {
+            ca_pem: field(&ca, "tls.crt")?,
+            cert_pem: field(&certs, "etcd-operator-client.crt")?,
+            key_pem: field(&certs, "etcd-operator-client.key")?,
+        };
+        let replicas = tc
+            .status
+            .as_ref()
+            .and_then(|s| s.etcd_replicas)
+            .unwrap_or(tc.spec.etcd.replicas);
+        let mut members = Vec::new();
+        for i in 0..replicas {
+            let name = names.etcd_member(i);
+            if let Some(ip) = services
+                .get_opt(&name)
+                .await?
+                .and_then(|s| s.spec)
+                .and_then(|s| s.cluster_ip)
+            {
+                members.push(Member {
+                    url: format!(
+                        "https://{ip}:{}",
+                        kok_templates::controlplane::ETCD_CLIENT_PORT
+                    ),
+                    tls_name: Some(name),
+                });
+            }
+        }
+        Ok(Self {
+            members,
+            tls: Some(tls),
+        })
+    }
+}

@@ -1,0 +1,211 @@
+//! Backups of a tenant's etcd: the schedule in `TenantCluster.spec.backup`,
+//! one `EtcdBackup` per snapshot, and `EtcdRestore`, the declared restore runbook.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `TenantCluster.spec.backup`: when to snapshot, where to, how long to keep.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Cron schedule (5 fields, UTC), e.g. `0 */6 * * *`. Unset: on-demand only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    #[serde(default)]
+    pub retention: Retention,
+    pub destination: Destination,
+    /// Restore every backup into a scratch etcd and check it (proven restorable).
+    #[serde(default)]
+    pub verify: bool,
+    /// What happens to the backups when the TenantCluster is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Which backups to keep. The newest successful backup and any backup a restore
+/// uses are always kept, whatever these say.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// Keep at most this many successful backups (newest first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// Delete backups older than this (`30m`, `12h`, `7d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the EtcdBackup objects and artifacts (default): data outlives the cluster.
+    #[default]
+    Retain,
+    /// Delete them with the TenantCluster.
+    Delete,
+}
+
+/// Where snapshots are written. Exactly one of `filesystem` and `s3`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Destination {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<FilesystemDestination>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Destination>,
+}
+
+/// A directory in the operator's pod (a mounted volume or PVC).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FilesystemDestination {
+    /// Absolute path inside the operator pod, e.g. `/var/lib/kok/backups`.
+    pub path: String,
+}
+
+/// An S3-compatible bucket.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    pub bucket: String,
+    /// Key prefix inside the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Endpoint URL for S3-compatible stores (MinIO, Ceph); unset for AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Secret in the TenantCluster's namespace with keys `accessKeyID` and
+    /// `secretAccessKey` (and optionally `sessionToken`).
+    pub credentials_secret: String,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+/// One snapshot of a tenant's etcd. Created by the schedule, or by hand for an
+/// on-demand backup; never modified once it has succeeded.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kok.dev",
+    version = "v1alpha1",
+    kind = "EtcdBackup",
+    namespaced,
+    shortname = "eb",
+    status = "EtcdBackupStatus",
+    printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.tenantCluster"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Revision","type":"integer","jsonPath":".status.revision"}"#,
+    printcolumn = r#"{"name":"Size","type":"integer","jsonPath":".status.sizeBytes"}"#,
+    printcolumn = r#"{"name":"Verified","type":"boolean","jsonPath":".status.verified"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdBackupSpec {
+    /// The TenantCluster (same namespace) whose etcd is snapshotted.
+    pub tenant_cluster: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum BackupPhase {
+    Pending,
+    Running,
+    Verifying,
+    Succeeded,
+    Failed,
+}
+
+impl BackupPhase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, BackupPhase::Succeeded | BackupPhase::Failed)
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdBackupStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<BackupPhase>,
+    /// Why the backup failed, or what it is doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// etcd revision the recorded key count and hash refer to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// Keys in the tenant's keyspace at `revision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_count: Option<i64>,
+    /// etcd `HashKV` at `revision`: the content hash a restore must reproduce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_hash: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// sha256 of the artifact as stored, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// `file:///…` or `s3://bucket/key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// True once restored into a scratch etcd and found identical; false if that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+}
+
+/// Restores a TenantCluster's etcd from an EtcdBackup: the declared runbook.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kok.dev",
+    version = "v1alpha1",
+    kind = "EtcdRestore",
+    namespaced,
+    shortname = "er",
+    status = "EtcdRestoreStatus",
+    printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.tenantCluster"}"#,
+    printcolumn = r#"{"name":"Backup","type":"string","jsonPath":".spec.backup"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdRestoreSpec {
+    pub tenant_cluster: String,
+    /// EtcdBackup (same namespace) to restore from; it must have succeeded.
+    pub backup: String,
+}
+
+/// The restore runbook's steps, in order. Each is recorded before it is
+/// acted on, so a restarted operator resumes where it stopped.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub enum RestorePhase {
+    Pending,
+    StoppingControlPlane,
+    RestoringEtcd,
+    StartingControlPlane,
+    Verifying,
+    Completed,
+    Failed,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdRestoreStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RestorePhase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// The etcd cluster token of the restored cluster (a new cluster ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_token: Option<String>,
+}
