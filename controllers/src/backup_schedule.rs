@@ -167,10 +167,13 @@ async fn apply_retention(
 ) -> Result<()> {
     let ns = tc.namespace().unwrap_or_default();
     let restores: Api<EtcdRestore> = Api::namespaced(ctx.client.clone(), &ns);
+    // Until the EtcdRestore CRD is installed there is no restore to protect.
+    let restores = match restores.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     let in_use: Vec<String> = restores
-        .list(&ListParams::default())
-        .await?
-        .items
         .into_iter()
         .filter(|r| {
             !matches!(

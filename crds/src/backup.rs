@@ -82,6 +82,23 @@ pub struct S3Destination {
     pub credentials_secret: String,
 }
 
+// An optional enum would render `enum: [..., null]`, which apiservers up to at
+// least v1.20 reject; the phase is a plain string enum, absent until set.
+fn backup_phase_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["Pending", "Running", "Verifying", "Succeeded", "Failed"]
+    })
+}
+
+fn restore_phase_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["Pending", "StoppingControlPlane", "RestoringEtcd", "StartingControlPlane",
+                 "Verifying", "Completed", "Failed"]
+    })
+}
+
 fn default_region() -> String {
     "us-east-1".into()
 }
@@ -128,6 +145,7 @@ impl BackupPhase {
 #[serde(rename_all = "camelCase")]
 pub struct EtcdBackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "backup_phase_schema")]
     pub phase: Option<BackupPhase>,
     /// Why the backup failed, or what it is doing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,6 +216,7 @@ pub enum RestorePhase {
 #[serde(rename_all = "camelCase")]
 pub struct EtcdRestoreStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "restore_phase_schema")]
     pub phase: Option<RestorePhase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

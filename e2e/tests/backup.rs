@@ -1,0 +1,199 @@
+//! etcd backups end to end, against the operator running in the cluster: a
+//! filesystem destination on the node (hack/deploy-operator mounts
+//! /var/lib/kok-local/backups into the operator at /var/lib/kok/backups).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kok_crds::{BackupPhase, EtcdBackup, TenantCluster};
+use kok_e2e::{tenant, wait_for, with_namespace, Poll};
+use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Where the operator's `/var/lib/kok/backups` is on this node.
+fn host_backup_dir() -> PathBuf {
+    std::env::var_os("KOK_BACKUP_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/kok-local/backups".into())
+}
+
+fn with_backup(mut tc: TenantCluster, backup: serde_json::Value) -> TenantCluster {
+    tc.spec.backup = Some(serde_json::from_value(backup).expect("valid backup spec"));
+    tc
+}
+
+async fn create_backup(client: &Client, ns: &str, name: &str, tenant: &str) {
+    let eb = EtcdBackup {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: kok_crds::EtcdBackupSpec {
+            tenant_cluster: tenant.into(),
+        },
+        status: None,
+    };
+    Api::<EtcdBackup>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &eb)
+        .await
+        .expect("creating an EtcdBackup");
+}
+
+async fn wait_finished(client: &Client, ns: &str, name: &str) -> EtcdBackup {
+    let api: Api<EtcdBackup> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        &format!("EtcdBackup {ns}/{name} to finish"),
+        Duration::from_secs(180),
+        || {
+            let api = api.clone();
+            async move {
+                match api.get_opt(name).await {
+                    Ok(Some(b)) => match b.status.as_ref().and_then(|s| s.phase) {
+                        Some(p) if p.is_terminal() => Poll::Ready(b),
+                        p => Poll::Pending(format!("phase {p:?}")),
+                    },
+                    Ok(None) => Poll::Pending("not found".into()),
+                    Err(e) => Poll::Pending(e.to_string()),
+                }
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn on_demand_backup_is_verified_and_records_the_tenant_state() {
+    with_namespace("bk-demand", |client, ns| async move {
+        let dest = format!("/var/lib/kok/backups/e2e-{ns}");
+        let tc = with_backup(
+            tenant::dev_tenant("db", 1),
+            json!({"destination": {"filesystem": {"path": dest}}, "verify": true}),
+        );
+        tenant::create(&client, &ns, &tc).await;
+        tenant::wait_ready(&client, &ns, "db", READY_TIMEOUT).await;
+
+        // Some state in the tenant that the backup must hold.
+        let tenant_api = tenant::tenant_client(&client, &ns, "db").await;
+        let cms: Api<ConfigMap> = Api::namespaced(tenant_api, "default");
+        for i in 0..20 {
+            let cm: ConfigMap = serde_json::from_value(
+                json!({"metadata": {"name": format!("cm-{i}")}, "data": {"i": i.to_string()}}),
+            )
+            .unwrap();
+            cms.create(&PostParams::default(), &cm)
+                .await
+                .expect("tenant write");
+        }
+
+        create_backup(&client, &ns, "manual-1", "db").await;
+        let b = wait_finished(&client, &ns, "manual-1").await;
+        let s = b.status.unwrap();
+        assert_eq!(s.phase, Some(BackupPhase::Succeeded), "{:?}", s.message);
+        assert_eq!(s.verified, Some(true), "{:?}", s.message);
+        assert!(s.key_count.unwrap() >= 20, "{s:?}");
+        assert!(s.revision.unwrap() > 0);
+        assert_eq!(s.sha256.as_ref().map(|h| h.len()), Some(64));
+        let location = s.location.unwrap();
+        assert_eq!(location, format!("file://{dest}/{ns}/db/manual-1.db"));
+        let on_host = host_backup_dir()
+            .join(format!("e2e-{ns}"))
+            .join(&ns)
+            .join("db/manual-1.db");
+        let size = std::fs::metadata(&on_host)
+            .unwrap_or_else(|e| panic!("{} on the node: {e}", on_host.display()))
+            .len();
+        assert_eq!(Some(size), s.size_bytes);
+
+        // A paused tenant gets a failed backup with the reason, not a silent skip.
+        tenant::patch_spec(&client, &ns, "db", json!({"paused": true})).await;
+        create_backup(&client, &ns, "while-paused", "db").await;
+        let b = wait_finished(&client, &ns, "while-paused").await;
+        let s = b.status.unwrap();
+        assert_eq!(s.phase, Some(BackupPhase::Failed));
+        assert!(
+            s.message.as_deref().unwrap_or_default().contains("paused"),
+            "{s:?}"
+        );
+
+        // Backups of a missing cluster fail the same way.
+        create_backup(&client, &ns, "nobody", "no-such-cluster").await;
+        let s = wait_finished(&client, &ns, "nobody").await.status.unwrap();
+        assert_eq!(s.phase, Some(BackupPhase::Failed));
+        assert!(s.message.unwrap().contains("not found"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_schedule_every_minute_makes_backups_and_retention_trims_them() {
+    with_namespace("bk-sched", |client, ns| async move {
+        let dest = format!("/var/lib/kok/backups/e2e-{ns}");
+        let tc = with_backup(
+            tenant::dev_tenant("sched", 1),
+            json!({
+                "schedule": "* * * * *",
+                "retention": {"keepLast": 2},
+                "destination": {"filesystem": {"path": dest}},
+            }),
+        );
+        tenant::create(&client, &ns, &tc).await;
+        tenant::wait_ready(&client, &ns, "sched", READY_TIMEOUT).await;
+
+        let api: Api<EtcdBackup> = Api::namespaced(client.clone(), &ns);
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let kept = wait_for(
+            "three scheduled backups to succeed, with at most two kept",
+            Duration::from_secs(300),
+            || {
+                let api = api.clone();
+                let seen = seen.clone();
+                async move {
+                    let list = match api.list(&ListParams::default()).await {
+                        Ok(l) => l.items,
+                        Err(e) => return Poll::Pending(e.to_string()),
+                    };
+                    let succeeded: Vec<String> = list
+                        .iter()
+                        .filter(|b| {
+                            b.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Succeeded)
+                        })
+                        .map(|b| b.name_any())
+                        .collect();
+                    let mut seen = seen.lock().unwrap();
+                    seen.extend(succeeded.iter().cloned());
+                    if seen.len() >= 3 && succeeded.len() <= 2 && !succeeded.is_empty() {
+                        Poll::Ready(succeeded)
+                    } else {
+                        Poll::Pending(format!("seen {seen:?}, now {succeeded:?}"))
+                    }
+                }
+            },
+        )
+        .await;
+        // Scheduled names carry their slot; the trimmed ones' artifacts are gone.
+        let dir = host_backup_dir()
+            .join(format!("e2e-{ns}"))
+            .join(&ns)
+            .join("sched");
+        let seen = seen.lock().unwrap().clone();
+        for name in &seen {
+            assert!(name.starts_with("sched-"), "{name}");
+            let file = dir.join(format!("{name}.db"));
+            assert_eq!(file.exists(), kept.contains(name), "{}", file.display());
+        }
+        let tc = Api::<TenantCluster>::namespaced(client.clone(), &ns)
+            .get("sched")
+            .await
+            .unwrap();
+        let status = tc.status.unwrap().backup.expect("schedule status");
+        assert!(status.last_schedule_time.is_some());
+        assert!(kept.contains(status.last_successful_backup.as_ref().unwrap()));
+    })
+    .await;
+}
