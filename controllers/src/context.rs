@@ -23,6 +23,10 @@ pub struct Context {
     pub etcd_tools: crate::verify::Tools,
     /// Scratch space for backup verification (`KOK_WORK_DIR`, default the temp dir).
     pub work_dir: std::path::PathBuf,
+    /// The operator's own image (`KOK_IMAGE`): restore Jobs run it.
+    pub operator_image: Option<String>,
+    /// The node directory mounted at /var/lib/kok/backups (`KOK_BACKUP_HOST_PATH`).
+    pub backups_host_path: String,
     /// Consecutive failures per object, keyed by kind/namespace/name.
     failures: Mutex<HashMap<String, usize>>,
 }
@@ -43,6 +47,9 @@ impl Context {
             work_dir: std::env::var_os("KOK_WORK_DIR")
                 .map(Into::into)
                 .unwrap_or_else(|| std::env::temp_dir().join("kok")),
+            operator_image: std::env::var("KOK_IMAGE").ok().filter(|s| !s.is_empty()),
+            backups_host_path: std::env::var("KOK_BACKUP_HOST_PATH")
+                .unwrap_or_else(|_| "/var/lib/kok/backups".into()),
             failures: Mutex::default(),
         }
     }

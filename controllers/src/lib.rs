@@ -12,6 +12,8 @@ pub mod error;
 pub mod etcd;
 pub mod leader;
 pub mod pki;
+pub mod restore;
+pub mod restore_member;
 pub mod snapshot;
 pub mod telemetry;
 pub mod tenant;

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use kok_crds::{EtcdBackup, TenantCluster};
+use kok_crds::{EtcdBackup, EtcdRestore, TenantCluster};
 use kube::api::ListParams;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -26,13 +27,17 @@ use tracing::{error, info, warn};
 use kok_controllers::context::Context;
 use kok_controllers::leader::LeaderElector;
 use kok_controllers::telemetry::{self, Health, Metrics};
-use kok_controllers::{backup, backup_schedule, tenant};
+use kok_controllers::{backup, backup_schedule, restore, restore_member, tenant};
 
 const OPERATOR_NAME: &str = "kok-operator";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
+    // The same binary rebuilds one etcd member inside a restore Job.
+    if std::env::args().nth(1).as_deref() == Some("restore-member") {
+        return restore_member::run().await;
+    }
     let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "kok-system".into());
     let identity = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
@@ -117,6 +122,17 @@ async fn main() -> anyhow::Result<()> {
     .run(backup::reconcile, backup::error_policy, ctx.clone())
     .for_each(log_result);
     // The schedule looks at a tenant again whenever one of its backups changes.
+    let restore_controller = Controller::new(
+        Api::<EtcdRestore>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<Job>::all(client.clone()),
+        watcher::Config::default().labels("kok.dev/component=etcd-restore"),
+    )
+    .graceful_shutdown_on(shutdown(shutdown_rx.clone()))
+    .run(restore::reconcile, restore::error_policy, ctx.clone())
+    .for_each(log_result);
     let schedule_controller = Controller::new(tenants, watcher::Config::default())
         .watches(
             Api::<EtcdBackup>::all(client.clone()),
@@ -134,7 +150,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .for_each(log_result);
     let controller = async {
-        tokio::join!(tenant_controller, backup_controller, schedule_controller);
+        tokio::join!(
+            tenant_controller,
+            backup_controller,
+            schedule_controller,
+            restore_controller
+        );
     };
 
     if leader_election {

@@ -6,6 +6,7 @@ pub mod controlplane;
 pub mod flags;
 pub mod names;
 pub mod pki;
+pub mod restore;
 pub mod secrets;
 pub mod validate;
 pub mod version;

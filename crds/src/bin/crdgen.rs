@@ -5,8 +5,7 @@ fn main() {
     let crds = [
         kok_crds::TenantCluster::crd(),
         kok_crds::EtcdBackup::crd(),
-        // EtcdRestore is designed (crds/src/backup.rs) but has no controller yet:
-        // it is not installed until one acts on it (docs/runbooks/backup-restore.md).
+        kok_crds::EtcdRestore::crd(),
     ];
     for crd in crds {
         print!(

@@ -1,0 +1,87 @@
+//! `kok-operator restore-member`: run by a restore Job on one etcd member's
+//! volume (the member is stopped). Idempotent: a marker file records that this
+//! restore already rebuilt the member, so a retried Job changes nothing.
+//!
+//! The previous data directory is kept, renamed `data.pre-restore-<id>`: a
+//! restore never deletes data it did not create.
+
+use std::path::{Path, PathBuf};
+
+use kok_crds::Destination;
+
+use crate::backup::s3_credentials;
+use crate::destination::Store;
+use crate::verify::{download, restore_data_dir, RestoreMember, Tools};
+
+fn var(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).map_err(|_| anyhow::anyhow!("{name} is not set"))
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let id = var("KOK_RESTORE_ID")?;
+    let root = PathBuf::from(var("KOK_RESTORE_DATA_ROOT")?);
+    let marker = root.join(format!(".kok-restored-{id}"));
+    if marker.exists() {
+        println!("member already restored by {id}; nothing to do");
+        return Ok(());
+    }
+    let destination: Destination = serde_json::from_str(&var("KOK_RESTORE_DESTINATION")?)?;
+    let creds = destination.s3.as_ref().and_then(|_| {
+        let mut m = std::collections::BTreeMap::new();
+        for (env, key) in [
+            ("KOK_S3_ACCESS_KEY_ID", "accessKeyID"),
+            ("KOK_S3_SECRET_ACCESS_KEY", "secretAccessKey"),
+            ("KOK_S3_SESSION_TOKEN", "sessionToken"),
+        ] {
+            if let Ok(v) = std::env::var(env) {
+                m.insert(key.to_string(), v);
+            }
+        }
+        s3_credentials(&m)
+    });
+    let store = Store::open(&destination, creds)?;
+
+    // Our own scratch names, safe to replace when a previous attempt died.
+    let snapshot = root.join(format!("restore-{id}.db"));
+    let staged = root.join(format!("restore-{id}.data"));
+    remove_if_exists(&staged)?;
+    let size = download(
+        &store,
+        &var("KOK_RESTORE_KEY")?,
+        &var("KOK_RESTORE_SHA256")?,
+        &snapshot,
+    )
+    .await?;
+    println!("fetched {size} bytes; sha256 and etcd trailer verified");
+    let member = var("KOK_RESTORE_MEMBER")?;
+    restore_data_dir(
+        &Tools::from_env(),
+        &snapshot,
+        &staged,
+        &RestoreMember {
+            name: &member,
+            peer_url: &var("KOK_RESTORE_PEER_URL")?,
+            initial_cluster: &var("KOK_RESTORE_INITIAL_CLUSTER")?,
+            cluster_token: &var("KOK_RESTORE_TOKEN")?,
+        },
+    )
+    .await?;
+    let data = root.join("data");
+    if data.exists() {
+        let kept = root.join(format!("data.pre-restore-{id}"));
+        std::fs::rename(&data, &kept)?;
+        println!("previous data kept at {}", kept.display());
+    }
+    std::fs::rename(&staged, &data)?;
+    std::fs::write(&marker, b"")?;
+    std::fs::remove_file(&snapshot)?;
+    println!("member {member} rebuilt from the snapshot");
+    Ok(())
+}
+
+fn remove_if_exists(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
