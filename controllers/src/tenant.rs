@@ -430,7 +430,10 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     }
     let expiry = pki
         .earliest_expiry
-        .map(|t| t.to_string())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default();
     conditions::set(
         c,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Pod};
 use kok_crds::{BackupPhase, EtcdBackup, EtcdRestore, RestorePhase};
 use kok_e2e::{tenant, wait_for, with_namespace, workloads, Poll};
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -79,7 +79,9 @@ async fn etcd_hash_at(client: &Client, ns: &str, tc: &str, revision: i64) -> u32
     etcd.hash_kv(revision).await.expect("HashKV").hash()
 }
 
-async fn restore_round_trip(prefix: &str, members: i32) {
+/// `restart_operator`: delete the operator pods while the restore runs; the
+/// restore must resume from the phase recorded in its status.
+async fn restore_round_trip(prefix: &str, members: i32, restart_operator: bool) {
     with_namespace(prefix, move |client, ns| async move {
         make_volumes(&client, &ns, members).await;
         let mut tc = tenant::dev_tenant("rs", members);
@@ -136,6 +138,36 @@ async fn restore_round_trip(prefix: &str, members: i32) {
         )
         .unwrap();
         restores.create(&PostParams::default(), &er).await.unwrap();
+        if restart_operator {
+            let seen = wait_for(
+                "the restore to start rebuilding members",
+                Duration::from_secs(120),
+                || {
+                    let restores = restores.clone();
+                    async move {
+                        match restores
+                            .get("r1")
+                            .await
+                            .ok()
+                            .and_then(|r| r.status)
+                            .and_then(|s| s.phase)
+                        {
+                            Some(p) if p >= RestorePhase::RestoringEtcd => Poll::Ready(p),
+                            p => Poll::Pending(format!("{p:?}")),
+                        }
+                    }
+                },
+            )
+            .await;
+            eprintln!("restarting the operator during {seen:?}");
+            let pods: Api<Pod> = Api::namespaced(client.clone(), "kok-system");
+            pods.delete_collection(
+                &DeleteParams::default(),
+                &ListParams::default().labels("app.kubernetes.io/name=kok-operator"),
+            )
+            .await
+            .expect("deleting the operator pods");
+        }
         let done = wait_for("restore r1 to finish", Duration::from_secs(400), || {
             let restores = restores.clone();
             async move {
@@ -197,10 +229,32 @@ async fn restore_round_trip(prefix: &str, members: i32) {
         assert_eq!(after.sha256, b.sha256);
         assert_eq!(after.phase, Some(BackupPhase::Succeeded));
 
-        Api::<kok_crds::TenantCluster>::namespaced(client.clone(), &ns)
-            .delete("rs", &DeleteParams::default())
-            .await
-            .unwrap();
+        // Deleting the tenant keeps its backups (deletionPolicy defaults to Retain).
+        let tcs = Api::<kok_crds::TenantCluster>::namespaced(client.clone(), &ns);
+        tcs.delete("rs", &DeleteParams::default()).await.unwrap();
+        wait_for(
+            "the TenantCluster to be gone",
+            Duration::from_secs(120),
+            || {
+                let tcs = tcs.clone();
+                async move {
+                    match tcs.get_opt("rs").await {
+                        Ok(None) => Poll::Ready(()),
+                        other => Poll::Pending(format!("{:?}", other.map(|t| t.is_some()))),
+                    }
+                }
+            },
+        )
+        .await;
+        assert!(
+            backups.get_opt("b1").await.unwrap().is_some(),
+            "the backup outlives its cluster"
+        );
+        let artifact = format!("/var/lib/kok-local/backups/e2e-{ns}/{ns}/rs/b1.db");
+        assert!(
+            std::path::Path::new(&artifact).exists(),
+            "{artifact} is kept"
+        );
         remove_volumes(&client, &ns, members).await;
     })
     .await;
@@ -208,10 +262,10 @@ async fn restore_round_trip(prefix: &str, members: i32) {
 
 #[tokio::test]
 async fn restore_of_a_one_member_etcd_brings_deleted_objects_back() {
-    restore_round_trip("rs-one", 1).await;
+    restore_round_trip("rs-one", 1, false).await;
 }
 
 #[tokio::test]
-async fn restore_of_a_three_member_etcd_brings_deleted_objects_back() {
-    restore_round_trip("rs-three", 3).await;
+async fn restore_of_a_three_member_etcd_survives_an_operator_restart() {
+    restore_round_trip("rs-three", 3, true).await;
 }
