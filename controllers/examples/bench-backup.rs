@@ -118,6 +118,7 @@ async fn main() {
     let sha256 = fields.next().unwrap().to_string();
     let hwm_kib: u64 = fields.next().unwrap().parse().unwrap();
     let _ = etcd.kill();
+    let _ = etcd.wait();
 
     let mib_s = |bytes: u64, secs: f64| bytes as f64 / 1048576.0 / secs;
     println!(
