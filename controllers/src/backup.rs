@@ -12,11 +12,9 @@ use k8s_openapi::jiff::Timestamp;
 use kok_crds::{condition, BackupPhase, BackupSpec, EtcdBackup, EtcdBackupStatus, TenantCluster};
 use kok_templates::backup::artifact_key;
 use kok_templates::secrets::string_data;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::context::Context;
@@ -31,13 +29,19 @@ const CONTROLLER: &str = "etcdbackup";
 #[instrument(skip_all, fields(backup = %eb.name_any(), ns = eb.namespace().unwrap_or_default()))]
 pub async fn reconcile(eb: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
-    let status = eb.status.clone().unwrap_or_default();
+    let ns = eb.namespace().unwrap_or_default();
+    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    // The phase from the API, not the cache: our own Running write queues a
+    // reconcile that may start before the Succeeded write reaches the cache,
+    // and a finished backup must never be taken again.
+    let Some(fresh) = api.get_opt(&eb.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let status = fresh.status.clone().unwrap_or_default();
     let phase = status.phase.unwrap_or(BackupPhase::Pending);
     if phase.is_terminal() {
         return Ok(Action::await_change());
     }
-    let ns = eb.namespace().unwrap_or_default();
-    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
     let result = match phase {
         BackupPhase::Pending | BackupPhase::Running => run(&eb, &ctx, &api, status).await,
         BackupPhase::Verifying => verify_step(&eb, &ctx, &api, status).await,
@@ -65,16 +69,15 @@ async fn run(
     api: &Api<EtcdBackup>,
     mut status: EtcdBackupStatus,
 ) -> Result<()> {
-    let ns = eb.namespace().unwrap_or_default();
-    let (tc, spec) = match backup_target(ctx, &ns, &eb.spec.tenant_cluster).await? {
+    let Target {
+        tc,
+        spec,
+        store,
+        key,
+    } = match resolve(ctx, eb, true).await? {
         Ok(t) => t,
         Err(Refusal(message)) => return fail(ctx, api, eb, status, message).await,
     };
-    let store = match open_store(ctx, &ns, &spec).await? {
-        Ok(s) => s,
-        Err(Refusal(message)) => return fail(ctx, api, eb, status, message).await,
-    };
-    let key = artifact_key(&ns, &tc.name_any(), &eb.name_any());
     status.phase = Some(BackupPhase::Running);
     status.start_time.get_or_insert_with(now);
     status.location = Some(store.location(&key));
@@ -131,17 +134,11 @@ async fn verify_step(
     api: &Api<EtcdBackup>,
     status: EtcdBackupStatus,
 ) -> Result<()> {
-    let ns = eb.namespace().unwrap_or_default();
-    let (tc, spec) = match backup_target(ctx, &ns, &eb.spec.tenant_cluster).await? {
-        Ok(t) => t,
-        Err(Refusal(message)) => return fail(ctx, api, eb, status, message).await,
-    };
-    let store = match open_store(ctx, &ns, &spec).await? {
-        Ok(s) => s,
-        Err(Refusal(message)) => return fail(ctx, api, eb, status, message).await,
-    };
-    let key = artifact_key(&ns, &tc.name_any(), &eb.name_any());
-    verify_with(eb, ctx, api, status, &store, &key, 0).await
+    // Verification reads only the artifact: the tenant need not be healthy now.
+    match resolve(ctx, eb, false).await? {
+        Ok(t) => verify_with(eb, ctx, api, status, &t.store, &t.key, 0).await,
+        Err(Refusal(message)) => fail(ctx, api, eb, status, message).await,
+    }
 }
 
 async fn verify_with(
@@ -203,11 +200,42 @@ async fn verify_with(
     }
 }
 
+/// Everything a backup step needs.
+struct Target {
+    tc: TenantCluster,
+    spec: BackupSpec,
+    store: Store,
+    key: String,
+}
+
+/// The tenant, its backup settings, the open destination and the artifact
+/// key; or why the backup cannot go on. `healthy`: also require a running,
+/// unpaused tenant (to take a snapshot, not to verify one).
+async fn resolve(ctx: &Context, eb: &EtcdBackup, healthy: bool) -> Result<Result<Target, Refusal>> {
+    let ns = eb.namespace().unwrap_or_default();
+    let (tc, spec) = match backup_target(ctx, &ns, &eb.spec.tenant_cluster, healthy).await? {
+        Ok(t) => t,
+        Err(r) => return Ok(Err(r)),
+    };
+    let store = match open_store(ctx, &ns, &spec).await? {
+        Ok(s) => s,
+        Err(r) => return Ok(Err(r)),
+    };
+    let key = artifact_key(&ns, &tc.name_any(), &eb.name_any());
+    Ok(Ok(Target {
+        tc,
+        spec,
+        store,
+        key,
+    }))
+}
+
 /// The TenantCluster to back up and its backup settings, or why not.
 async fn backup_target(
     ctx: &Context,
     ns: &str,
     name: &str,
+    healthy: bool,
 ) -> Result<Result<(TenantCluster, BackupSpec), Refusal>> {
     let tcs: Api<TenantCluster> = Api::namespaced(ctx.client.clone(), ns);
     let Some(tc) = tcs.get_opt(name).await? else {
@@ -218,6 +246,14 @@ async fn backup_target(
             "TenantCluster {name} has no spec.backup, so no destination"
         ))));
     };
+    if !healthy {
+        return Ok(Ok((tc, spec)));
+    }
+    if let Some(restore) = tc.annotations().get(kok_crds::RESTORE_ANNOTATION) {
+        return Ok(Err(Refusal(format!(
+            "TenantCluster {name} is being restored by EtcdRestore {restore}"
+        ))));
+    }
     if tc.spec.paused {
         return Ok(Err(Refusal(format!(
             "TenantCluster {name} is paused (spec.paused)"
@@ -313,13 +349,7 @@ async fn patch_status(
     eb: &EtcdBackup,
     status: &EtcdBackupStatus,
 ) -> Result<()> {
-    api.patch_status(
-        &eb.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await?;
-    Ok(())
+    crate::apply::patch_status(api, &eb.name_any(), status).await
 }
 
 fn now() -> Time {

@@ -175,12 +175,8 @@ async fn apply_retention(
     };
     let in_use: Vec<String> = restores
         .into_iter()
-        .filter(|r| {
-            !matches!(
-                r.status.as_ref().and_then(|s| s.phase),
-                Some(RestorePhase::Completed) | Some(RestorePhase::Failed)
-            )
-        })
+        // A failed restore keeps its backup too: it is the one to retry with.
+        .filter(|r| r.status.as_ref().and_then(|s| s.phase) != Some(RestorePhase::Completed))
         .map(|r| r.spec.backup)
         .collect();
     let records: Vec<BackupRecord> = backups
@@ -233,20 +229,37 @@ pub async fn delete_all_backups(ctx: &Context, tc: &TenantCluster) -> Result<()>
         return Ok(());
     }
     let ns = tc.namespace().unwrap_or_default();
-    let backups = tenant_backups(ctx, &ns, &tc.name_any()).await?;
-    let store = open_store(ctx, &ns, spec).await?.ok();
+    // Only this cluster's backups: a TenantCluster re-created under the same
+    // name must not delete what an earlier one deliberately retained.
+    let born = tc.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let backups: Vec<EtcdBackup> = tenant_backups(ctx, &ns, &tc.name_any())
+        .await?
+        .into_iter()
+        .filter(|b| b.metadata.creation_timestamp.as_ref().map(|t| t.0) >= born)
+        .collect();
+    let store = match open_store(ctx, &ns, spec).await? {
+        Ok(s) => s,
+        Err(Refusal(why)) => {
+            // Deleting the objects without their artifacts would orphan data
+            // with no record: keep both, and say so.
+            let note = format!("deletionPolicy Delete: backups kept, destination unusable: {why}");
+            warn!(%note);
+            publish(ctx, tc, EventType::Warning, "BackupsKept", &note).await;
+            return Ok(());
+        }
+    };
     let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
     for b in backups {
-        if let Some(store) = &store {
-            if let Err(e) = store
-                .delete(&artifact_key(&ns, &tc.name_any(), &b.name_any()))
-                .await
-            {
-                warn!(backup = %b.name_any(), error = %e, "could not delete the artifact");
-                continue;
-            }
+        let key = artifact_key(&ns, &tc.name_any(), &b.name_any());
+        if let Err(e) = store.delete(&key).await {
+            warn!(backup = %b.name_any(), error = %e, "could not delete the artifact; keeping the backup");
+            continue;
         }
-        let _ = api.delete(&b.name_any(), &DeleteParams::default()).await;
+        match api.delete(&b.name_any(), &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

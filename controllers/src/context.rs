@@ -27,6 +27,8 @@ pub struct Context {
     pub operator_image: Option<String>,
     /// The node directory mounted at /var/lib/kok/backups (`KOK_BACKUP_HOST_PATH`).
     pub backups_host_path: String,
+    /// The node the operator runs on (`NODE_NAME`, from the downward API).
+    pub operator_node: Option<String>,
     /// Consecutive failures per object, keyed by kind/namespace/name.
     failures: Mutex<HashMap<String, usize>>,
 }
@@ -50,6 +52,7 @@ impl Context {
             operator_image: std::env::var("KOK_IMAGE").ok().filter(|s| !s.is_empty()),
             backups_host_path: std::env::var("KOK_BACKUP_HOST_PATH")
                 .unwrap_or_else(|_| "/var/lib/kok/backups".into()),
+            operator_node: std::env::var("NODE_NAME").ok().filter(|s| !s.is_empty()),
             failures: Mutex::default(),
         }
     }

@@ -18,4 +18,5 @@ pub mod snapshot;
 pub mod telemetry;
 pub mod tenant;
 pub mod tenant_health;
+pub mod triggers;
 pub mod verify;

@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 use kok_controllers::context::Context;
 use kok_controllers::leader::LeaderElector;
 use kok_controllers::telemetry::{self, Health, Metrics};
-use kok_controllers::{backup, backup_schedule, restore, restore_member, tenant};
+use kok_controllers::{backup, backup_schedule, restore, restore_member, tenant, triggers};
 
 const OPERATOR_NAME: &str = "kok-operator";
 
@@ -107,10 +107,22 @@ async fn main() -> anyhow::Result<()> {
     // Only kok's own children are watched (and cached), not every Secret in the cluster.
     let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=kok");
     let tenant_controller = Controller::new(tenants.clone(), watcher::Config::default())
-        .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
-        .owns(Api::<Deployment>::all(client.clone()), children.clone())
-        .owns(Api::<Service>::all(client.clone()), children.clone())
-        .owns(Api::<Secret>::all(client.clone()), children)
+        .owns_stream(triggers::changed(
+            Api::<StatefulSet>::all(client.clone()),
+            children.clone(),
+        ))
+        .owns_stream(triggers::changed(
+            Api::<Deployment>::all(client.clone()),
+            children.clone(),
+        ))
+        .owns_stream(triggers::changed(
+            Api::<Service>::all(client.clone()),
+            children.clone(),
+        ))
+        .owns_stream(triggers::changed(
+            Api::<Secret>::all(client.clone()),
+            children,
+        ))
         .graceful_shutdown_on(shutdown(shutdown_rx.clone()))
         .run(tenant::reconcile, tenant::error_policy, ctx.clone())
         .for_each(log_result);

@@ -35,6 +35,8 @@ use crate::snapshot::fingerprint_at;
 
 const CONTROLLER: &str = "etcdrestore";
 const POLL: Duration = Duration::from_secs(3);
+/// How long after its start a restore may wait for the tenant to be Ready.
+const VERIFY_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
 /// What one step decided.
 enum Step {
@@ -48,6 +50,13 @@ enum Step {
 #[instrument(skip_all, fields(restore = %er.name_any(), ns = er.namespace().unwrap_or_default()))]
 pub async fn reconcile(er: Arc<EtcdRestore>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    // The phase from the API, not the cache: acting on a stale phase could
+    // redo an earlier step (stop the control plane again after handing it back).
+    let api: Api<EtcdRestore> = Api::namespaced(ctx.client.clone(), &ns(&er));
+    let Some(fresh) = api.get_opt(&er.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let er = Arc::new(fresh);
     let mut status = er.status.clone().unwrap_or_default();
     let phase = status.phase.unwrap_or(RestorePhase::Pending);
     if matches!(phase, RestorePhase::Completed | RestorePhase::Failed) {
@@ -176,24 +185,35 @@ async fn begin(er: &EtcdRestore, ctx: &Context, status: &mut EtcdRestoreStatus) 
             "the operator does not know its own image (KOK_IMAGE): restore Jobs run it".into(),
         ));
     }
-    match tc.annotations().get(RESTORE_ANNOTATION) {
-        Some(other) if other != &er.name_any() => {
+    if let Some(other) = tc.annotations().get(RESTORE_ANNOTATION) {
+        if other != &er.name_any() && holds_tenant(ctx, er, other).await? {
             return Ok(Step::Fail(format!(
                 "EtcdRestore {other} is already restoring {name}: one restore at a time"
-            )))
+            )));
         }
-        _ => {}
     }
     // From here on the TenantCluster reconciler leaves the control plane alone.
-    Api::<TenantCluster>::namespaced(ctx.client.clone(), &ns(er))
+    // The resourceVersion makes this a compare-and-swap: of two restores
+    // starting at once, one gets a conflict and re-checks.
+    match Api::<TenantCluster>::namespaced(ctx.client.clone(), &ns(er))
         .patch(
             name,
             &PatchParams::default(),
-            &Patch::Merge(
-                json!({"metadata": {"annotations": {RESTORE_ANNOTATION: er.name_any()}}}),
-            ),
+            &Patch::Merge(json!({"metadata": {
+                "resourceVersion": tc.resource_version(),
+                "annotations": {RESTORE_ANNOTATION: er.name_any()},
+            }})),
         )
-        .await?;
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            return Ok(Step::Wait(
+                "the TenantCluster changed; checking again".into(),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
     status.start_time = Some(now());
     let uid = er.uid().unwrap_or_default();
     status.cluster_token = Some(format!("{name}-restore-{}", &uid[..uid.len().min(8)]));
@@ -201,6 +221,21 @@ async fn begin(er: &EtcdRestore, ctx: &Context, status: &mut EtcdRestoreStatus) 
         RestorePhase::StoppingControlPlane,
         "stopping the apiservers, controller-manager, scheduler and etcd".into(),
     ))
+}
+
+/// Whether the EtcdRestore `other` still holds the tenant: it exists and has
+/// not failed. A failed or deleted restore leaves the tenant stopped and
+/// annotated; a new restore may take it over.
+async fn holds_tenant(ctx: &Context, er: &EtcdRestore, other: &str) -> Result<bool> {
+    let other = Api::<EtcdRestore>::namespaced(ctx.client.clone(), &ns(er))
+        .get_opt(other)
+        .await?;
+    Ok(other.is_some_and(|o| {
+        !matches!(
+            o.status.and_then(|s| s.phase),
+            Some(RestorePhase::Failed) | Some(RestorePhase::Completed)
+        )
+    }))
 }
 
 async fn stop_control_plane(er: &EtcdRestore, ctx: &Context) -> Result<Step> {
@@ -296,6 +331,7 @@ async fn restore_members(
             image,
             destination: &spec.destination,
             backups_host_path: &ctx.backups_host_path,
+            operator_node: ctx.operator_node.as_deref(),
             artifact_key: &key,
             sha256: &sha256,
             cluster_token: &token,
@@ -375,6 +411,15 @@ async fn verify(er: &EtcdRestore, ctx: &Context) -> Result<Step> {
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == condition::READY))
         .is_some_and(|c| c.status == "True" && c.reason == "Ready");
     if !ready || tc.annotations().contains_key(RESTORE_ANNOTATION) {
+        let started = er.status.as_ref().and_then(|s| s.start_time.as_ref());
+        let waited = started.map(|t| Timestamp::now().as_second() - t.0.as_second());
+        if waited.is_some_and(|w| w > VERIFY_DEADLINE.as_secs() as i64) {
+            return Ok(Step::Fail(format!(
+                "the tenant is not Ready {} minutes after the restore started; its etcd \
+                 holds the restored data (see the TenantCluster's conditions)",
+                VERIFY_DEADLINE.as_secs() / 60
+            )));
+        }
         return Ok(Step::Wait("waiting for the tenant to be Ready".into()));
     }
     let Some(bs) = backup(ctx, er).await?.and_then(|b| b.status) else {
@@ -397,6 +442,10 @@ async fn verify(er: &EtcdRestore, ctx: &Context) -> Result<Step> {
     }
     .await;
     match restored {
+        Err(e) if e.contains("compacted") => Ok(Step::Fail(format!(
+            "the tenant compacted past the backup's revision {revision} before it could be \
+             compared ({e}); the data was restored but is not verified"
+        ))),
         Err(e) => Ok(Step::Wait(format!("reading the restored etcd: {e}"))),
         Ok(f) if f.key_count == key_count && f.kv_hash == kv_hash => Ok(Step::Next(
             RestorePhase::Completed,
@@ -414,14 +463,8 @@ async fn verify(er: &EtcdRestore, ctx: &Context) -> Result<Step> {
 }
 
 async fn patch_status(ctx: &Context, er: &EtcdRestore, status: &EtcdRestoreStatus) -> Result<()> {
-    Api::<EtcdRestore>::namespaced(ctx.client.clone(), &ns(er))
-        .patch_status(
-            &er.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await?;
-    Ok(())
+    let api = Api::<EtcdRestore>::namespaced(ctx.client.clone(), &ns(er));
+    crate::apply::patch_status(&api, &er.name_any(), status).await
 }
 
 fn now() -> Time {

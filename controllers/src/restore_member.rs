@@ -67,8 +67,12 @@ pub async fn run() -> anyhow::Result<()> {
     )
     .await?;
     let data = root.join("data");
-    if data.exists() {
-        let kept = root.join(format!("data.pre-restore-{id}"));
+    let kept = root.join(format!("data.pre-restore-{id}"));
+    if kept.exists() {
+        // An earlier attempt of this restore already moved the original data
+        // aside: what is in `data` now is that attempt's own output.
+        remove_if_exists(&data)?;
+    } else if data.exists() {
         std::fs::rename(&data, &kept)?;
         println!("previous data kept at {}", kept.display());
     }

@@ -136,6 +136,15 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
             format!("EtcdRestore {restore} is restoring etcd; the control plane is left to it"),
             generation,
         );
+        // The control plane is (being) stopped: not Ready until the restore hands it back.
+        conditions::set(
+            &mut status.conditions,
+            condition::READY,
+            false,
+            "RestoreInProgress",
+            format!("EtcdRestore {restore} is restoring etcd"),
+            generation,
+        );
         patch_status(ctx, &tc, &old_status, status).await?;
         return Ok(Action::await_change());
     }
@@ -764,6 +773,10 @@ async fn patch_status(
     }
     let api: Api<TenantCluster> =
         Api::namespaced(ctx.client.clone(), &tc.namespace().unwrap_or_default());
+    // `status.backup` belongs to the backup schedule: leaving it out of the
+    // merge patch keeps a stale copy from this reconcile from rolling it back.
+    let mut new = new;
+    new.backup = None;
     api.patch_status(
         &tc.name_any(),
         &PatchParams::default(),

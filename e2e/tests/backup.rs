@@ -126,6 +126,46 @@ async fn on_demand_backup_is_verified_and_records_the_tenant_state() {
         let s = wait_finished(&client, &ns, "nobody").await.status.unwrap();
         assert_eq!(s.phase, Some(BackupPhase::Failed));
         assert!(s.message.unwrap().contains("not found"));
+
+        // deletionPolicy Delete: the backups and their artifacts go with the cluster.
+        tenant::patch_spec(
+            &client,
+            &ns,
+            "db",
+            json!({"backup": {"deletionPolicy": "Delete"}}),
+        )
+        .await;
+        let tcs: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
+        tcs.delete("db", &Default::default()).await.unwrap();
+        let backups: Api<EtcdBackup> = Api::namespaced(client.clone(), &ns);
+        wait_for(
+            "the cluster and its backups to be gone",
+            Duration::from_secs(120),
+            || {
+                let (tcs, backups) = (tcs.clone(), backups.clone());
+                async move {
+                    let tc_gone = matches!(tcs.get_opt("db").await, Ok(None));
+                    let left: Vec<String> = backups
+                        .list(&ListParams::default())
+                        .await
+                        .map(|l| l.items)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|b| b.spec.tenant_cluster == "db")
+                        .map(|b| b.name_any())
+                        .collect();
+                    if tc_gone && left.is_empty() {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending(format!("cluster gone: {tc_gone}, backups left: {left:?}"))
+                    }
+                }
+            },
+        )
+        .await;
+        assert!(!on_host.exists(), "{} was deleted", on_host.display());
+        // A backup of another cluster is not touched.
+        assert!(backups.get_opt("nobody").await.unwrap().is_some());
     })
     .await;
 }

@@ -26,7 +26,10 @@ pub fn parse_age(text: &str) -> Result<Duration, String> {
     if number == 0 {
         return Err("must be greater than zero".into());
     }
-    Ok(Duration::from_secs(number * factor))
+    number
+        .checked_mul(factor)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 pub fn parse_schedule(text: &str) -> Result<Cron, String> {
@@ -68,10 +71,21 @@ pub fn validate_backup(spec: &BackupSpec) -> Vec<FieldError> {
         (Some(_), Some(_)) | (None, None) => {
             err("destination", "set exactly one of filesystem and s3".into())
         }
-        (Some(fs), None) if !fs.path.starts_with('/') => err(
-            "destination.filesystem.path",
-            format!("{:?} is not an absolute path", fs.path),
-        ),
+        (Some(fs), None)
+            if !fs
+                .path
+                .starts_with(&format!("{}/", crate::restore::BACKUPS_MOUNT))
+                || fs.path.split('/').any(|part| part == "..") =>
+        {
+            err(
+                "destination.filesystem.path",
+                format!(
+                    "{:?} is not under {} (the backup volume mounted in the operator)",
+                    fs.path,
+                    crate::restore::BACKUPS_MOUNT
+                ),
+            )
+        }
         (None, Some(s3)) if s3.bucket.is_empty() => {
             err("destination.s3.bucket", "must not be empty".into())
         }
@@ -184,6 +198,10 @@ mod tests {
         assert!(parse_age("h").is_err());
         assert!(parse_age("0d").is_err());
         assert!(parse_age("").is_err());
+        assert!(
+            parse_age("99999999999999999d").is_err(),
+            "overflow is refused, not wrapped"
+        );
     }
 
     #[test]
@@ -301,7 +319,7 @@ mod tests {
     fn backup_spec_errors_name_the_field() {
         let fs = Destination {
             filesystem: Some(FilesystemDestination {
-                path: "/backups".into(),
+                path: "/var/lib/kok/backups/prod".into(),
             }),
             s3: None,
         };

@@ -32,6 +32,8 @@ pub struct MemberRestore<'a> {
     pub destination: &'a Destination,
     /// On the node, the directory mounted as `BACKUPS_MOUNT` in the operator.
     pub backups_host_path: &'a str,
+    /// The operator's node: a filesystem destination is a hostPath there.
+    pub operator_node: Option<&'a str>,
     pub artifact_key: &'a str,
     pub sha256: &'a str,
     /// The restored cluster's token: a new cluster ID for every restore.
@@ -144,6 +146,12 @@ pub fn member_restore_job(r: &MemberRestore<'_>) -> Job {
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
+                    // The backups hostPath is the operator's node's directory.
+                    node_name: r
+                        .destination
+                        .filesystem
+                        .as_ref()
+                        .and(r.operator_node.map(String::from)),
                     // etcd's data directory belongs to root in the member's volume.
                     security_context: Some(PodSecurityContext {
                         run_as_user: Some(0),
@@ -189,6 +197,7 @@ mod tests {
             image: "kok.local/kok-operator:dev",
             destination,
             backups_host_path: "/srv/backups",
+            operator_node: Some("node-a"),
             artifact_key: "tenants/demo/b1.db",
             sha256: "ab",
             cluster_token: "demo-restore-1",
@@ -233,6 +242,11 @@ mod tests {
         let backups = &pod.containers[0].volume_mounts.as_ref().unwrap()[1];
         assert_eq!(backups.mount_path, BACKUPS_MOUNT);
         assert_eq!(backups.read_only, Some(true));
+        assert_eq!(
+            pod.node_name.as_deref(),
+            Some("node-a"),
+            "where the hostPath is"
+        );
     }
 
     #[test]

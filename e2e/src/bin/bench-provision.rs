@@ -42,7 +42,8 @@ async fn main() {
 
     println!("# kok provisioning benchmark ({runs} runs per size)");
     println!("machine: {} cores", num_cpus());
-    for members in [1, 3] {
+    // KOK_BENCH_RUNS=0 measures only the operator at rest.
+    for members in [1, 3].into_iter().filter(|_| runs > 0) {
         let mut times = Vec::new();
         for run in 0..runs {
             let name = format!("p{members}-{run}");
@@ -72,9 +73,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(20)).await;
         let sample = sample_leader(&client, Duration::from_secs(30)).await;
         println!(
-            "operator at rest with {count} tenant(s): RSS {:.1} MiB, CPU {:.2}% of one core (30s sample)",
+            "operator at rest with {count} tenant(s): RSS {:.1} MiB, CPU {:.2}% of one core, {:.1} reconciles/min (30s sample)",
             sample.rss_kib as f64 / 1024.0,
-            sample.cpu_percent
+            sample.cpu_percent,
+            sample.reconciles_per_min
         );
     }
 
@@ -140,6 +142,18 @@ async fn delete_and_wait(client: &Client, ns: &str, name: &str) {
 struct Sample {
     rss_kib: u64,
     cpu_percent: f64,
+    reconciles_per_min: f64,
+}
+
+/// Sum of `kok_reconcile_total` over every controller, from `/metrics`.
+async fn reconciles(addr: &str) -> f64 {
+    let (_, body) = kok_e2e::http::get(addr, "/metrics")
+        .await
+        .expect("scraping the operator's /metrics");
+    body.lines()
+        .filter(|l| l.starts_with("kok_reconcile_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// RSS and CPU of the operator replica holding the Lease, read from /proc on
@@ -154,14 +168,22 @@ async fn sample_leader(client: &Client, window: Duration) -> Sample {
         .and_then(|s| s.holder_identity)
         .expect("the Lease has a holder");
     let pid = operator_pid(&holder).unwrap_or_else(|| panic!("no process for pod {holder}"));
+    let pod_ip = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "kok-system")
+        .get(&holder)
+        .await
+        .ok()
+        .and_then(|p| p.status?.pod_ip)
+        .expect("the leader pod has an IP");
+    let metrics = format!("{pod_ip}:8080");
     let ticks = || cpu_ticks(pid).expect("reading /proc/<pid>/stat");
-    let (t0, c0) = (Instant::now(), ticks());
+    let (t0, c0, r0) = (Instant::now(), ticks(), reconciles(&metrics).await);
     tokio::time::sleep(window).await;
-    let (elapsed, c1) = (t0.elapsed(), ticks());
+    let (elapsed, c1, r1) = (t0.elapsed(), ticks(), reconciles(&metrics).await);
     let hz = 100.0; // USER_HZ on Linux
     Sample {
         rss_kib: rss_kib(pid).expect("reading /proc/<pid>/status"),
         cpu_percent: (c1 - c0) as f64 / hz / elapsed.as_secs_f64() * 100.0,
+        reconciles_per_min: (r1 - r0) * 60.0 / elapsed.as_secs_f64(),
     }
 }
 
