@@ -174,11 +174,16 @@ async fn begin(er: &EtcdRestore, ctx: &Context, status: &mut EtcdRestoreStatus) 
             store.location(&key)
         )));
     }
-    if !store.exists(&key).await.unwrap_or(false) {
-        return Ok(Step::Fail(format!(
-            "the artifact {} is missing",
-            store.location(&key)
-        )));
+    match store.exists(&key).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return Ok(Step::Fail(format!(
+                "the artifact {} is missing",
+                store.location(&key)
+            )))
+        }
+        // Unreachable destination: nothing was touched yet, so try again later.
+        Err(e) => return Ok(Step::Wait(format!("checking the artifact: {e}"))),
     }
     if ctx.operator_image.is_none() {
         return Ok(Step::Fail(
