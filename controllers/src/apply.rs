@@ -29,6 +29,41 @@ where
         .await?)
 }
 
+/// Applies a child of the object with uid `owner_uid`, refusing to take over
+/// an object of the same name that is not already its child: a user's Secret
+/// or another tenant's object must never be overwritten.
+pub async fn apply_child<K>(api: &Api<K>, obj: &K, owner_uid: &str) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    if let Some(existing) = api.get_opt(&name).await? {
+        check_owner(&existing, owner_uid)?;
+    }
+    apply(api, obj).await
+}
+
+/// Ok when `obj` is controlled by `owner_uid`; else which owner it has.
+pub fn check_owner<K: Resource<DynamicType = ()>>(obj: &K, owner_uid: &str) -> Result<()> {
+    let refs = obj.meta().owner_references.as_deref().unwrap_or_default();
+    if refs
+        .iter()
+        .any(|r| r.uid == owner_uid && r.controller == Some(true))
+    {
+        return Ok(());
+    }
+    let owner = refs
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .map(|r| format!("{} {} (uid {})", r.kind, r.name, r.uid))
+        .unwrap_or_else(|| "nobody kok knows (no controller owner)".into());
+    Err(Error::NotOwned {
+        kind: K::kind(&()).into_owned(),
+        name: obj.meta().name.clone().unwrap_or_default(),
+        owner,
+    })
+}
+
 /// Merge-patches `status` of the object `name`: only the status subresource,
 /// so a status write can never change the spec.
 pub async fn patch_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> Result<()>

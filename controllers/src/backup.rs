@@ -1,22 +1,26 @@
 //! The EtcdBackup reconciler: one snapshot per object, Pending -> Running ->
 //! (Verifying) -> Succeeded | Failed, each step recorded in status first so a
-//! restarted operator redoes only the step it was in.
+//! restarted operator redoes only the step it was in. kstatus conditions follow
+//! the phase; an error that keeps a step from finishing is shown on the object
+//! (condition and Event), not only in the operator's log.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kok_crds::{condition, BackupPhase, BackupSpec, EtcdBackup, EtcdBackupStatus, TenantCluster};
 use kok_templates::backup::artifact_key;
 use kok_templates::secrets::string_data;
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
+use crate::conditions;
 use crate::context::Context;
 use crate::destination::{S3Credentials, Store};
 use crate::error::{Error, Result};
@@ -40,6 +44,10 @@ pub async fn reconcile(eb: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action>
     let status = fresh.status.clone().unwrap_or_default();
     let phase = status.phase.unwrap_or(BackupPhase::Pending);
     if phase.is_terminal() {
+        // Backups finished by an older kok have no conditions yet.
+        if status.conditions.is_empty() {
+            patch_status(&api, &fresh, &mut status.clone()).await?;
+        }
         return Ok(Action::await_change());
     }
     let result = match phase {
@@ -47,9 +55,110 @@ pub async fn reconcile(eb: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action>
         BackupPhase::Verifying => verify_step(&eb, &ctx, &api, status).await,
         BackupPhase::Succeeded | BackupPhase::Failed => Ok(()),
     };
-    result?;
+    if let Err(error) = result {
+        show_error(&ctx, &api, &fresh, &error).await;
+        // error_policy backs off; the next success replaces the conditions.
+        return Err(error);
+    }
     ctx.reset_failures(&ObjectRef::from_obj(eb.as_ref()));
     Ok(Action::await_change())
+}
+
+/// Puts a reconcile error on the object: Ready=False (and Stalled=True for
+/// API errors a retry cannot fix), and a Warning Event. Best effort: when the
+/// API itself is down this fails too, and the log is all there is.
+async fn show_error(ctx: &Context, api: &Api<EtcdBackup>, fresh: &EtcdBackup, error: &Error) {
+    let name = fresh.name_any();
+    let message = error.to_string();
+    // The newest conditions: the failed step may have written some already.
+    let latest = match api.get_opt(&name).await {
+        Ok(Some(b)) => b,
+        _ => fresh.clone(),
+    };
+    let mut conditions = latest
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let before = conditions.clone();
+    error_conditions(
+        &mut conditions,
+        &message,
+        is_permanent(error),
+        latest.metadata.generation,
+    );
+    if conditions != before {
+        let patch = serde_json::json!({
+            "conditions": conditions,
+            "observedGeneration": latest.metadata.generation,
+        });
+        if let Err(e) = crate::apply::patch_status(api, &name, &patch).await {
+            warn!(error = %e, "could not record the reconcile error in status");
+        }
+    }
+    publish(ctx, fresh, EventType::Warning, "ReconcileError", &message).await;
+}
+
+/// API errors that retrying the same request cannot fix (bad request,
+/// invalid object): shown as Stalled. Retries go on with backoff regardless.
+fn is_permanent(error: &Error) -> bool {
+    matches!(error, Error::Kube(kube::Error::Api(e)) if e.code == 400 || e.code == 422)
+}
+
+/// Conditions after a reconcile error.
+fn error_conditions(
+    conditions: &mut Vec<Condition>,
+    message: &str,
+    permanent: bool,
+    generation: Option<i64>,
+) {
+    conditions::set(
+        conditions,
+        READY,
+        false,
+        "ReconcileError",
+        message,
+        generation,
+    );
+    if permanent {
+        conditions::set(
+            conditions,
+            STALLED,
+            true,
+            "ReconcileError",
+            message,
+            generation,
+        );
+    }
+}
+
+const READY: &str = kok_crds::condition::READY;
+const RECONCILING: &str = kok_crds::condition::RECONCILING;
+const STALLED: &str = kok_crds::condition::STALLED;
+
+/// kstatus conditions for a phase: Ready when Succeeded, Stalled when Failed,
+/// Reconciling while anything is still to do. The message is the status message.
+fn phase_conditions(status: &mut EtcdBackupStatus, generation: Option<i64>) {
+    let phase = status.phase.unwrap_or(BackupPhase::Pending);
+    let reason = format!("{phase:?}");
+    let message = status.message.clone().unwrap_or_default();
+    let c = &mut status.conditions;
+    let (ready, stalled) = match phase {
+        BackupPhase::Succeeded => (true, false),
+        BackupPhase::Failed => (false, true),
+        BackupPhase::Pending | BackupPhase::Running | BackupPhase::Verifying => (false, false),
+    };
+    conditions::set(c, READY, ready, &reason, message.as_str(), generation);
+    conditions::set(c, STALLED, stalled, &reason, message.as_str(), generation);
+    conditions::set(
+        c,
+        RECONCILING,
+        !phase.is_terminal(),
+        &reason,
+        message,
+        generation,
+    );
+    status.observed_generation = generation;
 }
 
 pub fn error_policy(eb: Arc<EtcdBackup>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -81,8 +190,11 @@ async fn run(
     status.phase = Some(BackupPhase::Running);
     status.start_time.get_or_insert_with(now);
     status.location = Some(store.location(&key));
+    // Which incarnation of the name this data is: retention and restores
+    // never mix up a deleted-and-recreated cluster's backups with this one's.
+    status.tenant_cluster_uid = tc.metadata.uid.clone();
     status.message = Some("streaming the snapshot".into());
-    patch_status(api, eb, &status).await?;
+    patch_status(api, eb, &mut status).await?;
 
     let taken = async {
         let access = EtcdAccess::for_tenant(&ctx.client, &tc)
@@ -108,10 +220,11 @@ async fn run(
     status.revision = Some(snap.fingerprint.revision);
     status.key_count = Some(snap.fingerprint.key_count);
     status.kv_hash = Some(snap.fingerprint.kv_hash);
+    status.etcd_cluster_id = snap.cluster_id.map(snapshot::cluster_id_hex);
     if spec.verify {
         status.phase = Some(BackupPhase::Verifying);
         status.message = Some("restoring into a scratch etcd".into());
-        patch_status(api, eb, &status).await?;
+        patch_status(api, eb, &mut status).await?;
         verify_with(
             eb,
             ctx,
@@ -280,6 +393,17 @@ pub async fn open_store(
     ns: &str,
     spec: &BackupSpec,
 ) -> Result<Result<Store, Refusal>> {
+    // The TenantCluster reconciler stalls on an invalid spec, but backups,
+    // retention and restores read the spec on their own: an endpoint the
+    // policy refuses (metadata service, plain http) is never contacted.
+    let invalid: Vec<String> = kok_templates::backup::validate_backup(spec, &ctx.policy)
+        .into_iter()
+        .filter(|e| e.field.starts_with("spec.backup.destination"))
+        .map(|e| e.to_string())
+        .collect();
+    if !invalid.is_empty() {
+        return Ok(Err(Refusal(invalid.join("; "))));
+    }
     let creds = match &spec.destination.s3 {
         Some(s3) => {
             let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
@@ -322,9 +446,10 @@ async fn succeed(
     status.phase = Some(BackupPhase::Succeeded);
     status.message = Some(message.into());
     status.completion_time = Some(now());
-    patch_status(api, eb, &status).await?;
+    patch_status(api, eb, &mut status).await?;
     ctx.metrics.backup_finished(true);
     info!("backup succeeded");
+    publish(ctx, eb, EventType::Normal, "BackupSucceeded", message).await;
     Ok(())
 }
 
@@ -337,19 +462,43 @@ async fn fail(
 ) -> Result<()> {
     warn!(%message, "backup failed");
     status.phase = Some(BackupPhase::Failed);
-    status.message = Some(message);
+    status.message = Some(message.clone());
     status.completion_time = Some(now());
-    patch_status(api, eb, &status).await?;
+    patch_status(api, eb, &mut status).await?;
     ctx.metrics.backup_finished(false);
+    publish(ctx, eb, EventType::Warning, "BackupFailed", &message).await;
     Ok(())
 }
 
+/// Writes `status` with the conditions its phase implies.
 async fn patch_status(
     api: &Api<EtcdBackup>,
     eb: &EtcdBackup,
-    status: &EtcdBackupStatus,
+    status: &mut EtcdBackupStatus,
 ) -> Result<()> {
+    phase_conditions(status, eb.metadata.generation);
     crate::apply::patch_status(api, &eb.name_any(), status).await
+}
+
+/// Publishes an Event on `obj`; a failure to publish is only logged.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        // The API refuses notes over 1 kB.
+        note: Some(note.chars().take(1000).collect()),
+        action: "Backup".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        warn!(error = %e, reason, "could not publish event");
+    }
 }
 
 fn now() -> Time {
@@ -366,4 +515,122 @@ pub fn backup_time(eb: &EtcdBackup) -> chrono::DateTime<Utc> {
         .map(|t| t.0.as_second())
         .unwrap_or_default();
     kok_templates::backup::from_unix(ts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(conditions: &[Condition], type_: &str) -> (String, String) {
+        let c = conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    fn pair(status: &str, reason: &str) -> (String, String) {
+        (status.into(), reason.into())
+    }
+
+    #[test]
+    fn conditions_follow_the_phase() {
+        let mut s = EtcdBackupStatus {
+            phase: Some(BackupPhase::Running),
+            message: Some("streaming the snapshot".into()),
+            ..Default::default()
+        };
+        phase_conditions(&mut s, Some(1));
+        assert_eq!(status_of(&s.conditions, READY), pair("False", "Running"));
+        assert_eq!(
+            status_of(&s.conditions, RECONCILING),
+            pair("True", "Running")
+        );
+        assert_eq!(status_of(&s.conditions, STALLED), pair("False", "Running"));
+        assert_eq!(s.observed_generation, Some(1));
+        assert_eq!(s.conditions[0].message, "streaming the snapshot");
+
+        s.phase = Some(BackupPhase::Succeeded);
+        phase_conditions(&mut s, Some(1));
+        assert_eq!(status_of(&s.conditions, READY), pair("True", "Succeeded"));
+        assert_eq!(
+            status_of(&s.conditions, RECONCILING),
+            pair("False", "Succeeded")
+        );
+        assert_eq!(
+            status_of(&s.conditions, STALLED),
+            pair("False", "Succeeded")
+        );
+        assert_eq!(s.conditions.len(), 3);
+
+        let mut failed = EtcdBackupStatus {
+            phase: Some(BackupPhase::Failed),
+            message: Some("TenantCluster db is paused".into()),
+            ..Default::default()
+        };
+        phase_conditions(&mut failed, None);
+        assert_eq!(
+            status_of(&failed.conditions, READY),
+            pair("False", "Failed")
+        );
+        assert_eq!(
+            status_of(&failed.conditions, STALLED),
+            pair("True", "Failed")
+        );
+        assert_eq!(
+            status_of(&failed.conditions, RECONCILING),
+            pair("False", "Failed")
+        );
+
+        // No phase yet is Pending.
+        let mut new = EtcdBackupStatus::default();
+        phase_conditions(&mut new, Some(2));
+        assert_eq!(
+            status_of(&new.conditions, RECONCILING),
+            pair("True", "Pending")
+        );
+    }
+
+    fn api_error(code: u16) -> Error {
+        Error::Kube(kube::Error::Api(Box::new(
+            kube::core::Status::failure("nope", "Invalid").with_code(code),
+        )))
+    }
+
+    #[test]
+    fn reconcile_errors_show_as_not_ready_and_invalid_requests_as_stalled() {
+        assert!(is_permanent(&api_error(422)));
+        assert!(is_permanent(&api_error(400)));
+        assert!(!is_permanent(&api_error(500)));
+        assert!(!is_permanent(&api_error(409)));
+        assert!(!is_permanent(&Error::IncompleteObject("x".into())));
+
+        let mut s = EtcdBackupStatus {
+            phase: Some(BackupPhase::Running),
+            ..Default::default()
+        };
+        phase_conditions(&mut s, Some(1));
+        let mut transient = s.conditions.clone();
+        error_conditions(&mut transient, "API down", false, Some(1));
+        assert_eq!(
+            status_of(&transient, READY),
+            pair("False", "ReconcileError")
+        );
+        assert_eq!(status_of(&transient, STALLED), pair("False", "Running"));
+        let same = transient.clone();
+        error_conditions(&mut transient, "API down", false, Some(1));
+        assert_eq!(transient, same, "the same error again changes nothing");
+
+        let mut permanent = s.conditions.clone();
+        error_conditions(&mut permanent, "status is invalid", true, Some(1));
+        assert_eq!(
+            status_of(&permanent, STALLED),
+            pair("True", "ReconcileError")
+        );
+        assert_eq!(
+            permanent
+                .iter()
+                .find(|c| c.type_ == STALLED)
+                .unwrap()
+                .message,
+            "status is invalid"
+        );
+    }
 }

@@ -1,5 +1,7 @@
 //! Per TenantCluster: start scheduled EtcdBackups (kok's own cron: the
-//! management cluster may not serve CronJob) and apply retention.
+//! management cluster may not serve CronJob) and apply retention. Retention
+//! and deletionPolicy act only on backups of this incarnation of the name
+//! (its uid): a recreated cluster never deletes its predecessor's data.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,17 +14,18 @@ use kok_crds::{
 };
 use kok_templates::backup::{
     artifact_key, due, parse_schedule, retention_victims, scheduled_backup_name, BackupRecord,
+    Incarnation, TENANT_UID_LABEL,
 };
 use kok_templates::names::TENANT_LABEL;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use crate::backup::{backup_time, open_store, Refusal};
+use crate::backup::{backup_time, open_store, publish, Refusal};
 use crate::context::Context;
 use crate::error::{Error, Result};
 
@@ -52,9 +55,11 @@ pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Acti
         .and_then(|s| s.backup.clone())
         .unwrap_or_default();
     let old = status.clone();
+    let current = incarnation(&tc)?;
     status.last_successful_backup = backups
         .iter()
         .filter(|b| phase(b) == Some(BackupPhase::Succeeded))
+        .filter(|b| made_by(&current, b))
         .max_by_key(|b| backup_time(b))
         .map(|b| b.name_any());
 
@@ -98,6 +103,42 @@ fn phase(b: &EtcdBackup) -> Option<BackupPhase> {
     b.status.as_ref().and_then(|s| s.phase)
 }
 
+/// The TenantCluster's incarnation: its uid and creation time.
+fn incarnation(tc: &TenantCluster) -> Result<Incarnation> {
+    Ok(Incarnation {
+        uid: tc
+            .metadata
+            .uid
+            .clone()
+            .ok_or_else(|| Error::IncompleteObject(tc.name_any()))?,
+        created: tc
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| kok_templates::backup::from_unix(t.0.as_second())),
+    })
+}
+
+/// The uid a backup belongs to: what it recorded when it ran, else the
+/// label the schedule gave it.
+fn tenant_uid(b: &EtcdBackup) -> Option<&str> {
+    b.status
+        .as_ref()
+        .and_then(|s| s.tenant_cluster_uid.as_deref())
+        .or_else(|| b.labels().get(TENANT_UID_LABEL).map(String::as_str))
+}
+
+fn created(b: &EtcdBackup) -> Option<chrono::DateTime<Utc>> {
+    b.metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| kok_templates::backup::from_unix(t.0.as_second()))
+}
+
+fn made_by(current: &Incarnation, b: &EtcdBackup) -> bool {
+    current.made(tenant_uid(b), created(b))
+}
+
 /// Every EtcdBackup of the tenant, scheduled or made by hand.
 pub async fn tenant_backups(ctx: &Context, ns: &str, tenant: &str) -> Result<Vec<EtcdBackup>> {
     let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), ns);
@@ -130,6 +171,11 @@ async fn start_scheduled(
         publish(ctx, tc, EventType::Warning, "BackupSkipped", &note).await;
         return Ok(());
     }
+    let uid = tc
+        .metadata
+        .uid
+        .clone()
+        .ok_or_else(|| Error::IncompleteObject(tc.name_any()))?;
     let name = scheduled_backup_name(&tc.name_any(), slot);
     let backup = EtcdBackup {
         metadata: ObjectMeta {
@@ -139,6 +185,7 @@ async fn start_scheduled(
                 [
                     (TENANT_LABEL.to_string(), tc.name_any()),
                     ("kok.dev/scheduled".to_string(), "true".to_string()),
+                    (TENANT_UID_LABEL.to_string(), uid),
                 ]
                 .into(),
             ),
@@ -187,9 +234,11 @@ async fn apply_retention(
             succeeded: phase(b) == Some(BackupPhase::Succeeded),
             finished: phase(b).is_some_and(BackupPhase::is_terminal),
             in_use: in_use.contains(&b.name_any()),
+            tenant_uid: tenant_uid(b).map(str::to_string),
+            created: created(b),
         })
         .collect();
-    let victims = retention_victims(&records, &spec.retention, Utc::now());
+    let victims = retention_victims(&records, &spec.retention, &incarnation(tc)?, Utc::now());
     if victims.is_empty() {
         return Ok(());
     }
@@ -231,11 +280,11 @@ pub async fn delete_all_backups(ctx: &Context, tc: &TenantCluster) -> Result<()>
     let ns = tc.namespace().unwrap_or_default();
     // Only this cluster's backups: a TenantCluster re-created under the same
     // name must not delete what an earlier one deliberately retained.
-    let born = tc.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let current = incarnation(tc)?;
     let backups: Vec<EtcdBackup> = tenant_backups(ctx, &ns, &tc.name_any())
         .await?
         .into_iter()
-        .filter(|b| b.metadata.creation_timestamp.as_ref().map(|t| t.0) >= born)
+        .filter(|b| made_by(&current, b))
         .collect();
     let store = match open_store(ctx, &ns, spec).await? {
         Ok(s) => s,
@@ -278,17 +327,4 @@ async fn patch_schedule_status(
     )
     .await?;
     Ok(())
-}
-
-async fn publish(ctx: &Context, tc: &TenantCluster, type_: EventType, reason: &str, note: &str) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.into()),
-        action: "Backup".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &tc.object_ref(&())).await {
-        warn!(error = %e, "could not publish event");
-    }
 }

@@ -19,6 +19,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Labels of the operator's pods, allowed through each tenant's etcd NetworkPolicy.
     pub operator_pod_labels: std::collections::BTreeMap<String, String>,
+    /// The operator's namespace and its labels: tenant etcd NetworkPolicies
+    /// admit the operator's pods from this namespace only.
+    pub operator_namespace: String,
+    pub operator_namespace_labels: std::collections::BTreeMap<String, String>,
     /// etcd binaries for restoring backups into a scratch etcd.
     pub etcd_tools: crate::verify::Tools,
     /// Scratch space for backup verification (`KOK_WORK_DIR`, default the temp dir).
@@ -29,6 +33,8 @@ pub struct Context {
     pub backups_host_path: String,
     /// The node the operator runs on (`NODE_NAME`, from the downward API).
     pub operator_node: Option<String>,
+    /// What specs may ask for (`KOK_ALLOW_HTTP_S3=true` accepts http S3 endpoints).
+    pub policy: kok_templates::validate::Policy,
     /// Consecutive failures per object, keyed by kind/namespace/name.
     failures: Mutex<HashMap<String, usize>>,
 }
@@ -39,12 +45,16 @@ impl Context {
         recorder: Recorder,
         metrics: Arc<Metrics>,
         operator_pod_labels: std::collections::BTreeMap<String, String>,
+        operator_namespace: String,
+        operator_namespace_labels: std::collections::BTreeMap<String, String>,
     ) -> Self {
         Self {
             client,
             recorder,
             metrics,
             operator_pod_labels,
+            operator_namespace,
+            operator_namespace_labels,
             etcd_tools: crate::verify::Tools::from_env(),
             work_dir: std::env::var_os("KOK_WORK_DIR")
                 .map(Into::into)
@@ -53,6 +63,9 @@ impl Context {
             backups_host_path: std::env::var("KOK_BACKUP_HOST_PATH")
                 .unwrap_or_else(|_| "/var/lib/kok/backups".into()),
             operator_node: std::env::var("NODE_NAME").ok().filter(|s| !s.is_empty()),
+            policy: kok_templates::validate::Policy {
+                allow_http_s3: std::env::var("KOK_ALLOW_HTTP_S3").is_ok_and(|v| v == "true"),
+            },
             failures: Mutex::default(),
         }
     }

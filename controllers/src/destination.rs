@@ -1,7 +1,11 @@
 //! Backup destinations behind one interface (object_store): a directory in the
 //! operator's pod, or an S3-compatible bucket. Artifacts are written as
 //! multipart uploads of fixed-size parts, so memory stays bounded at any size.
+//! On a filesystem, artifacts are 0600 and their directories 0700: only the
+//! operator's user (and restore Jobs, which run as the same user) reads them.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -43,9 +47,16 @@ impl std::fmt::Debug for S3Credentials {
     }
 }
 
+/// Mode of artifacts on a filesystem destination.
+pub const ARTIFACT_MODE: u32 = 0o600;
+/// Mode of the directories kok creates on a filesystem destination.
+pub const DIR_MODE: u32 = 0o700;
+
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
+    /// Set for a filesystem destination: where keys are on disk, for modes.
+    local: Option<Arc<LocalFileSystem>>,
     /// Key prefix inside the store (S3 `prefix`), without slashes at the ends.
     prefix: String,
     /// `file:///dir` or `s3://bucket`, for locations shown in status.
@@ -72,10 +83,12 @@ impl Store {
     }
 
     pub fn filesystem(dir: &str) -> Result<Self, DestinationError> {
-        std::fs::create_dir_all(dir)
+        private_dir(std::path::Path::new(dir))
             .map_err(|e| DestinationError::Config(format!("creating {dir}: {e}")))?;
+        let local = Arc::new(LocalFileSystem::new_with_prefix(dir)?);
         Ok(Self {
-            inner: Arc::new(LocalFileSystem::new_with_prefix(dir)?),
+            inner: local.clone(),
+            local: Some(local),
             prefix: String::new(),
             base_url: format!("file://{}", dir.trim_end_matches('/')),
         })
@@ -99,6 +112,7 @@ impl Store {
         }
         Ok(Self {
             inner: Arc::new(builder.build()?),
+            local: None,
             prefix: s3
                 .prefix
                 .clone()
@@ -124,9 +138,26 @@ impl Store {
 
     /// Starts writing `key`; nothing is visible under it until `finish`.
     pub async fn writer(&self, key: &str) -> Result<ArtifactWriter, DestinationError> {
-        let upload = self.inner.put_multipart(&self.path(key)).await?;
+        let path = self.path(key);
+        // object_store creates its files with the process umask (usually
+        // 0644): the directories are made 0700 first, so no other user can
+        // open the file in the moment before `finish` makes it 0600.
+        let file = match &self.local {
+            Some(local) => {
+                let file = local.path_to_filesystem(&path)?;
+                if let Some(parent) = file.parent() {
+                    private_dir(parent).map_err(|e| {
+                        DestinationError::Config(format!("creating {}: {e}", parent.display()))
+                    })?;
+                }
+                Some(file)
+            }
+            None => None,
+        };
+        let upload = self.inner.put_multipart(&path).await?;
         Ok(ArtifactWriter {
             write: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+            file,
         })
     }
 
@@ -162,6 +193,8 @@ impl Store {
 /// A multipart upload in progress.
 pub struct ArtifactWriter {
     write: WriteMultipart,
+    /// On a filesystem destination, the artifact's path (made 0600 on finish).
+    file: Option<PathBuf>,
 }
 
 impl ArtifactWriter {
@@ -175,6 +208,17 @@ impl ArtifactWriter {
 
     pub async fn finish(self) -> Result<(), DestinationError> {
         self.write.finish().await?;
+        if let Some(file) = self.file {
+            let perms = std::fs::Permissions::from_mode(ARTIFACT_MODE);
+            if let Err(e) = tokio::fs::set_permissions(&file, perms).await {
+                // An artifact others might read is not left behind.
+                let _ = tokio::fs::remove_file(&file).await;
+                return Err(DestinationError::Config(format!(
+                    "making {} private: {e}",
+                    file.display()
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -182,4 +226,21 @@ impl ArtifactWriter {
     pub async fn abort(self) {
         let _ = self.write.abort().await;
     }
+}
+
+/// Creates `dir` and its missing parents as 0700, and makes `dir` itself 0700
+/// if it existed with a wider mode (directories of older kok versions). A
+/// directory someone else owns keeps its mode (the artifacts are 0600 anyway).
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode != DIR_MODE {
+        if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot make the backup directory 0700");
+        }
+    }
+    Ok(())
 }

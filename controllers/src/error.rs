@@ -16,6 +16,14 @@ pub enum Error {
     IncompleteObject(String),
     #[error("children of {0} are still being deleted")]
     CleanupPending(String),
+    #[error("{kind} {name} already exists and belongs to {owner}, not to this TenantCluster; kok does not take it over: delete or rename it")]
+    NotOwned {
+        kind: String,
+        name: String,
+        owner: String,
+    },
+    #[error("{0}")]
+    VolumesNotAdoptable(String),
 }
 
 impl Error {
@@ -32,6 +40,55 @@ impl Error {
             Error::Pki(_) => "pki",
             Error::IncompleteObject(_) => "incomplete_object",
             Error::CleanupPending(_) => "cleanup_pending",
+            Error::NotOwned { .. } => "not_owned",
+            Error::VolumesNotAdoptable(_) => "volumes_not_adoptable",
+        }
+    }
+
+    /// The API server's answer, when the error is one.
+    pub fn api_response(&self) -> Option<&kube::core::Status> {
+        match self {
+            Error::Kube(kube::Error::Api(e)) => Some(e),
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.api_response(),
+                kube::runtime::finalizer::Error::AddFinalizer(kube::Error::Api(e))
+                | kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(e)) => Some(e),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Whether retrying cannot help until someone changes something: the API
+    /// refused the object as invalid (400/422), or a name is taken.
+    pub fn is_stalled(&self) -> bool {
+        match self {
+            Error::NotOwned { .. } | Error::VolumesNotAdoptable(_) | Error::CorruptCa { .. } => {
+                true
+            }
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_stalled(),
+                _ => self
+                    .api_response()
+                    .is_some_and(|r| matches!(r.code, 400 | 422)),
+            },
+            _ => self
+                .api_response()
+                .is_some_and(|r| matches!(r.code, 400 | 422)),
+        }
+    }
+
+    /// The innermost error, without the finalizer's wrapping.
+    pub fn inner(&self) -> &Error {
+        match self {
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.inner(),
+                _ => self,
+            },
+            _ => self,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod destination;
 pub mod error;
 pub mod etcd;
 pub mod leader;
+pub mod lenient;
 pub mod pki;
 pub mod restore;
 pub mod restore_member;

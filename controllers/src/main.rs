@@ -14,18 +14,19 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use kok_crds::{EtcdBackup, EtcdRestore, TenantCluster};
 use kube::api::ListParams;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use kok_controllers::context::Context;
 use kok_controllers::leader::LeaderElector;
+use kok_controllers::lenient::{self, Lenient};
 use kok_controllers::telemetry::{self, Health, Metrics};
 use kok_controllers::{backup, backup_schedule, restore, restore_member, tenant, triggers};
 
@@ -73,7 +74,8 @@ async fn main() -> anyhow::Result<()> {
         shutdown(shutdown_rx.clone()),
     ));
 
-    let tenants: Api<TenantCluster> = Api::all(client.clone());
+    // Lenient: one undecodable object is reported on itself, never stops the rest.
+    let tenants: Api<Lenient<TenantCluster>> = Api::all(client.clone());
     if let Err(e) = tenants.list(&ListParams::default().limit(1)).await {
         anyhow::bail!("cannot list TenantClusters ({e}); is the CRD installed (kubectl apply -f crds/crds.yaml)?");
     }
@@ -95,6 +97,15 @@ async fn main() -> anyhow::Result<()> {
         controller: OPERATOR_NAME.into(),
         instance: Some(identity.clone()),
     };
+    // The namespace's labels select the operator in tenant NetworkPolicies
+    // (`kubernetes.io/metadata.name` only exists from Kubernetes 1.21 on).
+    let namespace_labels = match Api::<Namespace>::all(client.clone()).get(&namespace).await {
+        Ok(ns) => ns.metadata.labels.unwrap_or_default(),
+        Err(e) => {
+            warn!(error = %e, %namespace, "cannot read the operator namespace's labels; NetworkPolicies select it by name");
+            BTreeMap::new()
+        }
+    };
     let ctx = Arc::new(Context::new(
         client.clone(),
         Recorder::new(client.clone(), reporter),
@@ -103,6 +114,8 @@ async fn main() -> anyhow::Result<()> {
             "app.kubernetes.io/name".to_string(),
             OPERATOR_NAME.to_string(),
         )]),
+        namespace.clone(),
+        namespace_labels,
     ));
     // Only kok's own children are watched (and cached), not every Secret in the cluster.
     let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=kok");
@@ -124,18 +137,26 @@ async fn main() -> anyhow::Result<()> {
             children,
         ))
         .graceful_shutdown_on(shutdown(shutdown_rx.clone()))
-        .run(tenant::reconcile, tenant::error_policy, ctx.clone())
+        .run(
+            |o, c| lenient::reconcile(o, c, tenant::reconcile),
+            |o, e, c| lenient::error_policy(o, e, c, tenant::error_policy),
+            ctx.clone(),
+        )
         .for_each(log_result);
     let backup_controller = Controller::new(
-        Api::<EtcdBackup>::all(client.clone()),
+        Api::<Lenient<EtcdBackup>>::all(client.clone()),
         watcher::Config::default(),
     )
     .graceful_shutdown_on(shutdown(shutdown_rx.clone()))
-    .run(backup::reconcile, backup::error_policy, ctx.clone())
+    .run(
+        |o, c| lenient::reconcile(o, c, backup::reconcile),
+        |o, e, c| lenient::error_policy(o, e, c, backup::error_policy),
+        ctx.clone(),
+    )
     .for_each(log_result);
     // The schedule looks at a tenant again whenever one of its backups changes.
     let restore_controller = Controller::new(
-        Api::<EtcdRestore>::all(client.clone()),
+        Api::<Lenient<EtcdRestore>>::all(client.clone()),
         watcher::Config::default(),
     )
     .owns(
@@ -143,21 +164,26 @@ async fn main() -> anyhow::Result<()> {
         watcher::Config::default().labels("kok.dev/component=etcd-restore"),
     )
     .graceful_shutdown_on(shutdown(shutdown_rx.clone()))
-    .run(restore::reconcile, restore::error_policy, ctx.clone())
+    .run(
+        |o, c| lenient::reconcile(o, c, restore::reconcile),
+        |o, e, c| lenient::error_policy(o, e, c, restore::error_policy),
+        ctx.clone(),
+    )
     .for_each(log_result);
     let schedule_controller = Controller::new(tenants, watcher::Config::default())
         .watches(
-            Api::<EtcdBackup>::all(client.clone()),
+            Api::<Lenient<EtcdBackup>>::all(client.clone()),
             watcher::Config::default(),
-            |b: EtcdBackup| {
-                let ns = b.metadata.namespace.clone()?;
-                Some(ObjectRef::<TenantCluster>::new(&b.spec.tenant_cluster).within(&ns))
+            |b: Lenient<EtcdBackup>| {
+                let ns = b.namespace()?;
+                let tenant = &b.object.as_ref().ok()?.spec.tenant_cluster;
+                Some(ObjectRef::<Lenient<TenantCluster>>::new(tenant).within(&ns))
             },
         )
         .graceful_shutdown_on(shutdown(shutdown_rx.clone()))
         .run(
-            backup_schedule::reconcile,
-            backup_schedule::error_policy,
+            |o, c| lenient::reconcile(o, c, backup_schedule::reconcile),
+            |o, e, c| lenient::error_policy(o, e, c, backup_schedule::error_policy),
             ctx,
         )
         .for_each(log_result);

@@ -13,7 +13,7 @@ use kube::Api;
 use time::OffsetDateTime;
 use tracing::info;
 
-use crate::apply::apply;
+use crate::apply::{apply, check_owner};
 use crate::error::{Error, Result};
 
 /// What the rest of the reconcile needs from the PKI.
@@ -50,11 +50,13 @@ pub async fn ensure(
     let (sa_key, sa_pub) = ensure_service_account_key(secrets_api, p).await?;
 
     let certs_name = p.names.certs_secret();
-    let stored = secrets_api
-        .get_opt(&certs_name)
-        .await?
-        .map(|s| string_data(&s))
-        .unwrap_or_default();
+    let stored = match secrets_api.get_opt(&certs_name).await? {
+        Some(s) => {
+            check_owner(&s, &p.owner.uid)?;
+            string_data(&s)
+        }
+        None => BTreeMap::new(),
+    };
     let mut leaves = BTreeMap::new();
     let mut issued = Vec::new();
     for leaf in pki::tenant_leaf_certs(inputs) {
@@ -113,6 +115,9 @@ async fn ensure_ca(
 ) -> Result<CertKeyPair> {
     let name = p.names.ca_secret(kind.name());
     if let Some(existing) = api.get_opt(&name).await? {
+        // A CA is adopted only from this TenantCluster: a same-named Secret of
+        // another tenant or a user is never used to sign this tenant's certificates.
+        check_owner(&existing, &p.owner.uid)?;
         return read_ca(&name, &existing);
     }
     let ca = pki::new_ca(&kind.common_name(&p.names.tenant), now, CA_VALIDITY)?;
@@ -128,7 +133,11 @@ async fn ensure_ca(
             Ok(ca)
         }
         // Someone (a previous run of ours) created it meanwhile: use theirs.
-        Err(kube::Error::Api(e)) if e.code == 409 => read_ca(&name, &api.get(&name).await?),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let existing = api.get(&name).await?;
+            check_owner(&existing, &p.owner.uid)?;
+            read_ca(&name, &existing)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -168,6 +177,7 @@ async fn ensure_service_account_key(api: &Api<Secret>, p: &Placement) -> Result<
         }
     };
     if let Some(existing) = api.get_opt(&name).await? {
+        check_owner(&existing, &p.owner.uid)?;
         return read(&existing);
     }
     let (key, public) = pki::new_service_account_key()?;
@@ -182,7 +192,11 @@ async fn ensure_service_account_key(api: &Api<Secret>, p: &Placement) -> Result<
     );
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => Ok((key, public)),
-        Err(kube::Error::Api(e)) if e.code == 409 => read(&api.get(&name).await?),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let existing = api.get(&name).await?;
+            check_owner(&existing, &p.owner.uid)?;
+            read(&existing)
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -4,10 +4,16 @@
 //!
 //! The previous data directory is kept, renamed `data.pre-restore-<id>`: a
 //! restore never deletes data it did not create.
+//!
+//! Runs as the same non-root user as etcd (no chown needed: what it writes is
+//! already etcd's). SIGTERM (the Job or its restore deleted) stops it before
+//! the swap, leaving the member untouched; once the swap has begun it is
+//! finished first, so a member never ends up without a data directory.
 
 use std::path::{Path, PathBuf};
 
 use kok_crds::Destination;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::backup::s3_credentials;
 use crate::destination::Store;
@@ -18,6 +24,18 @@ fn var(name: &str) -> anyhow::Result<String> {
 }
 
 pub async fn run() -> anyhow::Result<()> {
+    // From here on SIGTERM no longer kills the process outright: it is
+    // observed at the points where stopping is safe.
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = prepare_and_swap() => result,
+        _ = terminate.recv() => {
+            anyhow::bail!("terminated before the member's data was touched")
+        }
+    }
+}
+
+async fn prepare_and_swap() -> anyhow::Result<()> {
     let id = var("KOK_RESTORE_ID")?;
     let root = PathBuf::from(var("KOK_RESTORE_DATA_ROOT")?);
     let marker = root.join(format!(".kok-restored-{id}"));
@@ -66,6 +84,15 @@ pub async fn run() -> anyhow::Result<()> {
         },
     )
     .await?;
+    // The swap: synchronous, no await point, so the select in `run` cannot
+    // abandon it midway; a SIGTERM arriving now waits until it is done.
+    swap(&root, &id, &staged, &marker)?;
+    std::fs::remove_file(&snapshot)?;
+    println!("member {member} rebuilt from the snapshot");
+    Ok(())
+}
+
+fn swap(root: &Path, id: &str, staged: &Path, marker: &Path) -> std::io::Result<()> {
     let data = root.join("data");
     let kept = root.join(format!("data.pre-restore-{id}"));
     if kept.exists() {
@@ -76,10 +103,8 @@ pub async fn run() -> anyhow::Result<()> {
         std::fs::rename(&data, &kept)?;
         println!("previous data kept at {}", kept.display());
     }
-    std::fs::rename(&staged, &data)?;
-    std::fs::write(&marker, b"")?;
-    std::fs::remove_file(&snapshot)?;
-    println!("member {member} rebuilt from the snapshot");
+    std::fs::rename(staged, &data)?;
+    std::fs::write(marker, b"")?;
     Ok(())
 }
 

@@ -19,6 +19,14 @@ pub struct Snapshot {
     pub sha256: String,
     /// What the keyspace looked like at `revision`.
     pub fingerprint: Fingerprint,
+    /// The etcd cluster the member belongs to (see [`cluster_id_hex`]).
+    pub cluster_id: Option<u64>,
+}
+
+/// An etcd cluster ID as recorded in status (`etcdClusterID`): lowercase hex
+/// without padding, as `etcdctl endpoint status` prints it.
+pub fn cluster_id_hex(id: u64) -> String {
+    format!("{id:x}")
 }
 
 /// Identity of a keyspace at a revision: a restore of the snapshot must
@@ -93,6 +101,7 @@ pub async fn fingerprint_at(
 /// `store`. Memory: one etcd chunk plus the destination's bounded parts.
 /// On any failure the partial upload is aborted: nothing is left under `key`.
 pub async fn take(etcd: &mut Client, store: &Store, key: &str) -> Result<Snapshot, SnapshotError> {
+    let cluster_id = etcd.status().await?.header().map(|h| h.cluster_id());
     let before = fingerprint(etcd).await?;
     let mut writer = store.writer(key).await?;
     let streamed = stream_into(etcd, &mut writer).await;
@@ -118,6 +127,7 @@ pub async fn take(etcd: &mut Client, store: &Store, key: &str) -> Result<Snapsho
         size,
         sha256,
         fingerprint: before,
+        cluster_id,
     })
 }
 
@@ -187,6 +197,12 @@ mod tests {
         let mut v = db.to_vec();
         v.extend_from_slice(&Sha256::digest(db));
         v
+    }
+
+    #[test]
+    fn cluster_ids_are_hex_as_etcdctl_prints_them() {
+        assert_eq!(cluster_id_hex(0xcdf818194e3a8c32), "cdf818194e3a8c32");
+        assert_eq!(cluster_id_hex(0x0a), "a");
     }
 
     #[test]

@@ -5,15 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kok_crds::{condition, ServiceType, TenantCluster, TenantClusterStatus};
+use kok_crds::{
+    condition, EtcdRestore, RestorePhase, ServiceType, TenantCluster, TenantClusterStatus,
+};
 use kok_templates::controlplane::{self as cp, ConfigHashes, Placement, Resolved};
 use kok_templates::flags::APISERVER_PORT;
 use kok_templates::names::{tenant_selector, Names};
 use kok_templates::pki::{self, CaKind, San, TenantPkiInputs};
 use kok_templates::secrets::{self, config_hash};
-use kok_templates::validate::{describe, validate, ValidSpec};
+use kok_templates::validate::{describe, validate, validate_name, ValidSpec};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -23,10 +25,11 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use crate::apply::apply;
+use crate::apply::{apply, apply_child, check_owner};
 use crate::conditions;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::lenient::Lenient;
 use crate::pki::{self as tenant_pki, TenantPki};
 use crate::tenant_health;
 
@@ -36,6 +39,11 @@ const CONTROLLER: &str = "tenantcluster";
 const RESYNC: Duration = Duration::from_secs(300);
 /// How often a tenant that is still coming up is looked at.
 const PROGRESS_POLL: Duration = Duration::from_secs(3);
+/// How often a stalled tenant is looked at without an edit.
+const STALLED_RECHECK: Duration = Duration::from_secs(300);
+/// How long a recreated Service waits for its old ClusterIP to be released
+/// before it takes a new one (which would invalidate certificates and pins).
+const CLUSTER_IP_REUSE_WINDOW: Duration = Duration::from_secs(60);
 
 #[instrument(skip_all, fields(tenant = %tc.name_any(), ns = tc.namespace().unwrap_or_default()))]
 pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Action> {
@@ -45,6 +53,7 @@ pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Acti
         .ok_or_else(|| Error::IncompleteObject(tc.name_any()))?;
     let api: Api<TenantCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let obj_ref = ObjectRef::from_obj(tc.as_ref());
+    let this = tc.clone();
     let result = finalizer(&api, FINALIZER, tc, |event| async {
         match event {
             FinalizerEvent::Apply(tc) => apply_tenant(tc, &ctx).await,
@@ -53,10 +62,85 @@ pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Acti
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    if result.is_ok() {
-        ctx.reset_failures(&obj_ref);
+    match result {
+        Ok(action) => {
+            ctx.reset_failures(&obj_ref);
+            Ok(action)
+        }
+        Err(error) => {
+            report_error(&this, &error, &ctx).await;
+            if error.is_stalled() {
+                // Retrying cannot help until someone acts: an edit of the
+                // TenantCluster wakes it at once; other fixes (a conflicting
+                // object deleted) are found by rechecks that back off to 5 min.
+                ctx.metrics
+                    .reconcile_failed(CONTROLLER, error.metric_label());
+                Ok(Action::requeue(ctx.next_retry(&obj_ref)))
+            } else {
+                Err(error)
+            }
+        }
     }
-    result
+}
+
+/// Puts a failed reconcile on the object: a condition with the API's message
+/// (`Stalled` when retrying cannot help) and a Warning Event, so the reason is
+/// not only in the operator's log.
+async fn report_error(tc: &TenantCluster, error: &Error, ctx: &Context) {
+    let inner = error.inner();
+    let stalled = error.is_stalled();
+    let reason = match inner {
+        Error::NotOwned { .. } => "NameConflict",
+        Error::VolumesNotAdoptable(_) => "VolumesNotAdoptable",
+        Error::CorruptCa { .. } => "CorruptCA",
+        _ if stalled => "Rejected",
+        _ => "ReconcileError",
+    };
+    let message = inner.to_string();
+    let generation = tc.metadata.generation;
+    let old = tc.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    status.observed_generation = generation;
+    let c = &mut status.conditions;
+    conditions::set(
+        c,
+        condition::READY,
+        false,
+        reason,
+        message.clone(),
+        generation,
+    );
+    if stalled {
+        conditions::set(
+            c,
+            condition::STALLED,
+            true,
+            reason,
+            message.clone(),
+            generation,
+        );
+        conditions::set(
+            c,
+            condition::RECONCILING,
+            false,
+            reason,
+            "waiting for the problem to be fixed",
+            generation,
+        );
+    } else {
+        conditions::set(
+            c,
+            condition::RECONCILING,
+            true,
+            reason,
+            format!("retrying: {message}"),
+            generation,
+        );
+    }
+    if let Err(e) = patch_status(ctx, tc, &old, status).await {
+        warn!(error = %e, "could not record the reconcile error in status");
+    }
+    publish(ctx, tc, EventType::Warning, reason, "Reconcile", &message).await;
 }
 
 pub fn error_policy(tc: Arc<TenantCluster>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -76,7 +160,13 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     status.observed_generation = generation;
 
     // 1. Validate. An invalid spec touches nothing and waits for the next edit.
-    let valid = match validate(&tc.spec, tc.status.as_ref()) {
+    let name_errors = validate_name(&name);
+    let validated = match validate(&tc.spec, tc.status.as_ref(), &ctx.policy) {
+        Ok(v) if name_errors.is_empty() => Ok(v),
+        Ok(_) => Err(name_errors),
+        Err(errors) => Err(name_errors.into_iter().chain(errors).collect()),
+    };
+    let valid = match validated {
         Ok(v) => v,
         Err(errors) => {
             let message = describe(&errors);
@@ -128,6 +218,29 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     );
 
     if let Some(restore) = tc.annotations().get(kok_crds::RESTORE_ANNOTATION) {
+        if let Some((reason, message)) = restore_problem(ctx, &ns, restore).await? {
+            publish(ctx, &tc, EventType::Warning, reason, "Restore", &message).await;
+            let c = &mut status.conditions;
+            conditions::set(
+                c,
+                condition::STALLED,
+                true,
+                reason,
+                message.clone(),
+                generation,
+            );
+            conditions::set(c, condition::READY, false, reason, message, generation);
+            conditions::set(
+                c,
+                condition::RECONCILING,
+                false,
+                reason,
+                "the control plane is stopped until someone acts",
+                generation,
+            );
+            patch_status(ctx, &tc, &old_status, status).await?;
+            return Ok(Action::requeue(STALLED_RECHECK));
+        }
         conditions::set(
             &mut status.conditions,
             condition::RECONCILING,
@@ -165,6 +278,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     let owner = tc
         .controller_owner_ref(&())
         .ok_or_else(|| Error::IncompleteObject(name.clone()))?;
+    let uid = owner.uid.clone();
     let p = Placement {
         names: Names::new(&name),
         namespace: ns.clone(),
@@ -179,10 +293,13 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     // 2. Services first: their ClusterIPs pin every name the components dial.
     //    A Service deleted by hand is recreated on the address the workloads
     //    still pin, so certificates and kubeconfigs stay valid.
+    let existing_etcd = statefulsets.get_opt(&p.names.etcd()).await?;
+    if existing_etcd.is_none() && status.etcd_replicas.is_none() && !tc.spec.etcd.storage.ephemeral
+    {
+        check_kept_volumes(ctx, &tc, &p.names, valid.etcd_replicas).await?;
+    }
     let mut pinned = pinned_addresses(
-        statefulsets
-            .get_opt(&p.names.etcd())
-            .await?
+        existing_etcd
             .and_then(|s| s.spec)
             .and_then(|s| s.template.spec),
     );
@@ -195,7 +312,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     ));
     let mut etcd_member_ips = Vec::new();
     for i in 0..valid.etcd_replicas {
-        let svc = apply_service(&services, cp::etcd_member_service(&p, i), &pinned).await?;
+        let svc = apply_service(&services, cp::etcd_member_service(&p, i), &pinned, &uid).await?;
         etcd_member_ips
             .push(cluster_ip(&svc).ok_or_else(|| Error::IncompleteObject(p.names.etcd_member(i)))?);
     }
@@ -203,6 +320,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         &services,
         cp::apiserver_service(&p, tc.spec.control_plane.service.type_),
         &pinned,
+        &uid,
     )
     .await?;
     let apiserver_ip =
@@ -287,22 +405,24 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         "system:kube-scheduler",
         &pki.leaves["scheduler"],
     );
-    apply(
+    apply_child(
         &secrets_api,
         &secrets::kubeconfig_secret(
             &p,
             p.names.component_kubeconfig_secret("controller-manager"),
             cm_kubeconfig.clone(),
         ),
+        &uid,
     )
     .await?;
-    apply(
+    apply_child(
         &secrets_api,
         &secrets::kubeconfig_secret(
             &p,
             p.names.component_kubeconfig_secret("scheduler"),
             sched_kubeconfig.clone(),
         ),
+        &uid,
     )
     .await?;
     let admin_kubeconfig = endpoint.as_ref().map(|e| {
@@ -315,9 +435,10 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         )
     });
     if let Some(kc) = &admin_kubeconfig {
-        apply(
+        apply_child(
             &secrets_api,
             &secrets::kubeconfig_secret(&p, p.names.admin_kubeconfig_secret(), kc.clone()),
+            &uid,
         )
         .await?;
         status.kubeconfig_secret_name = Some(p.names.admin_kubeconfig_secret());
@@ -332,14 +453,21 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         etcd_cluster_token: tc.uid().unwrap_or_default(),
         hashes: config_hashes(&pki, &cm_kubeconfig, &sched_kubeconfig),
     };
-    apply(
+    apply_child(
         &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
-        &cp::etcd_network_policy(&p, ctx.operator_pod_labels.clone()),
+        &cp::etcd_network_policy(
+            &p,
+            ctx.operator_pod_labels.clone(),
+            &ctx.operator_namespace,
+            ctx.operator_namespace_labels.clone(),
+        ),
+        &uid,
     )
     .await?;
-    let etcd = apply(
+    let etcd = apply_child(
         &statefulsets,
         &cp::etcd_statefulset(&p, &tc.spec, &valid, &resolved),
+        &uid,
     )
     .await?;
     status.etcd_replicas = Some(valid.etcd_replicas);
@@ -354,9 +482,10 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         || deployments.get_opt(&p.names.apiserver()).await?.is_some()
     {
         Some(
-            apply(
+            apply_child(
                 &deployments,
                 &cp::apiserver_deployment(&p, &tc.spec, &valid, &resolved),
+                &uid,
             )
             .await?,
         )
@@ -374,7 +503,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     ] {
         if apiserver_available > 0 || deployments.get_opt(&dname).await?.is_some() {
             controllers_applied.push(Some(
-                apply(&deployments, &build(&p, &tc.spec, &valid, &resolved)).await?,
+                apply_child(&deployments, &build(&p, &tc.spec, &valid, &resolved), &uid).await?,
             ));
         } else {
             controllers_applied.push(None);
@@ -554,6 +683,91 @@ where
     Ok(api.list_metadata(lp).await?.items.len())
 }
 
+/// Refuses to start a new etcd on claims that already exist under this
+/// tenant's names (kept from a deleted TenantCluster of the same name) unless
+/// the user asked for adoption, and then only when they match the member count:
+/// a 1-member volume next to 2 fresh ones would make two etcd clusters.
+async fn check_kept_volumes(
+    ctx: &Context,
+    tc: &TenantCluster,
+    names: &Names,
+    replicas: i32,
+) -> Result<()> {
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &tc.namespace().unwrap_or_default());
+    let mut kept = Vec::new();
+    for i in 0..kok_templates::names::MAX_ETCD_MEMBERS {
+        let claim = kok_templates::restore::member_claim(names, i);
+        if claims.get_opt(&claim).await?.is_some() {
+            kept.push((i, claim));
+        }
+    }
+    let adopt = tc
+        .annotations()
+        .get(kok_crds::ADOPT_VOLUMES_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    match kept_volumes_problem(&kept, replicas, adopt) {
+        None => Ok(()),
+        Some(problem) => Err(Error::VolumesNotAdoptable(problem)),
+    }
+}
+
+/// Why the kept claims (member index, name) cannot be used, if they cannot.
+pub fn kept_volumes_problem(kept: &[(i32, String)], replicas: i32, adopt: bool) -> Option<String> {
+    if kept.is_empty() {
+        return None;
+    }
+    let listed = kept
+        .iter()
+        .map(|(_, n)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !adopt {
+        return Some(format!(
+            "PersistentVolumeClaims {listed} already exist, kept from an earlier etcd of this name; kok does not start on data it did not create: set annotation {}=\"true\" to reuse them, or delete them",
+            kok_crds::ADOPT_VOLUMES_ANNOTATION
+        ));
+    }
+    let indices: Vec<i32> = kept.iter().map(|(i, _)| *i).collect();
+    if indices != (0..replicas).collect::<Vec<_>>() {
+        return Some(format!(
+            "{} asks to reuse the kept claims, but they ({listed}) are not one per member for spec.etcd.replicas={replicas}; reusing them would make separate etcd clusters",
+            kok_crds::ADOPT_VOLUMES_ANNOTATION
+        ));
+    }
+    None
+}
+
+/// Why a TenantCluster held by a restore is stuck, if it is: the EtcdRestore
+/// named by the annotation was deleted or failed, leaving etcd stopped.
+async fn restore_problem(
+    ctx: &Context,
+    ns: &str,
+    restore: &str,
+) -> Result<Option<(&'static str, String)>> {
+    let api: Api<Lenient<EtcdRestore>> = Api::namespaced(ctx.client.clone(), ns);
+    let resume = format!(
+        "to start the control plane on the data its members have now, remove annotation {} (see docs/runbooks/backup-restore.md)",
+        kok_crds::RESTORE_ANNOTATION
+    );
+    Ok(match api.get_opt(restore).await? {
+        None => Some((
+            "RestoreAbandoned",
+            format!("EtcdRestore {restore} was deleted before it finished; the control plane is stopped; {resume}"),
+        )),
+        Some(r) => match &r.object {
+            Ok(er) if er.status.as_ref().and_then(|s| s.phase) == Some(RestorePhase::Failed) => Some((
+                "RestoreFailed",
+                format!(
+                    "EtcdRestore {restore} failed: {}; the control plane is stopped; {resume}",
+                    er.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default()
+                ),
+            )),
+            _ => None,
+        },
+    })
+}
+
 /// Hostname -> IP pins (`hostAliases`) of a running workload.
 fn pinned_addresses(pod: Option<k8s_openapi::api::core::v1::PodSpec>) -> HashMap<String, String> {
     pod.and_then(|p| p.host_aliases)
@@ -569,25 +783,42 @@ fn pinned_addresses(pod: Option<k8s_openapi::api::core::v1::PodSpec>) -> HashMap
 }
 
 /// Applies a Service, keeping its ClusterIP: the existing one, or when it was
-/// deleted, the address the workloads still pin (if that is free).
+/// deleted, the address the workloads still pin. A deleted Service's address is
+/// released asynchronously, so reuse is retried for a bounded time before a new
+/// address is taken (which rolls certificates and pins).
 async fn apply_service(
     api: &Api<Service>,
     mut svc: Service,
     pinned: &HashMap<String, String>,
+    owner_uid: &str,
 ) -> Result<Service> {
     let name = svc.metadata.name.clone().unwrap_or_default();
-    let existing_ip = api.get_opt(&name).await?.as_ref().and_then(cluster_ip);
+    let existing = api.get_opt(&name).await?;
+    if let Some(existing) = &existing {
+        check_owner(existing, owner_uid)?;
+    }
+    let existing_ip = existing.as_ref().and_then(cluster_ip);
     let wanted = existing_ip.clone().or_else(|| pinned.get(&name).cloned());
     if let Some(ip) = wanted {
         set_cluster_ip(&mut svc, Some(ip.clone()));
-        match apply(api, &svc).await {
-            Ok(s) => return Ok(s),
-            // Only a recreation can fail on the address (taken meanwhile): take a new one.
-            Err(Error::Kube(kube::Error::Api(e))) if existing_ip.is_none() && e.code == 422 => {
-                warn!(service = %name, %ip, error = %e.message, "could not reuse the pinned ClusterIP");
-                set_cluster_ip(&mut svc, None);
+        let deadline = tokio::time::Instant::now() + CLUSTER_IP_REUSE_WINDOW;
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match apply(api, &svc).await {
+                Ok(s) => return Ok(s),
+                // Only a recreation can fail on the address (not yet released, or taken).
+                Err(Error::Kube(kube::Error::Api(e))) if existing_ip.is_none() && e.code == 422 => {
+                    if tokio::time::Instant::now() + delay > deadline {
+                        warn!(service = %name, %ip, error = %e.message, "the pinned ClusterIP stayed unavailable; taking a new one");
+                        set_cluster_ip(&mut svc, None);
+                        break;
+                    }
+                    info!(service = %name, %ip, error = %e.message, "pinned ClusterIP not free yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(8));
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
     }
     apply(api, &svc).await
@@ -803,5 +1034,31 @@ async fn publish(
     };
     if let Err(e) = ctx.recorder.publish(&event, &tc.object_ref(&())).await {
         warn!(error = %e, reason, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kept_volumes_problem;
+
+    fn kept(indices: &[i32]) -> Vec<(i32, String)> {
+        indices
+            .iter()
+            .map(|i| (*i, format!("data-t-etcd-{i}")))
+            .collect()
+    }
+
+    #[test]
+    fn kept_claims_need_consent_and_the_right_member_count() {
+        assert_eq!(kept_volumes_problem(&[], 3, false), None);
+        let refused = kept_volumes_problem(&kept(&[0]), 1, false).unwrap();
+        assert!(
+            refused.contains("data-t-etcd-0") && refused.contains("adopt-etcd-volumes"),
+            "{refused}"
+        );
+        assert_eq!(kept_volumes_problem(&kept(&[0, 1, 2]), 3, true), None);
+        let mismatch = kept_volumes_problem(&kept(&[0]), 3, true).unwrap();
+        assert!(mismatch.contains("separate etcd clusters"), "{mismatch}");
+        assert!(kept_volumes_problem(&kept(&[0, 1, 2]), 1, true).is_some());
     }
 }

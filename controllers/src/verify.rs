@@ -82,7 +82,14 @@ pub async fn download(
     expected_sha256: &str,
     file: &Path,
 ) -> Result<u64, VerifyError> {
-    let mut out = tokio::fs::File::create(file).await?;
+    // Tenant data: readable by the operator's user only, like the artifact.
+    let mut out = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .await?;
     let mut stream = store.read(key).await?;
     let mut whole = Sha256::new();
     let mut trailer = TrailerCheck::default();
@@ -223,7 +230,11 @@ pub async fn verify(
         .join(format!("verify-{}", std::process::id()))
         .join(key.replace('/', "_"));
     let _ = tokio::fs::remove_dir_all(&dir).await; // only our own scratch space
-    tokio::fs::create_dir_all(&dir).await?;
+    tokio::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .await?;
     let result = verify_in(store, key, sha256, recorded, tools, &dir).await;
     let _ = tokio::fs::remove_dir_all(&dir).await;
     result

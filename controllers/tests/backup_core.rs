@@ -2,6 +2,7 @@
 //! destinations (a directory; moto's S3 server started by `hack/s3-server`):
 //! snapshot -> destination -> restore into a fresh etcd gives the same keys.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -134,6 +135,30 @@ async fn filesystem_backup_restores_to_identical_content() {
     assert_eq!(snap.fingerprint.key_count, 250);
     assert_eq!(snap.size, store.size("ns/demo/b1.db").await.unwrap());
     assert!(store.location("ns/demo/b1.db").starts_with("file://"));
+    // The member's cluster ID, as etcdctl shows it.
+    let id = client
+        .status()
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .cluster_id();
+    assert_eq!(snap.cluster_id, Some(id));
+    assert_eq!(snapshot::cluster_id_hex(id), format!("{id:x}"));
+
+    // Tenant data is private to the operator's user: the artifact 0600, the
+    // directories kok made 0700, and no staging file left next to it.
+    let root = dir.path().join("backups");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&root.join("ns/demo/b1.db")), 0o600);
+    for d in [&root, &root.join("ns"), &root.join("ns/demo")] {
+        assert_eq!(mode(d), 0o700, "{}", d.display());
+    }
+    let entries: Vec<_> = std::fs::read_dir(root.join("ns/demo"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries, vec!["b1.db"]);
 
     // The proof kok records: the scratch restore reproduces count and HashKV.
     let tools = Tools::from_env();
@@ -154,6 +179,31 @@ async fn filesystem_backup_restores_to_identical_content() {
     let back = restore_and_read(&store, "ns/demo/b1.db", &snap, dir.path()).await;
     assert_eq!(back, original);
     source.stop().await;
+}
+
+#[tokio::test]
+async fn artifacts_are_private_even_in_directories_of_older_versions() {
+    let dir = scratch();
+    let (source, mut client) = source_etcd(dir.path()).await;
+    let root = dir.path().join("backups");
+    // As an older kok left it: world-readable directories.
+    std::fs::create_dir_all(root.join("ns/demo")).unwrap();
+    for d in [&root, &root.join("ns"), &root.join("ns/demo")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let store = Store::filesystem(root.to_str().unwrap()).unwrap();
+    snapshot::take(&mut client, &store, "ns/demo/b2.db")
+        .await
+        .unwrap();
+    source.stop().await;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&root.join("ns/demo/b2.db")), 0o600);
+    assert_eq!(mode(&root), 0o700, "the destination root is tightened");
+    assert_eq!(
+        mode(&root.join("ns/demo")),
+        0o700,
+        "the artifact's directory too"
+    );
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 pub struct BackupSpec {
     /// Cron schedule (5 fields, UTC), e.g. `0 */6 * * *`. Unset: on-demand only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
     pub schedule: Option<String>,
     #[serde(default)]
     pub retention: Retention,
@@ -31,9 +32,11 @@ pub struct BackupSpec {
 pub struct Retention {
     /// Keep at most this many successful backups (newest first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
     pub keep_last: Option<u32>,
     /// Delete backups older than this (`30m`, `12h`, `7d`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,6}[mhd]$"))]
     pub max_age: Option<String>,
 }
 
@@ -61,6 +64,7 @@ pub struct Destination {
 #[serde(rename_all = "camelCase")]
 pub struct FilesystemDestination {
     /// Absolute path inside the operator pod, e.g. `/var/lib/kok/backups`.
+    #[schemars(length(min = 1, max = 1024))]
     pub path: String,
 }
 
@@ -68,17 +72,21 @@ pub struct FilesystemDestination {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct S3Destination {
+    #[schemars(length(min = 3, max = 63))]
     pub bucket: String,
     /// Key prefix inside the bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub prefix: Option<String>,
     /// Endpoint URL for S3-compatible stores (MinIO, Ceph); unset for AWS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
     pub endpoint: Option<String>,
     #[serde(default = "default_region")]
     pub region: String,
     /// Secret in the TenantCluster's namespace with keys `accessKeyID` and
     /// `secretAccessKey` (and optionally `sessionToken`).
+    #[schemars(length(min = 1, max = 253))]
     pub credentials_secret: String,
 }
 
@@ -174,6 +182,27 @@ pub struct EtcdBackupStatus {
     /// True once restored into a scratch etcd and found identical; false if that failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<bool>,
+    /// `metadata.uid` of the TenantCluster snapshotted: which incarnation of a
+    /// name the data belongs to (a deleted and recreated cluster has a new uid).
+    #[serde(
+        rename = "tenantClusterUID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tenant_cluster_uid: Option<String>,
+    /// The etcd cluster ID the snapshot came from, lowercase hex as etcdctl prints it.
+    #[serde(
+        rename = "etcdClusterID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub etcd_cluster_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// kstatus: `Ready` (Succeeded), `Reconciling` (Pending, Running,
+    /// Verifying), `Stalled` (Failed, or an API error that retrying cannot fix).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 
 /// Restores a TenantCluster's etcd from an EtcdBackup: the declared runbook.
@@ -195,6 +224,12 @@ pub struct EtcdRestoreSpec {
     pub tenant_cluster: String,
     /// EtcdBackup (same namespace) to restore from; it must have succeeded.
     pub backup: String,
+    /// Restore a backup taken from another incarnation of the TenantCluster (a
+    /// deleted-and-recreated TenantCluster of the same name, e.g. disaster
+    /// recovery). Without it, a backup whose `tenantClusterUID` differs from the
+    /// TenantCluster's uid is refused before anything is stopped.
+    #[serde(default)]
+    pub accept_other_incarnation: bool,
 }
 
 /// The restore runbook's steps, in order. Each is recorded before it is
@@ -227,4 +262,22 @@ pub struct EtcdRestoreStatus {
     /// The etcd cluster token of the restored cluster (a new cluster ID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_token: Option<String>,
+    /// When the current phase began: each phase has its own deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_start_time: Option<Time>,
+    /// Recorded before the first member Job is created: from then on some
+    /// member's data may have been replaced, so deleting the restore no longer
+    /// hands the tenant back on its original data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_jobs_created: Option<bool>,
+    /// True when the backup came from another incarnation of the TenantCluster
+    /// (different uid) and `spec.acceptOtherIncarnation` allowed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_other_incarnation: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// kstatus: `Ready` (Completed), `Reconciling` (running), `Stalled`
+    /// (Failed, or the spec cannot work).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct TenantClusterSpec {
     /// Kubernetes version of the tenant control plane, e.g. `v1.20.2` or `1.31.4`.
+    #[schemars(length(max = 32), regex(pattern = r"^v?1\.[0-9]{1,3}\.[0-9]{1,4}$"))]
     pub version: String,
     #[serde(default)]
     pub etcd: EtcdSpec,
@@ -37,6 +38,7 @@ pub struct TenantClusterSpec {
     /// Registry prefix for the control-plane images (default `registry.k8s.io`).
     /// Images are `<imageRepository>/<component>:<tag>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^\s]*[^/\s]$"))]
     pub image_repository: Option<String>,
     /// Scheduled etcd backups; unset: no schedule (on-demand EtcdBackups need it
     /// too, for the destination).
@@ -53,14 +55,20 @@ pub struct TenantClusterSpec {
 pub struct EtcdSpec {
     /// Number of members: 1, 3 or 5 (an even count adds no fault tolerance).
     #[serde(default = "default_one")]
+    #[schemars(extend("enum" = [1, 3, 5]))]
     pub replicas: i32,
     #[serde(default)]
     pub storage: EtcdStorage,
     /// etcd version (image tag); by default the one paired with the Kubernetes version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    )]
     pub version: Option<String>,
     /// Full image reference; overrides `version` and `imageRepository` for etcd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^[^\s]+$"))]
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -85,11 +93,17 @@ pub struct EtcdStorage {
     /// Keep data in an emptyDir: lost when a pod is replaced. For development only.
     #[serde(default)]
     pub ephemeral: bool,
-    /// Size of each member's PersistentVolumeClaim (default `10Gi`).
+    /// Size of each member's PersistentVolumeClaim (default `10Gi`): a
+    /// Kubernetes quantity.
     #[serde(default = "default_storage_size")]
+    #[schemars(
+        length(max = 64),
+        regex(pattern = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
+    )]
     pub size: String,
     /// StorageClass of the claims; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub storage_class_name: Option<String>,
 }
 
@@ -117,19 +131,23 @@ pub struct ControlPlaneSpec {
     pub service: ServiceSpec,
     /// Extra subject alternative names (DNS names or IPs) for the apiserver certificate.
     #[serde(default, rename = "certSANs", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
     pub cert_sans: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiServerSpec {
+    /// Number of apiserver pods, 1 to 10.
     #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = 10))]
     pub replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Extra flags, `name: value` without the leading dashes. Flags kok manages
     /// (certificates, etcd endpoints, service range) cannot be overridden.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 100))]
     pub extra_args: BTreeMap<String, String>,
 }
 
@@ -151,6 +169,7 @@ pub struct ComponentSpec {
     pub resources: Option<ResourceRequirements>,
     /// Extra flags, `name: value` without the leading dashes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 100))]
     pub extra_args: BTreeMap<String, String>,
 }
 
@@ -184,11 +203,17 @@ impl ServiceType {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkingSpec {
+    /// The tenant's Service range, e.g. `10.96.0.0/12`.
     #[serde(default = "default_service_cidr", rename = "serviceCIDR")]
+    #[schemars(length(min = 1, max = 43))]
     pub service_cidr: String,
+    /// The tenant's pod range, e.g. `10.244.0.0/16`.
     #[serde(default = "default_pod_cidr", rename = "podCIDR")]
+    #[schemars(length(min = 1, max = 43))]
     pub pod_cidr: String,
+    /// DNS domain of the tenant's Services (default `cluster.local`).
     #[serde(default = "default_cluster_domain")]
+    #[schemars(length(min = 1, max = 253))]
     pub cluster_domain: String,
 }
 
@@ -239,6 +264,17 @@ pub struct BackupScheduleStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_backup: Option<String>,
 }
+
+/// Set on a TenantCluster by its owner to let a new TenantCluster take over
+/// etcd PersistentVolumeClaims that already exist under its names (kept from a
+/// deleted TenantCluster of the same name). Without it kok refuses to start on
+/// someone else's data.
+pub const ADOPT_VOLUMES_ANNOTATION: &str = "kok.dev/adopt-etcd-volumes";
+
+/// The longest TenantCluster name: every derived name and label must fit.
+/// The tightest is the StatefulSet's `controller-revision-hash` label,
+/// `<name>-etcd-<hash of up to 10 chars>`, a label value of at most 63.
+pub const MAX_NAME_LENGTH: usize = 47;
 
 /// Set on a TenantCluster by a running EtcdRestore (value: its name): the
 /// TenantCluster reconciler leaves the control plane to the restore meanwhile.

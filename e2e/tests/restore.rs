@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Pod};
-use kok_crds::{BackupPhase, EtcdBackup, EtcdRestore, RestorePhase};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume, Pod};
+use kok_crds::{
+    BackupPhase, EtcdBackup, EtcdBackupStatus, EtcdRestore, RestorePhase, TenantCluster,
+    RESTORE_ANNOTATION,
+};
 use kok_e2e::{tenant, wait_for, with_namespace, workloads, Poll};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -17,10 +20,23 @@ fn pv_dir(ns: &str, i: i32) -> String {
     format!("/var/lib/kok-local/pv/{ns}-{i}")
 }
 
+/// The user etcd and the restore Jobs run as (kok_templates::security::RUN_AS).
+const ETCD_UID: u32 = 65532;
+
 /// One hostPath PV per member, in a StorageClass named after the namespace.
+/// The directories are made here, owned by etcd's user and private to it: a
+/// directory kubelet creates (DirectoryOrCreate) belongs to root, which a
+/// non-root etcd cannot write, and fsGroup does not apply to hostPath.
 async fn make_volumes(client: &Client, ns: &str, members: i32) {
+    use std::os::unix::fs::PermissionsExt;
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
     for i in 0..members {
+        let dir = pv_dir(ns, i);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {dir}: {e}"));
+        std::os::unix::fs::chown(&dir, Some(ETCD_UID), Some(ETCD_UID))
+            .unwrap_or_else(|e| panic!("chown {dir} (the test runs as root on the node): {e}"));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .unwrap_or_else(|e| panic!("chmod {dir}: {e}"));
         let pv: PersistentVolume = serde_json::from_value(json!({
             "metadata": {"name": format!("{ns}-{i}"), "labels": {"kok.dev/e2e": "true"}},
             "spec": {
@@ -28,7 +44,7 @@ async fn make_volumes(client: &Client, ns: &str, members: i32) {
                 "accessModes": ["ReadWriteOnce"],
                 "storageClassName": ns,
                 "persistentVolumeReclaimPolicy": "Retain",
-                "hostPath": {"path": pv_dir(ns, i), "type": "DirectoryOrCreate"},
+                "hostPath": {"path": dir, "type": "Directory"},
             }
         }))
         .unwrap();
@@ -79,22 +95,48 @@ async fn etcd_hash_at(client: &Client, ns: &str, tc: &str, revision: i64) -> u32
     etcd.hash_kv(revision).await.expect("HashKV").hash()
 }
 
+/// A Ready TenantCluster `rs` with persistent etcd on this test's volumes and
+/// a filesystem backup destination.
+async fn persistent_tenant(client: &Client, ns: &str, members: i32) {
+    make_volumes(client, ns, members).await;
+    let mut tc = tenant::dev_tenant("rs", members);
+    tc.spec.etcd.storage =
+        serde_json::from_value(json!({"size": "1Gi", "storageClassName": ns})).unwrap();
+    tc.spec.backup = Some(
+        serde_json::from_value(json!({
+            "destination": {"filesystem": {"path": format!("/var/lib/kok/backups/e2e-{ns}")}}
+        }))
+        .unwrap(),
+    );
+    tenant::create(client, ns, &tc).await;
+    tenant::wait_ready(client, ns, "rs", READY_TIMEOUT).await;
+}
+
+/// Creates EtcdBackup `name` of `rs` and waits for it to succeed.
+async fn take_backup(client: &Client, ns: &str, name: &str) -> EtcdBackupStatus {
+    let backups: Api<EtcdBackup> = Api::namespaced(client.clone(), ns);
+    let eb: EtcdBackup = serde_json::from_value(
+        json!({"metadata": {"name": name}, "spec": {"tenantCluster": "rs"}}),
+    )
+    .unwrap();
+    backups.create(&PostParams::default(), &eb).await.unwrap();
+    wait_for(&format!("backup {name}"), Duration::from_secs(120), || {
+        let backups = backups.clone();
+        async move {
+            match backups.get(name).await.ok().and_then(|b| b.status) {
+                Some(s) if s.phase == Some(BackupPhase::Succeeded) => Poll::Ready(s),
+                s => Poll::Pending(format!("{s:?}")),
+            }
+        }
+    })
+    .await
+}
+
 /// `restart_operator`: delete the operator pods while the restore runs; the
 /// restore must resume from the phase recorded in its status.
 async fn restore_round_trip(prefix: &str, members: i32, restart_operator: bool) {
     with_namespace(prefix, move |client, ns| async move {
-        make_volumes(&client, &ns, members).await;
-        let mut tc = tenant::dev_tenant("rs", members);
-        tc.spec.etcd.storage =
-            serde_json::from_value(json!({"size": "1Gi", "storageClassName": ns})).unwrap();
-        tc.spec.backup = Some(
-            serde_json::from_value(json!({
-                "destination": {"filesystem": {"path": format!("/var/lib/kok/backups/e2e-{ns}")}}
-            }))
-            .unwrap(),
-        );
-        tenant::create(&client, &ns, &tc).await;
-        tenant::wait_ready(&client, &ns, "rs", READY_TIMEOUT).await;
+        persistent_tenant(&client, &ns, members).await;
 
         let cms: Api<ConfigMap> =
             Api::namespaced(tenant::tenant_client(&client, &ns, "rs").await, "default");
@@ -108,21 +150,7 @@ async fn restore_round_trip(prefix: &str, members: i32, restart_operator: bool) 
                 .expect("tenant write");
         }
         let backups: Api<EtcdBackup> = Api::namespaced(client.clone(), &ns);
-        let eb: EtcdBackup = serde_json::from_value(
-            json!({"metadata": {"name": "b1"}, "spec": {"tenantCluster": "rs"}}),
-        )
-        .unwrap();
-        backups.create(&PostParams::default(), &eb).await.unwrap();
-        let b = wait_for("backup b1", Duration::from_secs(120), || {
-            let backups = backups.clone();
-            async move {
-                match backups.get("b1").await.ok().and_then(|b| b.status) {
-                    Some(s) if s.phase == Some(BackupPhase::Succeeded) => Poll::Ready(s),
-                    s => Poll::Pending(format!("{s:?}")),
-                }
-            }
-        })
-        .await;
+        let b = take_backup(&client, &ns, "b1").await;
 
         for i in 0..10 {
             cms.delete(&format!("keep-{i}"), &DeleteParams::default())
@@ -230,7 +258,7 @@ async fn restore_round_trip(prefix: &str, members: i32, restart_operator: bool) 
         assert_eq!(after.phase, Some(BackupPhase::Succeeded));
 
         // Deleting the tenant keeps its backups (deletionPolicy defaults to Retain).
-        let tcs = Api::<kok_crds::TenantCluster>::namespaced(client.clone(), &ns);
+        let tcs = Api::<TenantCluster>::namespaced(client.clone(), &ns);
         tcs.delete("rs", &DeleteParams::default()).await.unwrap();
         wait_for(
             "the TenantCluster to be gone",
@@ -268,4 +296,121 @@ async fn restore_of_a_one_member_etcd_brings_deleted_objects_back() {
 #[tokio::test]
 async fn restore_of_a_three_member_etcd_survives_an_operator_restart() {
     restore_round_trip("rs-three", 3, true).await;
+}
+
+/// Deleting an EtcdRestore midway never leaves the tenant silently stopped:
+/// deleted before any member's data was swapped, the tenant runs again on its
+/// original data; deleted after, it shows Stalled=True, RestoreAbandoned.
+#[tokio::test]
+async fn a_deleted_etcd_restore_mid_run_leaves_the_tenant_running_again_or_clearly_failed() {
+    with_namespace("rs-del", |client, ns| async move {
+        persistent_tenant(&client, &ns, 1).await;
+        take_backup(&client, &ns, "b1").await;
+
+        let restores: Api<EtcdRestore> = Api::namespaced(client.clone(), &ns);
+        let er: EtcdRestore = serde_json::from_value(
+            json!({"metadata": {"name": "r-del"}, "spec": {"tenantCluster": "rs", "backup": "b1"}}),
+        )
+        .unwrap();
+        restores.create(&PostParams::default(), &er).await.unwrap();
+        let seen = wait_for(
+            "the restore to be stopping the control plane or restoring etcd",
+            Duration::from_secs(120),
+            || {
+                let restores = restores.clone();
+                async move {
+                    let status = restores.get("r-del").await.ok().and_then(|r| r.status);
+                    match status.as_ref().and_then(|s| s.phase) {
+                        Some(
+                            p @ (RestorePhase::StoppingControlPlane | RestorePhase::RestoringEtcd),
+                        ) => Poll::Ready(p),
+                        Some(p) if p > RestorePhase::RestoringEtcd => {
+                            panic!(
+                                "the restore ran past RestoringEtcd before it was seen: {status:?}"
+                            )
+                        }
+                        _ => Poll::Pending(format!("{status:?}")),
+                    }
+                }
+            },
+        )
+        .await;
+        eprintln!("deleting the restore during {seen:?}");
+        restores
+            .delete("r-del", &DeleteParams::default())
+            .await
+            .expect("deleting the restore");
+
+        // Member Jobs are waited for (at most their 25-minute deadline; in
+        // practice seconds), then the tenant restarts or is marked abandoned.
+        let tcs: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
+        let outcome = wait_for(
+            "the tenant Ready without the annotation, or Stalled with RestoreAbandoned",
+            Duration::from_secs(600),
+            || {
+                let tcs = tcs.clone();
+                async move {
+                    let Ok(tc) = tcs.get("rs").await else {
+                        return Poll::Pending("TenantCluster not readable".into());
+                    };
+                    let current = tc.status.as_ref().and_then(|s| s.observed_generation)
+                        == tc.metadata.generation;
+                    let annotated = tc.annotations().contains_key(RESTORE_ANNOTATION);
+                    let ready = tenant::condition(&tc, "Ready").is_some_and(|c| c.status == "True");
+                    let abandoned = tenant::condition(&tc, "Stalled")
+                        .is_some_and(|c| c.status == "True" && c.reason == "RestoreAbandoned");
+                    if current && ready && !annotated {
+                        Poll::Ready("running again")
+                    } else if current && abandoned {
+                        Poll::Ready("RestoreAbandoned")
+                    } else {
+                        let conditions: Vec<String> = tc
+                            .status
+                            .iter()
+                            .flat_map(|s| &s.conditions)
+                            .map(|c| format!("{}={} ({})", c.type_, c.status, c.reason))
+                            .collect();
+                        Poll::Pending(format!("annotated: {annotated}; {conditions:?}"))
+                    }
+                }
+            },
+        )
+        .await;
+        eprintln!("after deleting the restore during {seen:?}: {outcome}");
+        if outcome == "running again" {
+            // It answers, not only reports Ready.
+            let api = tenant::tenant_client(&client, &ns, "rs").await;
+            let namespaces = Api::<Namespace>::all(api);
+            wait_for("the tenant API to answer", READY_TIMEOUT, || {
+                let namespaces = namespaces.clone();
+                async move {
+                    match namespaces.get("default").await {
+                        Ok(_) => Poll::Ready(()),
+                        Err(e) => Poll::Pending(e.to_string()),
+                    }
+                }
+            })
+            .await;
+        } else {
+            let tc = tcs.get("rs").await.unwrap();
+            let stalled = tenant::condition(&tc, "Stalled").unwrap();
+            assert!(
+                !stalled.message.is_empty() && stalled.message != stalled.reason,
+                "a RestoreAbandoned tenant says why: {stalled:?}"
+            );
+        }
+        // The finalizer was released: the restore is gone.
+        wait_for("the restore to be gone", Duration::from_secs(60), || {
+            let restores = restores.clone();
+            async move {
+                match restores.get_opt("r-del").await {
+                    Ok(None) => Poll::Ready(()),
+                    other => Poll::Pending(format!("{:?}", other.map(|r| r.map(|r| r.status)))),
+                }
+            }
+        })
+        .await;
+        remove_volumes(&client, &ns, 1).await;
+    })
+    .await;
 }

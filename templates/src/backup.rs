@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use croner::Cron;
-use kok_crds::{BackupSpec, Retention};
+use kok_crds::{BackupSpec, Retention, S3Destination};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::validate::FieldError;
 
@@ -42,7 +43,7 @@ pub fn parse_schedule(text: &str) -> Result<Cron, String> {
 }
 
 /// Field errors of `spec.backup`, named by path.
-pub fn validate_backup(spec: &BackupSpec) -> Vec<FieldError> {
+pub fn validate_backup(spec: &BackupSpec, policy: &crate::validate::Policy) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let mut err = |field: &str, reason: String| {
         errors.push(FieldError {
@@ -86,16 +87,169 @@ pub fn validate_backup(spec: &BackupSpec) -> Vec<FieldError> {
                 ),
             )
         }
-        (None, Some(s3)) if s3.bucket.is_empty() => {
-            err("destination.s3.bucket", "must not be empty".into())
+        (None, Some(s3)) => {
+            for (field, reason) in s3_errors(s3, policy) {
+                err(&format!("destination.s3.{field}"), reason);
+            }
         }
-        (None, Some(s3)) if s3.credentials_secret.is_empty() => err(
-            "destination.s3.credentialsSecret",
-            "must name a Secret with accessKeyID and secretAccessKey".into(),
-        ),
         _ => {}
     }
     errors
+}
+
+/// Problems of an S3 destination as (field under `s3`, reason).
+fn s3_errors(s3: &S3Destination, policy: &crate::validate::Policy) -> Vec<(&'static str, String)> {
+    let mut errors = Vec::new();
+    if let Err(e) = check_bucket(&s3.bucket) {
+        errors.push(("bucket", e));
+    }
+    if let Some(prefix) = &s3.prefix {
+        if prefix.split('/').any(|part| part == "..") {
+            errors.push(("prefix", format!("{prefix:?} must not contain `..`")));
+        }
+    }
+    if let Some(endpoint) = &s3.endpoint {
+        if let Err(e) = check_endpoint(endpoint, policy) {
+            errors.push(("endpoint", e));
+        }
+    }
+    if s3.region.trim().is_empty() {
+        errors.push(("region", "must not be empty".into()));
+    }
+    if s3.credentials_secret.is_empty() {
+        errors.push((
+            "credentialsSecret",
+            "must name a Secret with accessKeyID and secretAccessKey".into(),
+        ));
+    }
+    errors
+}
+
+/// S3 bucket naming rules: 3-63 of lowercase letters, digits, dots and
+/// hyphens, starting and ending with a letter or digit, not an IP address.
+pub fn check_bucket(bucket: &str) -> Result<(), String> {
+    let ok_chars = bucket
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let alnum = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !(3..=63).contains(&bucket.len())
+        || !ok_chars
+        || !alnum(bucket.bytes().next())
+        || !alnum(bucket.bytes().last())
+        || bucket.contains("..")
+        || bucket.parse::<Ipv4Addr>().is_ok()
+    {
+        return Err(format!(
+            "{bucket:?} is not an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens; \
+             starting and ending with a letter or digit)"
+        ));
+    }
+    Ok(())
+}
+
+/// Hosts an endpoint may never name: the cloud metadata services, through
+/// which the operator's own credentials could be read (SSRF).
+const METADATA_HOSTS: &[&str] = &["metadata.google.internal", "metadata"];
+
+/// An S3 endpoint: `https://host[:port][/path]` (`http` only if `policy`
+/// allows), never a link-local or metadata host. Stricter than a URL parser on
+/// purpose: no user info, query or fragment, and only hosts that every HTTP
+/// client reads the same way (a WHATWG parser turns `http://2852039166/` into
+/// 169.254.169.254, so numeric-looking host names are refused).
+pub fn check_endpoint(endpoint: &str, policy: &crate::validate::Policy) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{endpoint:?}: {why}"));
+    let (scheme, rest) = match endpoint.split_once("://") {
+        Some((s, rest)) => (s.to_ascii_lowercase(), rest),
+        None => return bad("not a URL (expected https://host[:port])"),
+    };
+    match scheme.as_str() {
+        "https" => {}
+        "http" if policy.allow_http_s3 => {}
+        "http" => {
+            return bad("plain http sends credentials in the clear; use https \
+                 (the operator accepts http only with KOK_ALLOW_HTTP_S3=true)")
+        }
+        _ => return bad("the scheme must be https"),
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    if path.contains(['?', '#']) {
+        return bad("no query or fragment allowed");
+    }
+    if authority.contains('@') {
+        return bad("no user info allowed (credentials come from credentialsSecret)");
+    }
+    let (host, port) =
+        split_host_port(authority).ok_or_else(|| format!("{endpoint:?}: no valid host"))?;
+    if let Some(port) = port {
+        if port.parse::<u16>().map_or(true, |p| p == 0) {
+            return bad("the port must be 1-65535");
+        }
+    }
+    match host {
+        Host::Ip(ip) if is_link_local(ip) => {
+            bad("link-local addresses (cloud metadata) are refused")
+        }
+        Host::Ip(ip) if ip.is_unspecified() || ip.is_multicast() => bad("not a unicast address"),
+        Host::Ip(_) => Ok(()),
+        Host::Name(name) if METADATA_HOSTS.contains(&name.as_str()) => {
+            bad("the cloud metadata service is refused")
+        }
+        Host::Name(_) => Ok(()),
+    }
+}
+
+enum Host {
+    Ip(IpAddr),
+    /// Lowercase, without a trailing dot.
+    Name(String),
+}
+
+/// Splits `host[:port]` / `[v6][:port]`, accepting only a literal IP or a DNS
+/// name whose last label is not numeric.
+fn split_host_port(authority: &str) -> Option<(Host, Option<&str>)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        return Some((Host::Ip(IpAddr::V6(v6.parse().ok()?)), port));
+    }
+    let (host, port) = match authority.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    if let Ok(v4) = host.parse::<Ipv4Addr>() {
+        return Some((Host::Ip(IpAddr::V4(v4)), port));
+    }
+    let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let labels_ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    // A numeric last label makes URL parsers read the host as an IPv4
+    // address in some notation (`0xa9fea9fe`, `169.254.43518`).
+    let last = name.rsplit('.').next().unwrap_or_default();
+    let numeric = last.bytes().all(|b| b.is_ascii_digit()) || last.starts_with("0x");
+    (labels_ok && !numeric).then_some((Host::Name(name), port))
+}
+
+/// 169.254.0.0/16 and fe80::/10, also when written as an IPv4-mapped IPv6;
+/// and AWS's IPv6 metadata address, which is not link-local.
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) => true,
+        IpAddr::V6(v6) => {
+            v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
 }
 
 /// What the schedule asks for now.
@@ -132,6 +286,31 @@ pub fn artifact_key(namespace: &str, tenant: &str, backup: &str) -> String {
     format!("{namespace}/{tenant}/{backup}.db")
 }
 
+/// Label on scheduled EtcdBackups: the uid of the TenantCluster that made them.
+pub const TENANT_UID_LABEL: &str = "kok.dev/tenant-uid";
+
+/// One incarnation of a TenantCluster name: a cluster deleted and created
+/// again under the same name is a different one, with other data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incarnation {
+    pub uid: String,
+    /// `metadata.creationTimestamp`.
+    pub created: Option<DateTime<Utc>>,
+}
+
+impl Incarnation {
+    /// Whether a backup recording `tenant_uid` (status, else the schedule's
+    /// label) and created at `created` is of this incarnation. Backups from
+    /// before uids were recorded count as this one's only if created since this
+    /// one was: anything older may be a predecessor's and is never ours to delete.
+    pub fn made(&self, tenant_uid: Option<&str>, created: Option<DateTime<Utc>>) -> bool {
+        match tenant_uid {
+            Some(uid) => uid == self.uid,
+            None => matches!((created, self.created), (Some(b), Some(c)) if b >= c),
+        }
+    }
+}
+
 /// What retention needs to know about one EtcdBackup.
 #[derive(Debug, Clone)]
 pub struct BackupRecord {
@@ -142,14 +321,22 @@ pub struct BackupRecord {
     pub finished: bool,
     /// A restore refers to it.
     pub in_use: bool,
+    /// The TenantCluster uid it recorded (status, else label); none before uids were recorded.
+    pub tenant_uid: Option<String>,
+    /// `metadata.creationTimestamp` of the EtcdBackup.
+    pub created: Option<DateTime<Utc>>,
 }
 
-/// The backups retention deletes. Never the newest successful one, never one a
-/// restore uses, never one still running. Failed backups count against the
-/// same limits as successful ones, among themselves.
+/// The backups retention deletes. Only backups of `current` count and can go:
+/// a predecessor's (same name, other uid) are neither deleted nor push out
+/// this incarnation's, so an empty new cluster cannot evict the last good data.
+/// Never the newest successful one, never one a restore uses, never one still
+/// running. Failed backups count against the same limits as successful ones,
+/// among themselves.
 pub fn retention_victims(
     backups: &[BackupRecord],
     retention: &Retention,
+    current: &Incarnation,
     now: DateTime<Utc>,
 ) -> Vec<String> {
     let max_age = retention
@@ -162,6 +349,7 @@ pub fn retention_victims(
         let mut group: Vec<&BackupRecord> = backups
             .iter()
             .filter(|b| b.finished && b.succeeded == succeeded)
+            .filter(|b| current.made(b.tenant_uid.as_deref(), b.created))
             .collect();
         group.sort_by(|a, b| b.time.cmp(&a.time).then(b.name.cmp(&a.name)));
         for (i, b) in group.iter().enumerate() {
@@ -255,6 +443,16 @@ mod tests {
             succeeded,
             finished: true,
             in_use: false,
+            tenant_uid: Some("uid-now".into()),
+            created: Some(at(time)),
+        }
+    }
+
+    /// The TenantCluster as it is now: uid-now, created on 2025-06-01.
+    fn current() -> Incarnation {
+        Incarnation {
+            uid: "uid-now".into(),
+            created: Some(at("2025-06-01T00:00:00Z")),
         }
     }
 
@@ -270,7 +468,7 @@ mod tests {
             keep_last: Some(2),
             max_age: None,
         };
-        let mut v = retention_victims(&backups, &r, at("2026-01-01T05:00:00Z"));
+        let mut v = retention_victims(&backups, &r, &current(), at("2026-01-01T05:00:00Z"));
         v.sort();
         assert_eq!(v, vec!["b1", "b2"]);
     }
@@ -289,7 +487,7 @@ mod tests {
         };
         // Everything is older than an hour: the newest success stays, so does
         // the one a restore uses; the failed one goes.
-        let v = retention_victims(&backups, &r, at("2026-01-02T00:00:00Z"));
+        let v = retention_victims(&backups, &r, &current(), at("2026-01-02T00:00:00Z"));
         assert_eq!(v, vec!["old-failed"]);
     }
 
@@ -302,7 +500,72 @@ mod tests {
             keep_last: Some(1),
             max_age: Some("1s".into()),
         };
-        assert!(retention_victims(&backups, &r, at("2026-02-01T00:00:00Z")).is_empty());
+        assert!(retention_victims(&backups, &r, &current(), at("2026-02-01T00:00:00Z")).is_empty());
+    }
+
+    #[test]
+    fn retention_never_crosses_a_recreation_of_the_cluster() {
+        // The old cluster's good backups, then the new (empty) cluster's.
+        let mut old1 = record("old-1", "2025-05-01T00:00:00Z", true);
+        let mut old2 = record("old-2", "2025-05-02T00:00:00Z", true);
+        let mut old_failed = record("old-failed", "2025-05-03T00:00:00Z", false);
+        for b in [&mut old1, &mut old2, &mut old_failed] {
+            b.tenant_uid = Some("uid-before".into());
+        }
+        let backups = vec![
+            old1,
+            old2,
+            old_failed,
+            record("new-1", "2025-06-02T00:00:00Z", true),
+            record("new-2", "2025-06-03T00:00:00Z", true),
+            record("new-3", "2025-06-04T00:00:00Z", true),
+        ];
+        let r = Retention {
+            keep_last: Some(1),
+            max_age: Some("1d".into()),
+        };
+        let mut v = retention_victims(&backups, &r, &current(), at("2025-07-01T00:00:00Z"));
+        v.sort();
+        // The old incarnation's are neither deleted nor counted: new-3 is this
+        // cluster's newest, so it stays although it is older than maxAge.
+        assert_eq!(v, vec!["new-1", "new-2"]);
+    }
+
+    #[test]
+    fn backups_without_a_uid_belong_to_the_cluster_created_before_them() {
+        let c = current();
+        let born = at("2025-06-01T00:00:00Z");
+        assert!(c.made(None, Some(born)), "same second: made by this one");
+        assert!(c.made(None, Some(at("2025-06-01T00:00:01Z"))));
+        assert!(
+            !c.made(None, Some(at("2025-05-31T23:59:59Z"))),
+            "a predecessor's"
+        );
+        assert!(!c.made(None, None), "unknown age: never ours to delete");
+        let unborn = Incarnation {
+            uid: "uid-now".into(),
+            created: None,
+        };
+        assert!(!unborn.made(None, Some(born)));
+        // A recorded uid decides, whatever the times say.
+        assert!(c.made(Some("uid-now"), Some(at("2020-01-01T00:00:00Z"))));
+        assert!(!c.made(Some("uid-other"), Some(at("2030-01-01T00:00:00Z"))));
+
+        let mut legacy_old = record("legacy-old", "2025-05-01T00:00:00Z", true);
+        legacy_old.tenant_uid = None;
+        let mut legacy_new = record("legacy-new", "2025-06-02T00:00:00Z", true);
+        legacy_new.tenant_uid = None;
+        let backups = vec![
+            legacy_old,
+            legacy_new,
+            record("new", "2025-06-03T00:00:00Z", true),
+        ];
+        let r = Retention {
+            keep_last: Some(1),
+            max_age: None,
+        };
+        let v = retention_victims(&backups, &r, &c, at("2025-07-01T00:00:00Z"));
+        assert_eq!(v, vec!["legacy-new"]);
     }
 
     fn spec(destination: Destination) -> BackupSpec {
@@ -323,13 +586,16 @@ mod tests {
             }),
             s3: None,
         };
-        assert!(validate_backup(&spec(fs.clone())).is_empty());
+        assert!(validate_backup(&spec(fs.clone()), &Default::default()).is_empty());
 
         let mut bad = spec(fs.clone());
         bad.schedule = Some("every hour".into());
         bad.retention.max_age = Some("3 weeks".into());
         bad.retention.keep_last = Some(0);
-        let fields: Vec<String> = validate_backup(&bad).into_iter().map(|e| e.field).collect();
+        let fields: Vec<String> = validate_backup(&bad, &Default::default())
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(
             fields,
             vec![
@@ -350,7 +616,7 @@ mod tests {
             ..fs
         };
         assert_eq!(
-            validate_backup(&spec(both))[0].field,
+            validate_backup(&spec(both), &Default::default())[0].field,
             "spec.backup.destination"
         );
         let relative = Destination {
@@ -360,8 +626,135 @@ mod tests {
             s3: None,
         };
         assert_eq!(
-            validate_backup(&spec(relative))[0].field,
+            validate_backup(&spec(relative), &Default::default())[0].field,
             "spec.backup.destination.filesystem.path"
         );
+    }
+    fn s3_spec(f: impl FnOnce(&mut S3Destination)) -> BackupSpec {
+        let mut s3 = S3Destination {
+            bucket: "kok-backups".into(),
+            prefix: Some("prod/eu".into()),
+            endpoint: Some("https://minio.example.com:9000".into()),
+            region: "us-east-1".into(),
+            credentials_secret: "creds".into(),
+        };
+        f(&mut s3);
+        spec(Destination {
+            filesystem: None,
+            s3: Some(s3),
+        })
+    }
+
+    fn s3_fields(spec: &BackupSpec, allow_http_s3: bool) -> Vec<String> {
+        let policy = crate::validate::Policy { allow_http_s3 };
+        validate_backup(spec, &policy)
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    const ENDPOINT: &str = "spec.backup.destination.s3.endpoint";
+
+    #[test]
+    fn s3_endpoints_are_https_urls_and_never_metadata_services() {
+        for ok in [
+            "https://minio.example.com:9000",
+            "https://s3.eu-central-1.amazonaws.com",
+            "https://10.0.0.5:9000/",
+            "https://[2001:db8::1]:9000",
+            "HTTPS://Minio.Example.COM.",
+        ] {
+            assert!(
+                s3_fields(&s3_spec(|s| s.endpoint = Some(ok.into())), false).is_empty(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "minio.example.com:9000",
+            "ftp://minio.example.com",
+            "https://",
+            "https://user:pw@minio.example.com",
+            "https://minio.example.com/?x=1",
+            "https://minio.example.com:99999",
+            "https://minio.example.com:",
+            "https://exa mple.com",
+            "https://169.254.169.254",
+            "https://169.254.169.254:80/latest/meta-data",
+            "https://169.254.0.1",
+            "https://[fe80::1]",
+            "https://[febf::1]:9000",
+            "https://[::ffff:169.254.169.254]",
+            "https://[fd00:ec2::254]",
+            "https://metadata.google.internal",
+            "https://METADATA.google.internal./computeMetadata/v1",
+            // Other spellings of 169.254.169.254 that URL parsers accept.
+            "https://2852039166",
+            "https://0xa9fea9fe",
+            "https://169.254.43518",
+            "https://0251.0376.0251.0376",
+            "https://169%2e254%2e169%2e254",
+        ] {
+            let spec = s3_spec(|s| s.endpoint = Some(bad.into()));
+            assert_eq!(s3_fields(&spec, true), vec![ENDPOINT], "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_http_endpoints_need_the_operator_policy() {
+        let spec = s3_spec(|s| s.endpoint = Some("http://127.0.0.1:19000".into()));
+        let errors = validate_backup(&spec, &crate::validate::Policy::default());
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, ENDPOINT);
+        assert!(
+            errors[0].reason.contains("KOK_ALLOW_HTTP_S3"),
+            "{}",
+            errors[0]
+        );
+        assert!(s3_fields(&spec, true).is_empty());
+        // The policy never opens link-local addresses.
+        let metadata = s3_spec(|s| s.endpoint = Some("http://169.254.169.254".into()));
+        assert_eq!(s3_fields(&metadata, true), vec![ENDPOINT]);
+    }
+
+    #[test]
+    fn s3_bucket_prefix_and_region_follow_the_s3_rules() {
+        for ok in ["abc", "kok-backups", "kok.backups.2026", &"a".repeat(63)] {
+            assert!(check_bucket(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "ab",
+            &"a".repeat(64),
+            "Kok",
+            "kok_backups",
+            "-kok",
+            "kok-",
+            "a..b",
+            "192.168.1.1",
+            "kok/x",
+        ] {
+            assert!(check_bucket(bad).is_err(), "{bad}");
+        }
+        let all_bad = s3_spec(|s| {
+            s.bucket = "My_Bucket".into();
+            s.prefix = Some("tenants/../other".into());
+            s.region = " ".into();
+            s.credentials_secret = String::new();
+        });
+        assert_eq!(
+            s3_fields(&all_bad, false),
+            vec![
+                "spec.backup.destination.s3.bucket",
+                "spec.backup.destination.s3.prefix",
+                "spec.backup.destination.s3.region",
+                "spec.backup.destination.s3.credentialsSecret",
+            ]
+        );
+        // No endpoint (AWS) and a prefix with dots in names are fine.
+        let aws = s3_spec(|s| {
+            s.endpoint = None;
+            s.prefix = Some("v1.2/..hidden".into());
+        });
+        assert!(s3_fields(&aws, false).is_empty());
     }
 }

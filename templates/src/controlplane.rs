@@ -32,6 +32,7 @@ use crate::flags::{
     SCHEDULER_PORT,
 };
 use crate::names::{self, component_labels, Names, CONFIG_HASH_ANNOTATION};
+use crate::security::{container_security_context, pod_security_context};
 use crate::validate::ValidSpec;
 
 pub const ETCD_CLIENT_PORT: i32 = 2379;
@@ -39,6 +40,11 @@ pub const ETCD_PEER_PORT: i32 = 2380;
 pub const ETCD_METRICS_PORT: i32 = 2381;
 pub const DEFAULT_IMAGE_REPOSITORY: &str = "registry.k8s.io";
 const ETCD_DATA_DIR: &str = "/var/lib/etcd";
+/// Set by the apiserver on every Namespace from Kubernetes 1.21 on.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// Marks the operator's namespace where [`NAMESPACE_NAME_LABEL`] is absent
+/// (Kubernetes 1.20); `hack/deploy-operator` sets it.
+pub const OPERATOR_NAMESPACE_LABEL: &str = "kok.dev/operator";
 
 /// Where the children go and who owns them.
 #[derive(Debug, Clone)]
@@ -309,13 +315,18 @@ fn requests(cpu: &str, memory: &str) -> ResourceRequirements {
     }
 }
 
+/// Mode of mounted keys and kubeconfigs: the files belong to root, so the
+/// components (uid and gid [`crate::security::RUN_AS`], also the fsGroup the
+/// kubelet gives these volumes) read them through the group bit.
+const SECRET_FILE_MODE: i32 = 0o440;
+
 /// A projected volume of chosen keys from several Secrets, so each pod sees
 /// only the certificates it uses.
 fn pki_volume(sources: Vec<(String, Vec<(&str, &str)>)>) -> Volume {
     Volume {
         name: "pki".into(),
         projected: Some(ProjectedVolumeSource {
-            default_mode: Some(0o400),
+            default_mode: Some(SECRET_FILE_MODE),
             sources: Some(
                 sources
                     .into_iter()
@@ -452,6 +463,9 @@ pub fn etcd_statefulset(
                 ..Default::default()
             },
         ]),
+        // etcd writes only under its data dir (an emptyDir or a claim, made
+        // ours by fsGroup), so the root filesystem stays read-only.
+        security_context: Some(container_security_context()),
         ..Default::default()
     };
     StatefulSet {
@@ -476,6 +490,7 @@ pub fn etcd_statefulset(
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(30),
+                    security_context: Some(pod_security_context()),
                     ..Default::default()
                 },
             ),
@@ -546,6 +561,10 @@ fn deployment(
         liveness_probe: Some(http_probe(d.liveness_path, d.port, "HTTPS", 10, 8, 30)),
         resources: Some(d.resources),
         volume_mounts: Some(d.mounts),
+        // The components write nothing to disk: their serving certificates
+        // are mounted (apiserver) or generated in memory (controller-manager
+        // and scheduler have no --cert-dir).
+        security_context: Some(container_security_context()),
         ..Default::default()
     };
     Deployment {
@@ -574,6 +593,7 @@ fn deployment(
                     volumes: Some(d.volumes),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
+                    security_context: Some(pod_security_context()),
                     ..Default::default()
                 },
             ),
@@ -637,7 +657,7 @@ fn kubeconfig_volume(secret: String) -> Volume {
         name: "kubeconfig".into(),
         secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
             secret_name: Some(secret),
-            default_mode: Some(0o400),
+            default_mode: Some(SECRET_FILE_MODE),
             ..Default::default()
         }),
         ..Default::default()
@@ -727,21 +747,62 @@ pub fn scheduler_deployment(
     )
 }
 
+/// Selects the operator's namespace and no other. `kubernetes.io/metadata.name`
+/// is unique and set by the apiserver, so it wins when the Namespace carries it
+/// (1.21+); on 1.20 the dedicated [`OPERATOR_NAMESPACE_LABEL`], else every label
+/// the Namespace has. With no labels at all, the name label is still the only
+/// selector that cannot match another namespace: on 1.20 it then admits no one,
+/// which fails closed.
+pub fn operator_namespace_selector(
+    namespace: &str,
+    namespace_labels: BTreeMap<String, String>,
+) -> LabelSelector {
+    let pick = |key: &str| {
+        namespace_labels
+            .get(key)
+            .map(|v| BTreeMap::from([(key.to_string(), v.clone())]))
+    };
+    let labels = if namespace_labels
+        .get(NAMESPACE_NAME_LABEL)
+        .map(String::as_str)
+        == Some(namespace)
+    {
+        pick(NAMESPACE_NAME_LABEL).unwrap_or_default()
+    } else if let Some(labels) = pick(OPERATOR_NAMESPACE_LABEL) {
+        labels
+    } else if !namespace_labels.is_empty() {
+        namespace_labels
+    } else {
+        BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), namespace.to_string())])
+    };
+    LabelSelector {
+        match_labels: Some(labels),
+        ..Default::default()
+    }
+}
+
 /// Only this tenant's etcd members (peers) and apiservers, and the kok
-/// operator (health checks, backups), may reach the tenant's etcd.
+/// operator (health checks, backups), may reach the tenant's etcd. The
+/// operator is recognised by its pod labels *and* its namespace: pod labels
+/// alone could be copied by anyone who can create a pod anywhere.
 pub fn etcd_network_policy(
     p: &Placement,
     operator_pod_labels: BTreeMap<String, String>,
+    operator_namespace: &str,
+    operator_namespace_labels: BTreeMap<String, String>,
 ) -> NetworkPolicy {
     let tenant = &p.names.tenant;
-    let from_pods = |labels: BTreeMap<String, String>, any_namespace: bool| NetworkPolicyPeer {
-        pod_selector: Some(LabelSelector {
-            match_labels: Some(labels),
+    let from_pods =
+        |labels: BTreeMap<String, String>, namespace: Option<LabelSelector>| NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(labels),
+                ..Default::default()
+            }),
+            // Both selectors in one peer: the pod must match both (no
+            // namespace selector means the policy's own namespace).
+            namespace_selector: namespace,
             ..Default::default()
-        }),
-        namespace_selector: any_namespace.then(LabelSelector::default),
-        ..Default::default()
-    };
+        };
     NetworkPolicy {
         metadata: p.meta(p.names.etcd_network_policy(), names::ETCD),
         spec: Some(NetworkPolicySpec {
@@ -752,9 +813,15 @@ pub fn etcd_network_policy(
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
                 from: Some(vec![
-                    from_pods(component_labels(tenant, names::ETCD), false),
-                    from_pods(component_labels(tenant, names::APISERVER), false),
-                    from_pods(operator_pod_labels, true),
+                    from_pods(component_labels(tenant, names::ETCD), None),
+                    from_pods(component_labels(tenant, names::APISERVER), None),
+                    from_pods(
+                        operator_pod_labels,
+                        Some(operator_namespace_selector(
+                            operator_namespace,
+                            operator_namespace_labels,
+                        )),
+                    ),
                 ]),
                 ports: Some(
                     [ETCD_CLIENT_PORT, ETCD_PEER_PORT]
@@ -769,5 +836,58 @@ pub fn etcd_network_policy(
             }]),
             ..Default::default()
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn selected(namespace_labels: &[(&str, &str)]) -> BTreeMap<String, String> {
+        operator_namespace_selector("kok-system", labels(namespace_labels))
+            .match_labels
+            .unwrap()
+    }
+
+    #[test]
+    fn the_operator_namespace_is_selected_by_name_where_the_apiserver_sets_it() {
+        // 1.21+: the name label is unique; other labels are not relied on.
+        assert_eq!(
+            selected(&[
+                (NAMESPACE_NAME_LABEL, "kok-system"),
+                (OPERATOR_NAMESPACE_LABEL, "true"),
+                ("team", "platform"),
+            ]),
+            labels(&[(NAMESPACE_NAME_LABEL, "kok-system")])
+        );
+    }
+
+    #[test]
+    fn on_1_20_the_operator_label_selects_the_namespace() {
+        assert_eq!(
+            selected(&[(OPERATOR_NAMESPACE_LABEL, "true"), ("team", "platform")]),
+            labels(&[(OPERATOR_NAMESPACE_LABEL, "true")])
+        );
+        // Without it, every label the namespace has.
+        assert_eq!(
+            selected(&[("team", "platform"), ("env", "prod")]),
+            labels(&[("team", "platform"), ("env", "prod")])
+        );
+    }
+
+    #[test]
+    fn an_unlabelled_namespace_never_selects_every_namespace() {
+        // An empty selector would match all namespaces; the name label fails closed.
+        assert_eq!(
+            selected(&[]),
+            labels(&[(NAMESPACE_NAME_LABEL, "kok-system")])
+        );
     }
 }

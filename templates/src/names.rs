@@ -10,9 +10,54 @@ pub const COMPONENT_LABEL: &str = "kok.dev/component";
 pub const CONFIG_HASH_ANNOTATION: &str = "kok.dev/config-hash";
 
 pub const ETCD: &str = "etcd";
+/// The largest etcd member count kok runs (`spec.etcd.replicas` is 1, 3 or 5).
+pub const MAX_ETCD_MEMBERS: i32 = 5;
 pub const APISERVER: &str = "kube-apiserver";
 pub const CONTROLLER_MANAGER: &str = "kube-controller-manager";
 pub const SCHEDULER: &str = "kube-scheduler";
+
+/// Every suffix kok appends to a TenantCluster name (`<name>-<suffix>`), for
+/// any kind of child. `{i}` stands for an etcd member index.
+pub const CHILD_SUFFIXES: &[&str] = &[
+    "etcd",
+    "etcd-{i}",
+    "apiserver",
+    "controller-manager",
+    "scheduler",
+    "ca",
+    "front-proxy-ca",
+    "etcd-ca",
+    "sa",
+    "certs",
+    "kubeconfig",
+    "controller-manager-kubeconfig",
+    "scheduler-kubeconfig",
+];
+
+/// Name endings that would make this tenant's children collide with another
+/// tenant's in the same namespace: `a-etcd` would use `a-etcd-ca`, which is
+/// `a`'s etcd CA. Derived from [`CHILD_SUFFIXES`]: whenever a suffix is
+/// `<x>-<another suffix>`, a name ending in `-<x>` is ambiguous.
+pub fn reserved_endings() -> Vec<String> {
+    let mut endings = Vec::new();
+    for long in CHILD_SUFFIXES {
+        for short in CHILD_SUFFIXES {
+            if let Some(x) = long.strip_suffix(&format!("-{short}")) {
+                if !endings.iter().any(|e| e == x) {
+                    endings.push(x.to_string());
+                }
+            }
+        }
+    }
+    endings
+}
+
+/// The reserved ending `name` has, if any.
+pub fn reserved_ending(name: &str) -> Option<String> {
+    reserved_endings()
+        .into_iter()
+        .find(|x| name.ends_with(&format!("-{x}")))
+}
 
 /// Names derived from the TenantCluster name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,4 +130,81 @@ pub fn component_labels(tenant: &str, component: &str) -> BTreeMap<String, Strin
 /// Selector of all children of a tenant, for list and delete calls.
 pub fn tenant_selector(tenant: &str) -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY},{TENANT_LABEL}={tenant}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every child name of a tenant, by the methods the controllers use.
+    fn children(n: &Names) -> Vec<String> {
+        let mut all = vec![
+            n.etcd(),
+            n.apiserver(),
+            n.controller_manager(),
+            n.scheduler(),
+            n.service_account_secret(),
+            n.certs_secret(),
+            n.admin_kubeconfig_secret(),
+            n.component_kubeconfig_secret("controller-manager"),
+            n.component_kubeconfig_secret("scheduler"),
+        ];
+        all.extend((0..5).map(|i| n.etcd_member(i)));
+        all.extend(["ca", "front-proxy-ca", "etcd-ca"].map(|ca| n.ca_secret(ca)));
+        all
+    }
+
+    #[test]
+    fn the_catalogue_covers_every_child_name() {
+        let n = Names::new("t");
+        for child in children(&n) {
+            let suffix = child.strip_prefix("t-").unwrap();
+            let generic = suffix
+                .strip_prefix("etcd-")
+                .filter(|i| i.parse::<i32>().is_ok())
+                .map(|_| "etcd-{i}")
+                .unwrap_or(suffix);
+            assert!(CHILD_SUFFIXES.contains(&generic), "{child} not catalogued");
+        }
+    }
+
+    #[test]
+    fn reserved_endings_are_the_ambiguous_ones() {
+        let mut endings = reserved_endings();
+        endings.sort();
+        assert_eq!(
+            endings,
+            ["controller-manager", "etcd", "front-proxy", "scheduler"]
+        );
+        assert_eq!(reserved_ending("good-etcd").as_deref(), Some("etcd"));
+        assert_eq!(
+            reserved_ending("etcd"),
+            None,
+            "only a dash-separated ending"
+        );
+        assert_eq!(reserved_ending("good-etcd2"), None);
+    }
+
+    #[test]
+    fn names_without_reserved_endings_never_share_a_child() {
+        let tenants = [
+            "a",
+            "a-b",
+            "a-etcd-0",
+            "a-sa",
+            "a-certs",
+            "a-ca",
+            "a-apiserver",
+            "b",
+        ];
+        let mut seen = std::collections::HashMap::new();
+        for t in tenants {
+            assert_eq!(reserved_ending(t), None, "{t}");
+            for child in children(&Names::new(t)) {
+                if let Some(other) = seen.insert(child.clone(), t) {
+                    panic!("{t} and {other} share {child}");
+                }
+            }
+        }
+    }
 }

@@ -47,11 +47,19 @@ pub struct ValidSpec {
     pub extra_sans: Vec<San>,
 }
 
+/// Operator-wide settings that change what a spec may ask for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Accept `http://` S3 endpoints (test stores); https only otherwise.
+    pub allow_http_s3: bool,
+}
+
 /// Checks `spec` against itself and against what already runs (`status`):
 /// no downgrade, no minor skip, no etcd member count change after creation.
 pub fn validate(
     spec: &TenantClusterSpec,
     status: Option<&TenantClusterStatus>,
+    policy: &Policy,
 ) -> Result<ValidSpec, Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut err = |field: &str, reason: String| {
@@ -101,11 +109,34 @@ pub fn validate(
             );
         }
     }
-    if !spec.etcd.storage.ephemeral && spec.etcd.storage.size.trim().is_empty() {
-        err(
-            "spec.etcd.storage.size",
-            "must be set for persistent storage".into(),
-        );
+    if !spec.etcd.storage.ephemeral {
+        match crate::quantity::parse(&spec.etcd.storage.size) {
+            Ok(bytes) if bytes >= 1.0 => {}
+            Ok(_) => err(
+                "spec.etcd.storage.size",
+                format!("{:?} is not a positive size", spec.etcd.storage.size),
+            ),
+            Err(e) => err("spec.etcd.storage.size", e.to_string()),
+        }
+    }
+    for (field, resources) in [
+        ("spec.etcd.resources", &spec.etcd.resources),
+        (
+            "spec.controlPlane.apiserver.resources",
+            &spec.control_plane.apiserver.resources,
+        ),
+        (
+            "spec.controlPlane.controllerManager.resources",
+            &spec.control_plane.controller_manager.resources,
+        ),
+        (
+            "spec.controlPlane.scheduler.resources",
+            &spec.control_plane.scheduler.resources,
+        ),
+    ] {
+        for (path, problem) in resource_problems(resources.as_ref()) {
+            err(&format!("{field}.{path}"), problem);
+        }
     }
 
     let apiserver_replicas = spec.control_plane.apiserver.replicas;
@@ -186,7 +217,7 @@ pub fn validate(
     }
 
     if let Some(backup) = &spec.backup {
-        errors.extend(crate::backup::validate_backup(backup));
+        errors.extend(crate::backup::validate_backup(backup, policy));
     }
 
     match (version, service_cidr, pod_cidr, errors.is_empty()) {
@@ -204,6 +235,67 @@ pub fn validate(
         }
         _ => Err(errors),
     }
+}
+
+/// Field errors of `metadata.name`: the API server checks the pattern and
+/// length when the CRD carries them, but objects stored before that, or on a
+/// CRD applied by hand, reach the operator anyway.
+pub fn validate_name(name: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut err = |reason: String| {
+        errors.push(FieldError {
+            field: "metadata.name".into(),
+            reason,
+        })
+    };
+    if name.len() > kok_crds::MAX_NAME_LENGTH {
+        err(format!(
+            "{name:?} has {} characters; at most {} fit every derived name (etcd StatefulSet labels)",
+            name.len(),
+            kok_crds::MAX_NAME_LENGTH
+        ));
+    }
+    let b = name.as_bytes();
+    let label_ok = b.first().is_some_and(u8::is_ascii_lowercase)
+        && b.last()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+    if !label_ok {
+        err(format!(
+            "{name:?} must start with a letter and contain only lowercase letters, digits and '-' (its Services are named after it)"
+        ));
+    }
+    if let Some(ending) = crate::names::reserved_ending(name) {
+        err(format!(
+            "{name:?} ends in \"-{ending}\": its objects could collide with those of a TenantCluster named {:?} in the same namespace",
+            &name[..name.len() - ending.len() - 1]
+        ));
+    }
+    errors
+}
+
+/// `(path, problem)` for every request or limit that is not a quantity.
+fn resource_problems(
+    resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
+) -> Vec<(String, String)> {
+    let Some(r) = resources else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    for (kind, map) in [("requests", &r.requests), ("limits", &r.limits)] {
+        for (resource, q) in map.iter().flatten() {
+            match crate::quantity::parse(&q.0) {
+                Ok(v) if v < 0.0 => problems.push((
+                    format!("{kind}.{resource}"),
+                    format!("{:?} is negative", q.0),
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push((format!("{kind}.{resource}"), e.to_string())),
+            }
+        }
+    }
+    problems
 }
 
 fn parse_cidr(s: &str, field: &str, err: &mut impl FnMut(&str, String)) -> Option<IpNet> {
@@ -288,7 +380,7 @@ mod tests {
 
     #[test]
     fn minimal_spec_is_valid_with_defaults() {
-        let v = validate(&spec("version: v1.20.2"), None).expect("valid");
+        let v = validate(&spec("version: v1.20.2"), None, &Policy::default()).expect("valid");
         assert_eq!(v.version.minor, 20);
         assert_eq!(v.etcd_replicas, 1);
         assert_eq!(v.kubernetes_service_ip.to_string(), "10.96.0.1");
@@ -296,14 +388,20 @@ mod tests {
 
     #[test]
     fn even_etcd_replicas_name_the_field() {
-        let errors = validate(&spec("version: v1.20.2\netcd: {replicas: 2}"), None).unwrap_err();
+        let errors = validate(
+            &spec("version: v1.20.2\netcd: {replicas: 2}"),
+            None,
+            &Policy::default(),
+        )
+        .unwrap_err();
         assert_eq!(fields(&errors), ["spec.etcd.replicas"]);
         assert!(errors[0].reason.contains("1, 3 or 5"), "{}", errors[0]);
     }
 
     #[test]
     fn unparsable_version_names_the_field() {
-        let errors = validate(&spec("version: one-point-twenty"), None).unwrap_err();
+        let errors =
+            validate(&spec("version: one-point-twenty"), None, &Policy::default()).unwrap_err();
         assert_eq!(fields(&errors), ["spec.version"]);
         assert!(describe(&errors).starts_with("spec.version: "));
     }
@@ -314,13 +412,15 @@ mod tests {
             version: Some("v1.21.3".into()),
             ..Default::default()
         };
-        let down = validate(&spec("version: v1.20.2"), Some(&status)).unwrap_err();
+        let down =
+            validate(&spec("version: v1.20.2"), Some(&status), &Policy::default()).unwrap_err();
         assert_eq!(fields(&down), ["spec.version"]);
         assert!(down[0].reason.contains("downgrade"));
-        let skip = validate(&spec("version: v1.23.0"), Some(&status)).unwrap_err();
+        let skip =
+            validate(&spec("version: v1.23.0"), Some(&status), &Policy::default()).unwrap_err();
         assert!(skip[0].reason.contains("skips a minor"));
-        assert!(validate(&spec("version: v1.22.0"), Some(&status)).is_ok());
-        assert!(validate(&spec("version: v1.21.9"), Some(&status)).is_ok());
+        assert!(validate(&spec("version: v1.22.0"), Some(&status), &Policy::default()).is_ok());
+        assert!(validate(&spec("version: v1.21.9"), Some(&status), &Policy::default()).is_ok());
     }
 
     #[test]
@@ -332,6 +432,7 @@ mod tests {
         let errors = validate(
             &spec("version: v1.20.2\netcd: {replicas: 3}"),
             Some(&status),
+            &Policy::default(),
         )
         .unwrap_err();
         assert_eq!(fields(&errors), ["spec.etcd.replicas"]);
@@ -342,7 +443,7 @@ mod tests {
         let s = spec(
             "version: v1.20.2\ncontrolPlane:\n  apiserver:\n    extraArgs: {etcd-servers: http://evil:2379, --v: '4', audit-log-maxage: '3'}",
         );
-        let errors = validate(&s, None).unwrap_err();
+        let errors = validate(&s, None, &Policy::default()).unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors
             .iter()
@@ -355,6 +456,7 @@ mod tests {
         let errors = validate(
             &spec("version: v1.20.2\nnetworking: {serviceCIDR: 10.96.0.1/12, podCIDR: banana}"),
             None,
+            &Policy::default(),
         )
         .unwrap_err();
         assert_eq!(
@@ -366,6 +468,7 @@ mod tests {
                 "version: v1.20.2\nnetworking: {serviceCIDR: 10.0.0.0/8, podCIDR: 10.244.0.0/16}",
             ),
             None,
+            &Policy::default(),
         )
         .unwrap_err();
         assert_eq!(fields(&overlap), ["spec.networking.podCIDR"]);
@@ -376,15 +479,51 @@ mod tests {
         let ok = validate(
             &spec("version: v1.20.2\ncontrolPlane: {certSANs: [10.0.0.9, api.example.com, '*.example.com']}"),
             None,
+            &Policy::default(),
         )
         .unwrap();
         assert_eq!(ok.extra_sans.len(), 3);
         let errors = validate(
             &spec("version: v1.20.2\ncontrolPlane: {certSANs: ['not a name']}"),
             None,
+            &Policy::default(),
         )
         .unwrap_err();
         assert_eq!(fields(&errors), ["spec.controlPlane.certSANs[0]"]);
+    }
+
+    #[test]
+    fn names_are_checked_for_pattern_length_and_collisions() {
+        assert!(validate_name("demo").is_empty());
+        assert!(validate_name(&"a".repeat(kok_crds::MAX_NAME_LENGTH)).is_empty());
+        let long = validate_name(&"a".repeat(kok_crds::MAX_NAME_LENGTH + 1));
+        assert_eq!(fields(&long), ["metadata.name"]);
+        assert!(long[0].reason.contains("at most 47"), "{}", long[0]);
+        for bad in ["1demo", "Demo", "demo-", "de_mo", "de.mo"] {
+            assert_eq!(fields(&validate_name(bad)), ["metadata.name"], "{bad}");
+        }
+        let collide = validate_name("good-etcd");
+        assert!(collide[0].reason.contains("\"good\""), "{}", collide[0]);
+    }
+
+    #[test]
+    fn quantities_name_their_field() {
+        let errors = validate(
+            &spec("version: v1.20.2\netcd: {storage: {size: lots}, resources: {requests: {cpu: banana, memory: 1Gi}}}"),
+            None,
+            &Policy::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            fields(&errors),
+            ["spec.etcd.storage.size", "spec.etcd.resources.requests.cpu"]
+        );
+        let ephemeral = validate(
+            &spec("version: v1.20.2\netcd: {storage: {ephemeral: true, size: lots}}"),
+            None,
+            &Policy::default(),
+        );
+        assert!(ephemeral.is_ok(), "size is unused for ephemeral etcd");
     }
 
     #[test]
@@ -392,6 +531,7 @@ mod tests {
         let errors = validate(
             &spec("version: nope\netcd: {replicas: 4}\ncontrolPlane: {apiserver: {replicas: 0}}"),
             None,
+            &Policy::default(),
         )
         .unwrap_err();
         assert_eq!(

@@ -2,13 +2,15 @@
 //! control plane depends on: names pinned without DNS, flags, images, probes,
 //! owner references and the rolling hash.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int;
 use kok_crds::{ServiceType, TenantCluster};
 use kok_templates::controlplane::{self as cp, ConfigHashes, Placement, Resolved};
 use kok_templates::names::{Names, CONFIG_HASH_ANNOTATION, TENANT_LABEL};
+use kok_templates::security::{container_security_context, pod_security_context, RUN_AS};
 use kok_templates::validate::{validate, ValidSpec};
 use kube::Resource;
 
@@ -26,7 +28,7 @@ struct Rendered {
 }
 
 fn render(tc: TenantCluster) -> Rendered {
-    let valid = validate(&tc.spec, None).expect("fixture is valid");
+    let valid = validate(&tc.spec, None, &Default::default()).expect("fixture is valid");
     let p = Placement {
         names: Names::new(&tc.metadata.name.clone().unwrap()),
         namespace: tc.metadata.namespace.clone().unwrap(),
@@ -259,7 +261,8 @@ fn children_are_owned_and_labelled() {
         cp::etcd_statefulset(&x.p, &x.tc.spec, &x.valid, &x.r).metadata,
         cp::apiserver_deployment(&x.p, &x.tc.spec, &x.valid, &x.r).metadata,
         cp::apiserver_service(&x.p, ServiceType::ClusterIP).metadata,
-        cp::etcd_network_policy(&x.p, Default::default()).metadata,
+        cp::etcd_network_policy(&x.p, Default::default(), "kok-system", Default::default())
+            .metadata,
     ];
     for m in metas {
         let owner = &m.owner_references.as_ref().unwrap()[0];
@@ -317,33 +320,197 @@ fn default_images_come_from_the_upstream_registry() {
 #[test]
 fn etcd_network_policy_admits_only_the_tenant_and_the_operator() {
     let x = render(fixture("three-members.yaml"));
-    let operator = std::collections::BTreeMap::from([(
+    let operator = BTreeMap::from([(
         "app.kubernetes.io/name".to_string(),
         "kok-operator".to_string(),
     )]);
-    let np = cp::etcd_network_policy(&x.p, operator.clone());
+    // A 1.20 namespace, as hack/deploy-operator labels it.
+    let namespace_labels = BTreeMap::from([("kok.dev/operator".to_string(), "true".to_string())]);
+    let np = cp::etcd_network_policy(
+        &x.p,
+        operator.clone(),
+        "kok-system",
+        namespace_labels.clone(),
+    );
     let spec = np.spec.unwrap();
     assert_eq!(
         spec.pod_selector.unwrap().match_labels.unwrap()["kok.dev/component"],
         "etcd"
     );
-    let from = spec.ingress.unwrap()[0].from.clone().unwrap();
-    let components: Vec<String> = from
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+    let rules = spec.ingress.unwrap();
+    assert_eq!(rules.len(), 1);
+    let ports: Vec<_> = rules[0]
+        .ports
         .iter()
-        .filter_map(|peer| {
-            peer.pod_selector
-                .as_ref()?
-                .match_labels
-                .as_ref()?
-                .get("kok.dev/component")
-                .cloned()
-        })
+        .flatten()
+        .map(|p| p.port.clone())
         .collect();
-    assert_eq!(components, ["etcd", "kube-apiserver"]);
-    assert!(from.iter().any(
-        |peer| peer.pod_selector.as_ref().unwrap().match_labels.as_ref() == Some(&operator)
-            && peer.namespace_selector.is_some()
-    ));
+    assert_eq!(ports, [Some(Int(2379)), Some(Int(2380))]);
+    let from = rules[0].from.clone().unwrap();
+    assert_eq!(from.len(), 3, "{from:?}");
+    // The tenant's own pods, in the tenant's namespace only (no namespace selector).
+    for (peer, component) in from.iter().zip(["etcd", "kube-apiserver"]) {
+        let pods = peer.pod_selector.as_ref().unwrap().match_labels.as_ref();
+        assert_eq!(pods.unwrap()["kok.dev/component"], component);
+        assert_eq!(pods.unwrap()[TENANT_LABEL], "demo");
+        assert!(peer.namespace_selector.is_none(), "{peer:?}");
+        assert!(peer.ip_block.is_none());
+    }
+    // The operator: its pod labels AND its namespace, in one peer.
+    let op = &from[2];
+    assert_eq!(
+        op.pod_selector.as_ref().unwrap().match_labels.as_ref(),
+        Some(&operator)
+    );
+    let ns = op.namespace_selector.as_ref().unwrap();
+    assert_eq!(ns.match_labels.as_ref(), Some(&namespace_labels));
+    assert!(ns.match_expressions.is_none());
+}
+
+#[test]
+fn etcd_network_policy_never_admits_operator_labels_from_any_namespace() {
+    let x = render(fixture("three-members.yaml"));
+    let operator = BTreeMap::from([(
+        "app.kubernetes.io/name".to_string(),
+        "kok-operator".to_string(),
+    )]);
+    for (labels, want) in [
+        // 1.20 without labels: by name, which admits no one rather than everyone.
+        (
+            BTreeMap::new(),
+            ("kubernetes.io/metadata.name", "kok-system"),
+        ),
+        // 1.21+: the apiserver's name label is preferred to anything else.
+        (
+            BTreeMap::from([
+                (
+                    "kubernetes.io/metadata.name".to_string(),
+                    "kok-system".to_string(),
+                ),
+                ("kok.dev/operator".to_string(), "true".to_string()),
+            ]),
+            ("kubernetes.io/metadata.name", "kok-system"),
+        ),
+    ] {
+        let np = cp::etcd_network_policy(&x.p, operator.clone(), "kok-system", labels);
+        let from = np.spec.unwrap().ingress.unwrap()[0].from.clone().unwrap();
+        let selector = from[2].namespace_selector.clone().unwrap();
+        assert_eq!(
+            selector.match_labels,
+            Some(BTreeMap::from([(want.0.to_string(), want.1.to_string())]))
+        );
+    }
+}
+
+/// What every pod of the control plane must run with: Pod Security "restricted".
+fn assert_restricted(what: &str, spec: &PodSpec) {
+    let pod = spec
+        .security_context
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what}: no pod securityContext"));
+    assert_eq!(pod, &pod_security_context(), "{what}");
+    assert_eq!(pod.run_as_non_root, Some(true), "{what}");
+    assert_eq!(pod.run_as_user, Some(RUN_AS), "{what}");
+    assert_eq!(pod.run_as_group, Some(RUN_AS), "{what}");
+    assert_eq!(pod.fs_group, Some(RUN_AS), "{what}");
+    assert_eq!(RUN_AS, 65532);
+    assert_eq!(
+        pod.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+        Some("RuntimeDefault"),
+        "{what}"
+    );
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for c in containers {
+        let sc = c
+            .security_context
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}/{}: no securityContext", c.name));
+        assert_eq!(sc, &container_security_context(), "{what}/{}", c.name);
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_ne!(sc.privileged, Some(true));
+        assert_ne!(sc.run_as_user, Some(0));
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()])
+        );
+        assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+    }
+    // Mounted keys are readable by the group the pod runs as (they belong to root).
+    for v in spec.volumes.iter().flatten() {
+        let mode = v
+            .projected
+            .as_ref()
+            .and_then(|p| p.default_mode)
+            .or(v.secret.as_ref().and_then(|s| s.default_mode));
+        if let Some(mode) = mode {
+            assert_eq!(
+                mode & 0o440,
+                0o440,
+                "{what}: volume {} mode {mode:o}",
+                v.name
+            );
+            assert_eq!(
+                mode & 0o007,
+                0,
+                "{what}: volume {} is world-readable",
+                v.name
+            );
+        }
+        assert!(v.host_path.is_none(), "{what}: hostPath volume {}", v.name);
+    }
+}
+
+#[test]
+fn every_control_plane_pod_runs_restricted() {
+    for ephemeral in [true, false] {
+        let mut tc = fixture("three-members.yaml");
+        tc.spec.etcd.storage.ephemeral = ephemeral;
+        let x = render(tc);
+        let etcd = cp::etcd_statefulset(&x.p, &x.tc.spec, &x.valid, &x.r);
+        assert_restricted(
+            "etcd",
+            etcd.spec.as_ref().unwrap().template.spec.as_ref().unwrap(),
+        );
+        for d in [
+            cp::apiserver_deployment(&x.p, &x.tc.spec, &x.valid, &x.r),
+            cp::controller_manager_deployment(&x.p, &x.tc.spec, &x.valid, &x.r),
+            cp::scheduler_deployment(&x.p, &x.tc.spec, &x.valid, &x.r),
+        ] {
+            let name = d.metadata.name.clone().unwrap();
+            assert_restricted(
+                &name,
+                d.spec.as_ref().unwrap().template.spec.as_ref().unwrap(),
+            );
+        }
+    }
+}
+
+#[test]
+fn etcd_writes_only_to_its_data_volume() {
+    // With a read-only root filesystem, the data dir must be a volume.
+    let x = render(fixture("three-members.yaml"));
+    let sts = cp::etcd_statefulset(&x.p, &x.tc.spec, &x.valid, &x.r);
+    let podspec = sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let data_dir = flag(&args(podspec), "data-dir").unwrap().to_string();
+    let c = &podspec.containers[0];
+    let writable: Vec<&str> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.read_only != Some(true))
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert!(
+        writable
+            .iter()
+            .any(|m| data_dir.starts_with(&format!("{m}/"))),
+        "--data-dir={data_dir} is not under a writable mount: {writable:?}"
+    );
 }
 
 #[test]
