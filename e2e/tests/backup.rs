@@ -3,12 +3,13 @@
 //! /var/lib/kok-local/backups into the operator at /var/lib/kok/backups).
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kok_crds::{BackupPhase, EtcdBackup, TenantCluster};
+use kok_crds::{BackupPhase, EtcdBackup, EtcdBackupStatus, TenantCluster};
 use kok_e2e::{tenant, wait_for, with_namespace, Poll};
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -26,6 +27,14 @@ fn host_backup_dir() -> PathBuf {
 fn with_backup(mut tc: TenantCluster, backup: serde_json::Value) -> TenantCluster {
     tc.spec.backup = Some(serde_json::from_value(backup).expect("valid backup spec"));
     tc
+}
+
+/// The status ("True"/"False") of one kstatus condition.
+fn condition(s: &EtcdBackupStatus, type_: &str) -> Option<String> {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
 }
 
 async fn create_backup(client: &Client, ns: &str, name: &str, tenant: &str) {
@@ -99,16 +108,32 @@ async fn on_demand_backup_is_verified_and_records_the_tenant_state() {
         assert!(s.key_count.unwrap() >= 20, "{s:?}");
         assert!(s.revision.unwrap() > 0);
         assert_eq!(s.sha256.as_ref().map(|h| h.len()), Some(64));
-        let location = s.location.unwrap();
+        let location = s.location.clone().unwrap();
         assert_eq!(location, format!("file://{dest}/{ns}/db/manual-1.db"));
         let on_host = host_backup_dir()
             .join(format!("e2e-{ns}"))
             .join(&ns)
             .join("db/manual-1.db");
-        let size = std::fs::metadata(&on_host)
-            .unwrap_or_else(|e| panic!("{} on the node: {e}", on_host.display()))
-            .len();
-        assert_eq!(Some(size), s.size_bytes);
+        let meta = std::fs::metadata(&on_host)
+            .unwrap_or_else(|e| panic!("{} on the node: {e}", on_host.display()));
+        assert_eq!(Some(meta.len()), s.size_bytes);
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "tenant data is private to the operator's user"
+        );
+        // Which cluster the data is from: this TenantCluster's uid, its etcd's ID.
+        let uid = Api::<TenantCluster>::namespaced(client.clone(), &ns)
+            .get("db")
+            .await
+            .unwrap()
+            .metadata
+            .uid;
+        assert_eq!(s.tenant_cluster_uid, uid);
+        let cluster_id = s.etcd_cluster_id.clone().expect("etcdClusterID");
+        assert!(u64::from_str_radix(&cluster_id, 16).is_ok(), "{cluster_id}");
+        assert_eq!(condition(&s, "Ready"), Some("True".into()), "{s:?}");
+        assert_eq!(condition(&s, "Reconciling"), Some("False".into()));
 
         // A paused tenant gets a failed backup with the reason, not a silent skip.
         tenant::patch_spec(&client, &ns, "db", json!({"paused": true})).await;
@@ -120,6 +145,8 @@ async fn on_demand_backup_is_verified_and_records_the_tenant_state() {
             s.message.as_deref().unwrap_or_default().contains("paused"),
             "{s:?}"
         );
+        assert_eq!(condition(&s, "Stalled"), Some("True".into()), "{s:?}");
+        assert_eq!(condition(&s, "Ready"), Some("False".into()));
 
         // Backups of a missing cluster fail the same way.
         create_backup(&client, &ns, "nobody", "no-such-cluster").await;
@@ -231,6 +258,15 @@ async fn a_schedule_every_minute_makes_backups_and_retention_trims_them() {
             .get("sched")
             .await
             .unwrap();
+        // Scheduled backups carry the uid of the cluster that made them.
+        for b in api.list(&ListParams::default()).await.unwrap().items {
+            assert_eq!(
+                b.labels().get("kok.dev/tenant-uid"),
+                tc.metadata.uid.as_ref(),
+                "{}",
+                b.name_any()
+            );
+        }
         let status = tc.status.unwrap().backup.expect("schedule status");
         assert!(status.last_schedule_time.is_some());
         assert!(kept.contains(status.last_successful_backup.as_ref().unwrap()));
