@@ -11,7 +11,10 @@ use chrono::Utc;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kok_crds::{condition, BackupPhase, BackupSpec, EtcdBackup, EtcdBackupStatus, TenantCluster};
+use kok_crds::{
+    condition, BackupEncryption, BackupPhase, BackupSpec, EtcdBackup, EtcdBackupStatus,
+    TenantCluster,
+};
 use kok_templates::backup::artifact_key;
 use kok_templates::secrets::string_data;
 use kube::runtime::controller::Action;
@@ -23,6 +26,7 @@ use tracing::{info, instrument, warn};
 use crate::conditions;
 use crate::context::Context;
 use crate::destination::{S3Credentials, Store};
+use crate::encryption::ArtifactKey;
 use crate::error::{Error, Result};
 use crate::etcd::EtcdAccess;
 use crate::snapshot::{self, Fingerprint};
@@ -60,7 +64,7 @@ pub async fn reconcile(eb: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action>
         // error_policy backs off; the next success replaces the conditions.
         return Err(error);
     }
-    ctx.reset_failures(&ObjectRef::from_obj(eb.as_ref()));
+    ctx.reset_failures(CONTROLLER, &ObjectRef::from_obj(eb.as_ref()));
     Ok(Action::await_change())
 }
 
@@ -162,11 +166,7 @@ fn phase_conditions(status: &mut EtcdBackupStatus, generation: Option<i64>) {
 }
 
 pub fn error_policy(eb: Arc<EtcdBackup>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_failed(CONTROLLER, error.metric_label());
-    let delay = ctx.next_retry(&ObjectRef::from_obj(eb.as_ref()));
-    warn!(backup = %eb.name_any(), %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    ctx.retry_after_error(CONTROLLER, eb.as_ref(), error)
 }
 
 /// Why a backup cannot be taken: recorded as `Failed` with this message.
@@ -193,6 +193,10 @@ async fn run(
     // Which incarnation of the name this data is: retention and restores
     // never mix up a deleted-and-recreated cluster's backups with this one's.
     status.tenant_cluster_uid = tc.metadata.uid.clone();
+    if spec_uses_filesystem(&tc) {
+        status.node = ctx.operator_node.clone();
+    }
+    status.encryption_key_id = store.key_id();
     status.message = Some("streaming the snapshot".into());
     patch_status(api, eb, &mut status).await?;
 
@@ -425,7 +429,43 @@ pub async fn open_store(
         }
         None => None,
     };
-    Ok(Store::open(&spec.destination, creds).map_err(|e| Refusal(e.to_string())))
+    let key = match &spec.encryption {
+        Some(enc) => match encryption_key(ctx, ns, enc).await? {
+            Ok(key) => Some(Arc::new(key)),
+            Err(refusal) => return Ok(Err(refusal)),
+        },
+        None => None,
+    };
+    Ok(Store::open(&spec.destination, creds)
+        .map(|s| s.with_key(key))
+        .map_err(|e| Refusal(e.to_string())))
+}
+
+/// The key named by `spec.backup.encryption`, or why it cannot be used.
+async fn encryption_key(
+    ctx: &Context,
+    ns: &str,
+    enc: &BackupEncryption,
+) -> Result<Result<ArtifactKey, Refusal>> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(secret) = secrets.get_opt(&enc.key_secret).await? else {
+        return Ok(Err(Refusal(format!(
+            "spec.backup.encryption.keySecret: Secret {} not found",
+            enc.key_secret
+        ))));
+    };
+    let Some(value) = secret.data.as_ref().and_then(|d| d.get(&enc.key)) else {
+        return Ok(Err(Refusal(format!(
+            "spec.backup.encryption.key: Secret {} has no key {:?}",
+            enc.key_secret, enc.key
+        ))));
+    };
+    Ok(ArtifactKey::from_base64(&value.0).map_err(|e| {
+        Refusal(format!(
+            "spec.backup.encryption: Secret {}: {e}",
+            enc.key_secret
+        ))
+    }))
 }
 
 pub fn s3_credentials(data: &BTreeMap<String, String>) -> Option<S3Credentials> {
@@ -515,6 +555,14 @@ pub fn backup_time(eb: &EtcdBackup) -> chrono::DateTime<Utc> {
         .map(|t| t.0.as_second())
         .unwrap_or_default();
     kok_templates::backup::from_unix(ts)
+}
+
+/// Whether the tenant's backups go to the operator's node-local directory.
+fn spec_uses_filesystem(tc: &TenantCluster) -> bool {
+    tc.spec
+        .backup
+        .as_ref()
+        .is_some_and(|b| b.destination.filesystem.is_some())
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use tracing::{info, instrument, warn};
 use crate::backup::{backup_time, open_store, publish, Refusal};
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::lenient::Lenient;
 
 const CONTROLLER: &str = "backupschedule";
 /// Retention by age needs a look now and then even when no slot is near.
@@ -35,6 +36,23 @@ const RETENTION_POLL: Duration = Duration::from_secs(300);
 
 #[instrument(skip_all, fields(tenant = %tc.name_any(), ns = tc.namespace().unwrap_or_default()))]
 pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let result = run_schedule(tc.clone(), ctx.clone()).await;
+    if let Err(error) = &result {
+        // The schedule writes no conditions of its own (the tenant reconciler
+        // owns them): a failing schedule is shown as a Warning Event.
+        publish(
+            &ctx,
+            tc.as_ref(),
+            EventType::Warning,
+            "BackupScheduleError",
+            &format!("backup schedule and retention: {error}"),
+        )
+        .await;
+    }
+    result
+}
+
+async fn run_schedule(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
     let Some(spec) = tc.spec.backup.clone() else {
         return Ok(Action::await_change());
@@ -87,16 +105,12 @@ pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Acti
     if status != old {
         patch_schedule_status(&ctx, &tc, &status).await?;
     }
-    ctx.reset_failures(&ObjectRef::from_obj(tc.as_ref()));
+    ctx.reset_failures(CONTROLLER, &ObjectRef::from_obj(tc.as_ref()));
     Ok(Action::requeue(wake))
 }
 
 pub fn error_policy(tc: Arc<TenantCluster>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_failed(CONTROLLER, error.metric_label());
-    let delay = ctx.next_retry(&ObjectRef::from_obj(tc.as_ref()));
-    warn!(tenant = %tc.name_any(), %error, retry_in = ?delay, "backup schedule failed");
-    Action::requeue(delay)
+    ctx.retry_after_error(CONTROLLER, tc.as_ref(), error)
 }
 
 fn phase(b: &EtcdBackup) -> Option<BackupPhase> {
@@ -140,13 +154,16 @@ fn made_by(current: &Incarnation, b: &EtcdBackup) -> bool {
 }
 
 /// Every EtcdBackup of the tenant, scheduled or made by hand.
+/// An EtcdBackup that cannot be decoded is left out (it is reported on
+/// itself): one bad object never stops the schedule of every tenant.
 pub async fn tenant_backups(ctx: &Context, ns: &str, tenant: &str) -> Result<Vec<EtcdBackup>> {
-    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), ns);
+    let api: Api<Lenient<EtcdBackup>> = Api::namespaced(ctx.client.clone(), ns);
     Ok(api
         .list(&ListParams::default())
         .await?
         .items
         .into_iter()
+        .filter_map(|b| b.object.ok())
         .filter(|b| b.spec.tenant_cluster == tenant)
         .collect())
 }
@@ -213,12 +230,21 @@ async fn apply_retention(
     backups: &[EtcdBackup],
 ) -> Result<()> {
     let ns = tc.namespace().unwrap_or_default();
-    let restores: Api<EtcdRestore> = Api::namespaced(ctx.client.clone(), &ns);
+    let restores: Api<Lenient<EtcdRestore>> = Api::namespaced(ctx.client.clone(), &ns);
     // Until the EtcdRestore CRD is installed there is no restore to protect.
     let restores = match restores.list(&ListParams::default()).await {
         Ok(list) => list.items,
         Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
         Err(e) => return Err(e.into()),
+    };
+    // A restore that cannot be read may be using any backup: delete none.
+    let Ok(restores) = restores
+        .into_iter()
+        .map(|r| r.object)
+        .collect::<std::result::Result<Vec<EtcdRestore>, String>>()
+    else {
+        warn!("an EtcdRestore in {ns} cannot be read: retention waits");
+        return Ok(());
     };
     let in_use: Vec<String> = restores
         .into_iter()
@@ -236,6 +262,7 @@ async fn apply_retention(
             in_use: in_use.contains(&b.name_any()),
             tenant_uid: tenant_uid(b).map(str::to_string),
             created: created(b),
+            etcd_cluster_id: b.status.as_ref().and_then(|s| s.etcd_cluster_id.clone()),
         })
         .collect();
     let victims = retention_victims(&records, &spec.retention, &incarnation(tc)?, Utc::now());

@@ -73,24 +73,50 @@ impl Context {
     /// The delay before retrying `obj` after its n-th consecutive failure:
     /// exponential from 1 s to 5 min with jitter, so a broken object never
     /// retries hot and many broken objects do not retry in step.
-    pub fn next_retry<K: Resource<DynamicType = ()>>(&self, obj: &ObjectRef<K>) -> Duration {
+    /// Counted per controller: the schedule succeeding on a TenantCluster does
+    /// not reset the tenant reconciler's backoff for the same object.
+    pub fn next_retry<K: Resource<DynamicType = ()>>(
+        &self,
+        controller: &str,
+        obj: &ObjectRef<K>,
+    ) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = failures.entry(key(obj)).or_insert(0);
+        let n = failures.entry(key(controller, obj)).or_insert(0);
         *n += 1;
         retry_delay(*n)
     }
 
-    pub fn reset_failures<K: Resource<DynamicType = ()>>(&self, obj: &ObjectRef<K>) {
+    pub fn reset_failures<K: Resource<DynamicType = ()>>(
+        &self,
+        controller: &str,
+        obj: &ObjectRef<K>,
+    ) {
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&key(obj));
+            .remove(&key(controller, obj));
+    }
+
+    /// The one `error_policy` of every controller: count the failure, log it,
+    /// retry with this object's growing backoff (never a hot loop).
+    pub fn retry_after_error<K: Resource<DynamicType = ()>>(
+        &self,
+        controller: &'static str,
+        obj: &K,
+        error: &crate::error::Error,
+    ) -> kube::runtime::controller::Action {
+        self.metrics
+            .reconcile_failed(controller, error.metric_label());
+        let obj_ref = ObjectRef::from_obj(obj);
+        let delay = self.next_retry(controller, &obj_ref);
+        tracing::warn!(%controller, object = %obj_ref, %error, retry_in = ?delay, "reconcile failed");
+        kube::runtime::controller::Action::requeue(delay)
     }
 }
 
-fn key<K: Resource<DynamicType = ()>>(obj: &ObjectRef<K>) -> String {
+fn key<K: Resource<DynamicType = ()>>(controller: &str, obj: &ObjectRef<K>) -> String {
     format!(
-        "{}/{}/{}",
+        "{controller}:{}/{}/{}",
         K::kind(&()),
         obj.namespace.as_deref().unwrap_or_default(),
         obj.name

@@ -17,6 +17,8 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, WriteMultipart};
 
+use crate::encryption::{self, ArtifactKey, Decryptor, EncryptionError, Encryptor};
+
 /// Part size of multipart uploads (S3's minimum is 5 MiB).
 pub const PART_SIZE: usize = 5 * 1024 * 1024;
 /// Parts in flight at once: memory is bounded by PART_SIZE * (this + 1).
@@ -28,6 +30,8 @@ pub enum DestinationError {
     Store(#[from] object_store::Error),
     #[error("destination: {0}")]
     Config(String),
+    #[error("{0}")]
+    Encryption(#[from] EncryptionError),
 }
 
 /// S3 credentials, read from the Secret named in the destination.
@@ -61,6 +65,8 @@ pub struct Store {
     prefix: String,
     /// `file:///dir` or `s3://bucket`, for locations shown in status.
     base_url: String,
+    /// Set when `spec.backup.encryption` names a key: new artifacts are sealed.
+    key: Option<Arc<ArtifactKey>>,
 }
 
 impl Store {
@@ -91,6 +97,7 @@ impl Store {
             local: Some(local),
             prefix: String::new(),
             base_url: format!("file://{}", dir.trim_end_matches('/')),
+            key: None,
         })
     }
 
@@ -120,7 +127,19 @@ impl Store {
                 .trim_matches('/')
                 .to_string(),
             base_url: format!("s3://{}", s3.bucket),
+            key: None,
         })
+    }
+
+    /// Seals new artifacts with `key` (and opens sealed ones with it).
+    pub fn with_key(mut self, key: Option<Arc<ArtifactKey>>) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// The id of the key new artifacts are sealed with, if any.
+    pub fn key_id(&self) -> Option<String> {
+        self.key.as_ref().map(|k| k.id().to_string())
     }
 
     fn path(&self, key: &str) -> Path {
@@ -155,18 +174,45 @@ impl Store {
             None => None,
         };
         let upload = self.inner.put_multipart(&path).await?;
+        let seal = match &self.key {
+            Some(k) => Some(Encryptor::new(k.clone())?),
+            None => None,
+        };
         Ok(ArtifactWriter {
             write: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
             file,
+            seal,
         })
     }
 
+    /// The artifact's content: a sealed artifact is opened on the way (in
+    /// bounded memory), a plain one (older, or written without a key) is
+    /// passed through; the recorded sha256 is checked by the caller either way.
     pub async fn read(
         &self,
         key: &str,
     ) -> Result<BoxStream<'static, Result<Bytes, DestinationError>>, DestinationError> {
-        let stream = self.inner.get(&self.path(key)).await?.into_stream();
-        Ok(stream.map(|r| r.map_err(DestinationError::from)).boxed())
+        let mut inner = self
+            .inner
+            .get(&self.path(key))
+            .await?
+            .into_stream()
+            .map(|r| r.map_err(DestinationError::from))
+            .boxed();
+        let mut head = Vec::new();
+        while head.len() < encryption::MAGIC.len() {
+            match inner.next().await {
+                Some(chunk) => head.extend_from_slice(&chunk?),
+                None => break,
+            }
+        }
+        let sealed = encryption::is_encrypted(&head);
+        let whole = futures::stream::once(async move { Ok(Bytes::from(head)) }).chain(inner);
+        if !sealed {
+            return Ok(whole.boxed());
+        }
+        let key = self.key.clone().ok_or(EncryptionError::KeyMissing)?;
+        Ok(open_stream(whole.boxed(), Decryptor::new(key)))
     }
 
     pub async fn size(&self, key: &str) -> Result<u64, DestinationError> {
@@ -195,6 +241,7 @@ pub struct ArtifactWriter {
     write: WriteMultipart,
     /// On a filesystem destination, the artifact's path (made 0600 on finish).
     file: Option<PathBuf>,
+    seal: Option<Encryptor>,
 }
 
 impl ArtifactWriter {
@@ -202,11 +249,17 @@ impl ArtifactWriter {
     /// instead of memory growth when the destination is slower than etcd).
     pub async fn write(&mut self, data: &[u8]) -> Result<(), DestinationError> {
         self.write.wait_for_capacity(PARTS_IN_FLIGHT).await?;
-        self.write.write(data);
+        match &mut self.seal {
+            Some(seal) => self.write.write(&seal.push(data)?),
+            None => self.write.write(data),
+        }
         Ok(())
     }
 
-    pub async fn finish(self) -> Result<(), DestinationError> {
+    pub async fn finish(mut self) -> Result<(), DestinationError> {
+        if let Some(seal) = self.seal.take() {
+            self.write.write(&seal.finish()?);
+        }
         self.write.finish().await?;
         if let Some(file) = self.file {
             let perms = std::fs::Permissions::from_mode(ARTIFACT_MODE);
@@ -226,6 +279,37 @@ impl ArtifactWriter {
     pub async fn abort(self) {
         let _ = self.write.abort().await;
     }
+}
+
+/// Decrypts `sealed` piece by piece; the last piece is checked for the
+/// last-chunk flag, so a truncated artifact ends in an error, not short data.
+fn open_stream(
+    sealed: BoxStream<'static, Result<Bytes, DestinationError>>,
+    decryptor: Decryptor,
+) -> BoxStream<'static, Result<Bytes, DestinationError>> {
+    futures::stream::unfold(
+        (sealed, Some(decryptor)),
+        |(mut sealed, decryptor)| async move {
+            let mut d = decryptor?;
+            loop {
+                let step = match sealed.next().await {
+                    Some(Ok(piece)) => match d.push(&piece) {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => Ok(Bytes::from(out)),
+                        Err(e) => Err(e.into()),
+                    },
+                    Some(Err(e)) => Err(e),
+                    None => {
+                        let last = d.finish().map(Bytes::from).map_err(Into::into);
+                        return Some((last, (sealed, None)));
+                    }
+                };
+                let next = step.is_ok().then_some(d);
+                return Some((step, (sealed, next)));
+            }
+        },
+    )
+    .boxed()
 }
 
 /// Creates `dir` and its missing parents as 0700, and makes `dir` itself 0700

@@ -117,11 +117,75 @@ where
 {
     match &obj.object {
         Ok(k) => reconcile(Arc::new(k.clone()), ctx).await,
+        Err(why) if obj.meta.deletion_timestamp.is_some() => {
+            release_finalizers(&obj, why, &ctx).await?;
+            Ok(Action::await_change())
+        }
         Err(why) => {
             report_undecodable(&obj, why, &ctx).await?;
             Ok(Action::requeue(UNDECODABLE_RECHECK))
         }
     }
+}
+
+/// The finalizers left when kok's own are taken off, or `None` when the
+/// object carries none of kok's.
+pub fn without_kok_finalizers(finalizers: &[String]) -> Option<Vec<String>> {
+    let kept: Vec<String> = finalizers
+        .iter()
+        .filter(|f| !f.starts_with(KOK_FINALIZER_PREFIX))
+        .cloned()
+        .collect();
+    (kept.len() != finalizers.len()).then_some(kept)
+}
+
+const KOK_FINALIZER_PREFIX: &str = "kok.dev/";
+
+/// A deleted object kok cannot read would otherwise hang in deletion for
+/// ever (its namespace too): kok's cleanup needs the spec, so the finalizer
+/// is released and the reason stated. Children go by garbage collection
+/// (they carry owner references); a tenant whose restore is released this way
+/// reports `RestoreAbandoned` and stays stopped until someone acts.
+async fn release_finalizers<K>(obj: &Lenient<K>, why: &str, ctx: &Context) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let current = obj.meta.finalizers.clone().unwrap_or_default();
+    let Some(kept) = without_kok_finalizers(&current) else {
+        return Ok(());
+    };
+    let kind = K::kind(&());
+    let name = obj.name_any();
+    let message = format!(
+        "the {kind} cannot be read ({why}): kok released its finalizer without its cleanup; owned objects are garbage-collected"
+    );
+    warn!(%kind, %name, %message, "releasing an undecodable object");
+    let api: Api<Lenient<K>> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    // Compare-and-swap on the resourceVersion: another writer's finalizer is never dropped.
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {
+            "resourceVersion": obj.meta.resource_version,
+            "finalizers": kept,
+        }})),
+    )
+    .await?;
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "FinalizerReleased".into(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Cleanup".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        warn!(error = %e, "could not publish event");
+    }
+    Ok(())
 }
 
 /// `error_policy` of a lenient controller: the typed one for decodable objects.
@@ -222,6 +286,21 @@ mod tests {
             "status": {"conditions": [{"type": "EtcdReady", "status": "True", "reason": "R",
                 "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
         }))
+    }
+
+    #[test]
+    fn only_kok_finalizers_are_released() {
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(without_kok_finalizers(&f(&["example.com/x"])), None);
+        assert_eq!(without_kok_finalizers(&[]), None);
+        assert_eq!(
+            without_kok_finalizers(&f(&["kok.dev/cleanup", "example.com/x"])),
+            Some(f(&["example.com/x"]))
+        );
+        assert_eq!(
+            without_kok_finalizers(&f(&["kok.dev/restore"])),
+            Some(vec![])
+        );
     }
 
     #[test]

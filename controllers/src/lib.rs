@@ -8,6 +8,7 @@ pub mod backup_schedule;
 pub mod conditions;
 pub mod context;
 pub mod destination;
+pub mod encryption;
 pub mod error;
 pub mod etcd;
 pub mod leader;

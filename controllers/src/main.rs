@@ -39,6 +39,19 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("restore-member") {
         return restore_member::run().await;
     }
+    // Disaster recovery without kok running: KEY_FILE holds the base64 key.
+    if std::env::args().nth(1).as_deref() == Some("decrypt-artifact") {
+        let key_file = std::env::args().nth(2).ok_or_else(|| {
+            anyhow::anyhow!("usage: kok-operator decrypt-artifact KEY_FILE < sealed > snapshot.db")
+        })?;
+        let key = kok_controllers::encryption::ArtifactKey::from_base64(&std::fs::read(key_file)?)?;
+        kok_controllers::encryption::decrypt_stream(
+            std::sync::Arc::new(key),
+            &mut std::io::stdin().lock(),
+            &mut std::io::stdout().lock(),
+        )?;
+        return Ok(());
+    }
     let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "kok-system".into());
     let identity = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))

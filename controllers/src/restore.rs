@@ -90,18 +90,14 @@ pub async fn reconcile(er: Arc<EtcdRestore>, ctx: Arc<Context>) -> Result<Action
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     match &result {
-        Ok(_) => ctx.reset_failures(&obj_ref),
+        Ok(_) => ctx.reset_failures(CONTROLLER, &obj_ref),
         Err(e) => report_error(&er, &ctx, e).await,
     }
     result
 }
 
 pub fn error_policy(er: Arc<EtcdRestore>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_failed(CONTROLLER, error.metric_label());
-    let delay = ctx.next_retry(&ObjectRef::from_obj(er.as_ref()));
-    warn!(restore = %er.name_any(), %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    ctx.retry_after_error(CONTROLLER, er.as_ref(), error)
 }
 
 /// One step of the runbook.
@@ -560,6 +556,9 @@ async fn begin(er: &EtcdRestore, ctx: &Context, status: &mut EtcdRestoreStatus) 
             store.location(&key)
         )));
     }
+    if let Some(why) = key_mismatch(bs.encryption_key_id.as_deref(), store.key_id().as_deref()) {
+        return Ok(invalid(why));
+    }
     match store.exists(&key).await {
         Ok(true) => {}
         Ok(false) => {
@@ -726,8 +725,15 @@ async fn restore_members(
             replicas,
             image,
             destination: &spec.destination,
+            encryption: spec.encryption.as_ref(),
             backups_host_path: &ctx.backups_host_path,
-            operator_node: ctx.operator_node.as_deref(),
+            // The artifact is on the node that took the backup, which need not
+            // be where the leader runs now (the chart runs 2 replicas).
+            operator_node: b
+                .status
+                .as_ref()
+                .and_then(|s| s.node.as_deref())
+                .or(ctx.operator_node.as_deref()),
             artifact_key: &key,
             sha256: &sha256,
             cluster_token: &token,
@@ -738,7 +744,12 @@ async fn restore_members(
         };
         let name = member_restore_job_name(&er.name_any(), member);
         let current = match jobs.get_opt(&name).await? {
-            Some(j) => j,
+            // A Job of that name that this restore did not create is never
+            // taken for its own: its success would say nothing.
+            Some(j) => match crate::apply::check_owner(&j, &uid) {
+                Ok(()) => j,
+                Err(e) => return Ok(failed(e.to_string())),
+            },
             None => match jobs.create(&PostParams::default(), &job).await {
                 Ok(j) => j,
                 Err(kube::Error::Api(e)) if e.code == 409 => jobs.get(&name).await?,
@@ -846,8 +857,35 @@ fn now() -> Time {
     Time(Timestamp::now())
 }
 
+/// Why an artifact sealed with key `recorded` cannot be opened with the
+/// destination's key `current` (checked before the control plane is stopped).
+fn key_mismatch(recorded: Option<&str>, current: Option<&str>) -> Option<String> {
+    match (recorded, current) {
+        (Some(r), None) => Some(format!(
+            "the backup is encrypted with key {r}: set spec.backup.encryption of the TenantCluster to the Secret holding it"
+        )),
+        (Some(r), Some(c)) if r != c => Some(format!(
+            "the backup is encrypted with key {r} but spec.backup.encryption names key {c}"
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn restores_need_the_key_the_backup_was_sealed_with() {
+        use super::key_mismatch;
+        assert_eq!(key_mismatch(None, None), None);
+        // A plain artifact reads with or without a key configured now.
+        assert_eq!(key_mismatch(None, Some("k1")), None);
+        assert_eq!(key_mismatch(Some("k1"), Some("k1")), None);
+        assert!(key_mismatch(Some("k1"), None)
+            .unwrap()
+            .contains("spec.backup.encryption"));
+        assert!(key_mismatch(Some("k1"), Some("k2")).unwrap().contains("k2"));
+    }
+
     use super::*;
 
     fn status(phase: RestorePhase, started_secs_ago: Option<i64>) -> EtcdRestoreStatus {

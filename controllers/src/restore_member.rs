@@ -17,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::backup::s3_credentials;
 use crate::destination::Store;
+use crate::encryption::ArtifactKey;
 use crate::verify::{download, restore_data_dir, RestoreMember, Tools};
 
 fn var(name: &str) -> anyhow::Result<String> {
@@ -57,7 +58,13 @@ async fn prepare_and_swap() -> anyhow::Result<()> {
         }
         s3_credentials(&m)
     });
-    let store = Store::open(&destination, creds)?;
+    let key = match std::env::var(kok_templates::restore::ARTIFACT_KEY_ENV) {
+        Ok(text) => Some(std::sync::Arc::new(ArtifactKey::from_base64(
+            text.as_bytes(),
+        )?)),
+        Err(_) => None,
+    };
+    let store = Store::open(&destination, creds)?.with_key(key);
 
     // Our own scratch names, safe to replace when a previous attempt died.
     let snapshot = root.join(format!("restore-{id}.db"));

@@ -64,7 +64,7 @@ pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Acti
     .map_err(|e| Error::Finalizer(Box::new(e)));
     match result {
         Ok(action) => {
-            ctx.reset_failures(&obj_ref);
+            ctx.reset_failures(CONTROLLER, &obj_ref);
             Ok(action)
         }
         Err(error) => {
@@ -75,7 +75,7 @@ pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Acti
                 // object deleted) are found by rechecks that back off to 5 min.
                 ctx.metrics
                     .reconcile_failed(CONTROLLER, error.metric_label());
-                Ok(Action::requeue(ctx.next_retry(&obj_ref)))
+                Ok(Action::requeue(ctx.next_retry(CONTROLLER, &obj_ref)))
             } else {
                 Err(error)
             }
@@ -144,11 +144,7 @@ async fn report_error(tc: &TenantCluster, error: &Error, ctx: &Context) {
 }
 
 pub fn error_policy(tc: Arc<TenantCluster>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_failed(CONTROLLER, error.metric_label());
-    let delay = ctx.next_retry(&ObjectRef::from_obj(tc.as_ref()));
-    warn!(tenant = %tc.name_any(), %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    ctx.retry_after_error(CONTROLLER, tc.as_ref(), error)
 }
 
 async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {

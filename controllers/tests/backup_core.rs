@@ -330,3 +330,57 @@ async fn s3_backup_restores_to_identical_content() {
     store.delete(&key).await.unwrap();
     assert!(!store.exists(&key).await.unwrap());
 }
+
+/// With `spec.backup.encryption` the artifact at rest is ciphertext (no etcd
+/// key or value readable in it), and it still restores to identical content
+/// with the key, and only with the key.
+#[tokio::test]
+async fn encrypted_backup_restores_only_with_its_key() {
+    use kok_controllers::encryption::{ArtifactKey, MAGIC};
+    use std::sync::Arc;
+    let dir = scratch();
+    let (source, mut client) = source_etcd(dir.path()).await;
+    let root = dir.path().join("backups");
+    let key = Arc::new(ArtifactKey::from_bytes(&[42u8; 32]).unwrap());
+    let store = Store::filesystem(root.to_str().unwrap())
+        .unwrap()
+        .with_key(Some(key.clone()));
+    assert_eq!(store.key_id().as_deref(), Some(key.id()));
+    let snap = snapshot::take(&mut client, &store, "ns/demo/enc.db")
+        .await
+        .unwrap();
+    let original = content_hash(&mut client).await;
+
+    let at_rest = std::fs::read(root.join("ns/demo/enc.db")).unwrap();
+    assert!(at_rest.starts_with(MAGIC));
+    assert!(
+        at_rest.len() as u64 > snap.size,
+        "tags and header are added"
+    );
+    // The fixture's keys are `/registry/things/NNNN`: none is readable at rest.
+    assert!(!at_rest.windows(16).any(|w| w == b"/registry/things"));
+    assert_ne!(
+        format!("{:x}", Sha256::digest(&at_rest)),
+        snap.sha256,
+        "the recorded sha256 is of the plaintext snapshot"
+    );
+
+    let back = restore_and_read(&store, "ns/demo/enc.db", &snap, dir.path()).await;
+    assert_eq!(back, original);
+
+    // Without a key, or with another one, nothing is restored.
+    let keyless = Store::filesystem(root.to_str().unwrap()).unwrap();
+    let file = dir.path().join("keyless.db");
+    let err = verify::download(&keyless, "ns/demo/enc.db", &snap.sha256, &file)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("encrypted"), "{err}");
+    let other = Store::filesystem(root.to_str().unwrap())
+        .unwrap()
+        .with_key(Some(Arc::new(ArtifactKey::from_bytes(&[7u8; 32]).unwrap())));
+    let err = verify::download(&other, "ns/demo/enc.db", &snap.sha256, &file)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not decrypt"), "{err}");
+    source.stop().await;
+}

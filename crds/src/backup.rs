@@ -23,6 +23,29 @@ pub struct BackupSpec {
     /// What happens to the backups when the TenantCluster is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Encrypt artifacts at rest (AES-256-GCM) with a key kept in a Secret.
+    /// Unset: artifacts are written as etcd produced them (mode 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<BackupEncryption>,
+}
+
+/// The key artifacts are encrypted with. Losing it loses the backups:
+/// keep a copy outside the management cluster.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupEncryption {
+    /// Secret in the TenantCluster's namespace holding the key.
+    #[schemars(length(min = 1, max = 253))]
+    pub key_secret: String,
+    /// Data key in that Secret whose value is 32 random bytes, base64-encoded
+    /// (`head -c 32 /dev/urandom | base64`). Default `key`.
+    #[serde(default = "default_encryption_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_encryption_key() -> String {
+    "key".into()
 }
 
 /// Which backups to keep. The newest successful backup and any backup a restore
@@ -83,6 +106,7 @@ pub struct S3Destination {
     #[schemars(length(min = 1, max = 2048))]
     pub endpoint: Option<String>,
     #[serde(default = "default_region")]
+    #[schemars(length(min = 1, max = 64))]
     pub region: String,
     /// Secret in the TenantCluster's namespace with keys `accessKeyID` and
     /// `secretAccessKey` (and optionally `sessionToken`).
@@ -131,6 +155,10 @@ fn default_region() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct EtcdBackupSpec {
     /// The TenantCluster (same namespace) whose etcd is snapshotted.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub tenant_cluster: String,
 }
 
@@ -197,6 +225,14 @@ pub struct EtcdBackupStatus {
         skip_serializing_if = "Option::is_none"
     )]
     pub etcd_cluster_id: Option<String>,
+    /// The node whose backups hostPath holds a filesystem artifact: restore
+    /// Jobs run there, wherever the operator's leader runs later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Set when the artifact is encrypted: the id of the key (not the key),
+    /// so a restore with another key is refused before anything is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// kstatus: `Ready` (Succeeded), `Reconciling` (Pending, Running,
@@ -221,8 +257,16 @@ pub struct EtcdBackupStatus {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdRestoreSpec {
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub tenant_cluster: String,
     /// EtcdBackup (same namespace) to restore from; it must have succeeded.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub backup: String,
     /// Restore a backup taken from another incarnation of the TenantCluster (a
     /// deleted-and-recreated TenantCluster of the same name, e.g. disaster

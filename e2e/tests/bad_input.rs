@@ -384,6 +384,23 @@ async fn bad_manifests_are_refused_or_stalled_and_never_stop_the_others() {
         restart_operator(&client).await;
         still_reconciled(&client, &ns, "healthy", "4").await;
         tenant::wait_ready(&client, &ns, "healthy", READY_TIMEOUT).await;
+
+        // Deleting the unreadable object must not hang on kok's finalizer
+        // (its namespace would stay Terminating for ever).
+        api.delete("undecodable", &DeleteParams::default())
+            .await
+            .expect("deleting the undecodable TenantCluster");
+        wait_for(
+            "the undecodable TenantCluster to be gone",
+            Duration::from_secs(30),
+            || async {
+                match api.get_opt("undecodable").await.unwrap() {
+                    None => Poll::Ready(()),
+                    Some(o) => Poll::Pending(format!("finalizers {:?}", o.metadata.finalizers)),
+                }
+            },
+        )
+        .await;
     })
     .await;
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume, Pod, Secret};
 use kok_crds::{
     BackupPhase, EtcdBackup, EtcdBackupStatus, EtcdRestore, RestorePhase, TenantCluster,
     RESTORE_ANNOTATION,
@@ -97,17 +97,29 @@ async fn etcd_hash_at(client: &Client, ns: &str, tc: &str, revision: i64) -> u32
 
 /// A Ready TenantCluster `rs` with persistent etcd on this test's volumes and
 /// a filesystem backup destination.
-async fn persistent_tenant(client: &Client, ns: &str, members: i32) {
+/// `encrypted`: artifacts are sealed with a key from Secret `rs-backup-key`.
+async fn persistent_tenant(client: &Client, ns: &str, members: i32, encrypted: bool) {
     make_volumes(client, ns, members).await;
     let mut tc = tenant::dev_tenant("rs", members);
     tc.spec.etcd.storage =
         serde_json::from_value(json!({"size": "1Gi", "storageClassName": ns})).unwrap();
-    tc.spec.backup = Some(
-        serde_json::from_value(json!({
-            "destination": {"filesystem": {"path": format!("/var/lib/kok/backups/e2e-{ns}")}}
+    let mut backup = json!({
+        "destination": {"filesystem": {"path": format!("/var/lib/kok/backups/e2e-{ns}")}}
+    });
+    if encrypted {
+        // 32 bytes, base64: what `head -c 32 /dev/urandom | base64` prints.
+        let key: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "rs-backup-key"},
+            "stringData": {"key": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}
         }))
-        .unwrap(),
-    );
+        .unwrap();
+        Api::<Secret>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &key)
+            .await
+            .unwrap();
+        backup["encryption"] = json!({"keySecret": "rs-backup-key"});
+    }
+    tc.spec.backup = Some(serde_json::from_value(backup).unwrap());
     tenant::create(client, ns, &tc).await;
     tenant::wait_ready(client, ns, "rs", READY_TIMEOUT).await;
 }
@@ -134,9 +146,10 @@ async fn take_backup(client: &Client, ns: &str, name: &str) -> EtcdBackupStatus 
 
 /// `restart_operator`: delete the operator pods while the restore runs; the
 /// restore must resume from the phase recorded in its status.
-async fn restore_round_trip(prefix: &str, members: i32, restart_operator: bool) {
+/// `encrypted`: the backup is sealed at rest and the restore Jobs open it.
+async fn restore_round_trip(prefix: &str, members: i32, restart_operator: bool, encrypted: bool) {
     with_namespace(prefix, move |client, ns| async move {
-        persistent_tenant(&client, &ns, members).await;
+        persistent_tenant(&client, &ns, members, encrypted).await;
 
         let cms: Api<ConfigMap> =
             Api::namespaced(tenant::tenant_client(&client, &ns, "rs").await, "default");
@@ -151,6 +164,24 @@ async fn restore_round_trip(prefix: &str, members: i32, restart_operator: bool) 
         }
         let backups: Api<EtcdBackup> = Api::namespaced(client.clone(), &ns);
         let b = take_backup(&client, &ns, "b1").await;
+        assert_eq!(
+            b.encryption_key_id.is_some(),
+            encrypted,
+            "the key id is recorded exactly when the artifact is sealed: {b:?}"
+        );
+        if encrypted {
+            let on_host = std::path::PathBuf::from(
+                std::env::var("KOK_BACKUP_DIR")
+                    .unwrap_or_else(|_| "/var/lib/kok-local/backups".into()),
+            )
+            .join(format!("e2e-{ns}/{ns}/rs/b1.db"));
+            let head =
+                std::fs::read(&on_host).unwrap_or_else(|e| panic!("{}: {e}", on_host.display()));
+            assert!(
+                head.starts_with(b"KOKAEAD1"),
+                "the artifact at rest is sealed"
+            );
+        }
 
         for i in 0..10 {
             cms.delete(&format!("keep-{i}"), &DeleteParams::default())
@@ -290,12 +321,12 @@ async fn restore_round_trip(prefix: &str, members: i32, restart_operator: bool) 
 
 #[tokio::test]
 async fn restore_of_a_one_member_etcd_brings_deleted_objects_back() {
-    restore_round_trip("rs-one", 1, false).await;
+    restore_round_trip("rs-one", 1, false, false).await;
 }
 
 #[tokio::test]
-async fn restore_of_a_three_member_etcd_survives_an_operator_restart() {
-    restore_round_trip("rs-three", 3, true).await;
+async fn restore_of_an_encrypted_backup_of_three_members_survives_an_operator_restart() {
+    restore_round_trip("rs-three", 3, true, true).await;
 }
 
 /// Deleting an EtcdRestore midway never leaves the tenant silently stopped:
@@ -304,7 +335,7 @@ async fn restore_of_a_three_member_etcd_survives_an_operator_restart() {
 #[tokio::test]
 async fn a_deleted_etcd_restore_mid_run_leaves_the_tenant_running_again_or_clearly_failed() {
     with_namespace("rs-del", |client, ns| async move {
-        persistent_tenant(&client, &ns, 1).await;
+        persistent_tenant(&client, &ns, 1, false).await;
         take_backup(&client, &ns, "b1").await;
 
         let restores: Api<EtcdRestore> = Api::namespaced(client.clone(), &ns);

@@ -325,6 +325,8 @@ pub struct BackupRecord {
     pub tenant_uid: Option<String>,
     /// `metadata.creationTimestamp` of the EtcdBackup.
     pub created: Option<DateTime<Utc>>,
+    /// The etcd cluster ID the snapshot came from (none if unknown).
+    pub etcd_cluster_id: Option<String>,
 }
 
 /// The backups retention deletes. Only backups of `current` count and can go:
@@ -332,7 +334,10 @@ pub struct BackupRecord {
 /// this incarnation's, so an empty new cluster cannot evict the last good data.
 /// Never the newest successful one, never one a restore uses, never one still
 /// running. Failed backups count against the same limits as successful ones,
-/// among themselves.
+/// among themselves. Within an incarnation, only snapshots of the etcd cluster
+/// the newest successful backup came from count: when etcd was replaced (a
+/// wiped volume, a restore: a new cluster ID), snapshots of the new cluster
+/// never push out the older cluster's, which stay until deleted by hand.
 pub fn retention_victims(
     backups: &[BackupRecord],
     retention: &Retention,
@@ -344,12 +349,24 @@ pub fn retention_victims(
         .as_deref()
         .and_then(|a| parse_age(a).ok())
         .and_then(|d| chrono::Duration::from_std(d).ok());
+    let ours = |b: &&BackupRecord| current.made(b.tenant_uid.as_deref(), b.created);
+    let live_cluster = backups
+        .iter()
+        .filter(ours)
+        .filter(|b| b.finished && b.succeeded)
+        .max_by(|a, b| a.time.cmp(&b.time).then(a.name.cmp(&b.name)))
+        .and_then(|b| b.etcd_cluster_id.clone());
+    let same_cluster = |b: &&BackupRecord| match (&live_cluster, &b.etcd_cluster_id) {
+        (Some(live), Some(id)) => live == id,
+        _ => true,
+    };
     let mut victims = Vec::new();
     for succeeded in [true, false] {
         let mut group: Vec<&BackupRecord> = backups
             .iter()
             .filter(|b| b.finished && b.succeeded == succeeded)
-            .filter(|b| current.made(b.tenant_uid.as_deref(), b.created))
+            .filter(ours)
+            .filter(same_cluster)
             .collect();
         group.sort_by(|a, b| b.time.cmp(&a.time).then(b.name.cmp(&a.name)));
         for (i, b) in group.iter().enumerate() {
@@ -445,6 +462,7 @@ mod tests {
             in_use: false,
             tenant_uid: Some("uid-now".into()),
             created: Some(at(time)),
+            etcd_cluster_id: None,
         }
     }
 
@@ -489,6 +507,28 @@ mod tests {
         // the one a restore uses; the failed one goes.
         let v = retention_victims(&backups, &r, &current(), at("2026-01-02T00:00:00Z"));
         assert_eq!(v, vec!["old-failed"]);
+    }
+
+    #[test]
+    fn snapshots_of_a_replaced_etcd_never_push_out_the_old_clusters() {
+        // etcd was wiped (or restored) after b2: b3 and b4 come from a new
+        // cluster ID, and the old cluster's last good data must survive them.
+        let mut backups = vec![
+            record("b1", "2026-01-01T01:00:00Z", true),
+            record("b2", "2026-01-01T02:00:00Z", true),
+            record("b3", "2026-01-01T03:00:00Z", true),
+            record("b4", "2026-01-01T04:00:00Z", true),
+            record("b5", "2026-01-01T05:00:00Z", true),
+        ];
+        for (b, id) in backups.iter_mut().zip(["old", "old", "new", "new", "new"]) {
+            b.etcd_cluster_id = Some(id.into());
+        }
+        let r = Retention {
+            keep_last: Some(2),
+            max_age: Some("1h".into()),
+        };
+        let v = retention_victims(&backups, &r, &current(), at("2026-01-03T00:00:00Z"));
+        assert_eq!(v, vec!["b4", "b3"], "only the live cluster's are trimmed");
     }
 
     #[test]
@@ -575,6 +615,7 @@ mod tests {
             destination,
             verify: false,
             deletion_policy: Default::default(),
+            encryption: None,
         }
     }
 

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{
     VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kok_crds::{Destination, RestorePhase};
+use kok_crds::{BackupEncryption, Destination, RestorePhase};
 use sha2::{Digest, Sha256};
 
 use crate::controlplane::{etcd_initial_cluster, ETCD_PEER_PORT};
@@ -20,6 +20,8 @@ use crate::security::{container_security_context, pod_security_context};
 
 /// Where the etcd StatefulSet mounts each member's volume.
 pub const MEMBER_VOLUME_DIR: &str = "/var/lib/etcd";
+/// Env var of restore Jobs holding the artifact key (from its Secret).
+pub const ARTIFACT_KEY_ENV: &str = "KOK_ARTIFACT_KEY";
 /// Where the operator (and restore Jobs) see filesystem backup destinations.
 pub const BACKUPS_MOUNT: &str = "/var/lib/kok/backups";
 /// Label on restore Jobs and their pods naming the EtcdRestore (see
@@ -54,6 +56,8 @@ pub struct MemberRestore<'a> {
     /// The kok-operator image (it carries etcdctl).
     pub image: &'a str,
     pub destination: &'a Destination,
+    /// The key Secret when artifacts are encrypted (`spec.backup.encryption`).
+    pub encryption: Option<&'a BackupEncryption>,
     /// On the node, the directory mounted as `BACKUPS_MOUNT` in the operator.
     pub backups_host_path: &'a str,
     /// The operator's node: a filesystem destination is a hostPath there.
@@ -237,6 +241,20 @@ pub fn member_restore_job(r: &MemberRestore<'_>) -> Result<Job, RestoreJobError>
         ));
         envs.push(from_secret("KOK_S3_SESSION_TOKEN", "sessionToken", true));
     }
+    if let Some(enc) = r.encryption {
+        envs.push(EnvVar {
+            name: ARTIFACT_KEY_ENV.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: enc.key_secret.clone(),
+                    key: enc.key.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     let mut labels = component_labels(&r.names.tenant, "etcd-restore");
     labels.insert(RESTORE_LABEL.into(), restore_label_value(r.restore_name));
     Ok(Job {
@@ -374,6 +392,10 @@ mod tests {
     use kok_crds::{FilesystemDestination, S3Destination};
 
     fn job(destination: &Destination) -> Job {
+        job_with(destination, None)
+    }
+
+    fn job_with(destination: &Destination, encryption: Option<&BackupEncryption>) -> Job {
         let names = Names::new("demo");
         member_restore_job(&MemberRestore {
             names: &names,
@@ -385,6 +407,7 @@ mod tests {
             replicas: 3,
             image: "kok.local/kok-operator:dev",
             destination,
+            encryption,
             backups_host_path: "/srv/backups",
             operator_node: Some("node-a"),
             artifact_key: "tenants/demo/b1.db",
@@ -447,6 +470,35 @@ mod tests {
             Some("node-a"),
             "where the hostPath is"
         );
+    }
+
+    #[test]
+    fn the_artifact_key_comes_from_its_secret_only_when_encrypted() {
+        let fs = Destination {
+            filesystem: Some(FilesystemDestination {
+                path: "/var/lib/kok/backups".into(),
+            }),
+            s3: None,
+        };
+        assert!(env_var(&job(&fs), ARTIFACT_KEY_ENV).is_none());
+        let enc = BackupEncryption {
+            key_secret: "backup-key".into(),
+            key: "key".into(),
+        };
+        let j = job_with(&fs, Some(&enc));
+        let var = env_var(&j, ARTIFACT_KEY_ENV).unwrap();
+        assert!(var.value.is_none(), "the key is never inlined in the Job");
+        let r = var.value_from.unwrap().secret_key_ref.unwrap();
+        assert_eq!((r.name.as_str(), r.key.as_str()), ("backup-key", "key"));
+    }
+
+    fn env_var(job: &Job, name: &str) -> Option<k8s_openapi::api::core::v1::EnvVar> {
+        job.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+            .env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)
+            .cloned()
     }
 
     #[test]
@@ -667,6 +719,7 @@ mod tests {
             replicas: 1,
             image: "img",
             destination: &dest,
+            encryption: None,
             backups_host_path: "/srv/backups",
             operator_node: None,
             artifact_key: "tenants/demo/b1.db",
