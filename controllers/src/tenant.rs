@@ -15,6 +15,7 @@ use kok_templates::flags::APISERVER_PORT;
 use kok_templates::names::{tenant_selector, Names};
 use kok_templates::pki::{self, CaKind, San, TenantPkiInputs};
 use kok_templates::secrets::{self, config_hash};
+use kok_templates::tenant_status::{self, Observed, WorkloadRollout};
 use kok_templates::validate::{describe, validate, validate_name, ValidSpec};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -506,61 +507,29 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         }
     }
 
-    // 6. Observe and report.
+    // 6. Observe and report: Ready only when every component has rolled out
+    //    its current template (kstatus), so GitOps tools see a rollout as one.
     let tenant_ready = match &admin_kubeconfig {
         Some(kc) if apiserver_available > 0 => tenant_health::readyz(kc).await,
         _ => Err("the apiserver has no available replica yet".to_string()),
     };
+    let observed = Observed {
+        etcd: Some(WorkloadRollout::from_statefulset(&etcd)),
+        apiserver: apiserver.as_ref().map(WorkloadRollout::from_deployment),
+        controller_manager: controllers_applied[0]
+            .as_ref()
+            .map(WorkloadRollout::from_deployment),
+        scheduler: controllers_applied[1]
+            .as_ref()
+            .map(WorkloadRollout::from_deployment),
+        readyz: tenant_ready,
+        endpoint_known: endpoint.is_some(),
+    };
+    let verdict = tenant_status::verdict(&observed);
     let g = generation;
     let c = &mut status.conditions;
-    let etcd_ok = etcd_ready >= valid.etcd_replicas;
-    conditions::set(
-        c,
-        condition::ETCD,
-        etcd_ok,
-        if etcd_ok {
-            "MembersReady"
-        } else {
-            "MembersNotReady"
-        },
-        format!("{etcd_ready}/{} members ready", valid.etcd_replicas),
-        g,
-    );
-    let api_ok = apiserver_available >= valid.apiserver_replicas && tenant_ready.is_ok();
-    conditions::set(
-        c,
-        condition::APISERVER,
-        api_ok,
-        if api_ok { "Available" } else { "NotAvailable" },
-        match &tenant_ready {
-            Ok(()) => format!(
-                "{apiserver_available}/{} replicas available, /readyz ok",
-                valid.apiserver_replicas
-            ),
-            Err(why) => format!(
-                "{apiserver_available}/{} replicas available; {why}",
-                valid.apiserver_replicas
-            ),
-        },
-        g,
-    );
-    for (ctype, d) in [
-        (condition::CONTROLLER_MANAGER, &controllers_applied[0]),
-        (condition::SCHEDULER, &controllers_applied[1]),
-    ] {
-        let avail = d.as_ref().map(available_replicas).unwrap_or(0);
-        conditions::set(
-            c,
-            ctype,
-            avail > 0,
-            if avail > 0 {
-                "Available"
-            } else {
-                "NotAvailable"
-            },
-            format!("{avail}/1 replicas available"),
-            g,
-        );
+    for cc in &verdict.components {
+        conditions::set(c, cc.type_, cc.ok, cc.reason, cc.message.clone(), g);
     }
     let expiry = pki
         .earliest_expiry
@@ -578,48 +547,38 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         g,
     );
 
-    let components_ready = [
-        condition::ETCD,
-        condition::APISERVER,
-        condition::CONTROLLER_MANAGER,
-        condition::SCHEDULER,
-    ]
-    .iter()
-    .all(|t| conditions::is_true(c, t));
-    let ready = components_ready && endpoint.is_some();
-    if ready {
-        status.version = Some(valid.version.to_string());
-        conditions::set(
-            c,
-            condition::READY,
-            true,
-            "Ready",
-            "the tenant control plane is serving",
-            g,
-        );
-        conditions::set(
-            c,
-            condition::RECONCILING,
-            false,
-            "Ready",
-            "the control plane matches the spec",
-            g,
-        );
-    } else {
-        let waiting: Vec<&str> = c
-            .iter()
-            .filter(|x| {
-                x.status == "False" && x.type_.ends_with("Ready") && x.type_ != condition::READY
-            })
-            .map(|x| x.type_.as_str())
-            .collect();
-        let msg = if endpoint.is_none() {
-            "waiting for the apiserver Service to get an address".to_string()
-        } else {
-            format!("waiting for {}", waiting.join(", "))
-        };
-        conditions::set(c, condition::READY, false, "Progressing", msg.clone(), g);
-        conditions::set(c, condition::RECONCILING, true, "Progressing", msg, g);
+    let ready = verdict.ready;
+    match &verdict.waiting_for {
+        None => {
+            status.version = Some(valid.version.to_string());
+            conditions::set(
+                c,
+                condition::READY,
+                true,
+                "Ready",
+                "the tenant control plane is serving",
+                g,
+            );
+            conditions::set(
+                c,
+                condition::RECONCILING,
+                false,
+                "Ready",
+                "the control plane matches the spec",
+                g,
+            );
+        }
+        Some(msg) => {
+            conditions::set(c, condition::READY, false, "Progressing", msg.clone(), g);
+            conditions::set(
+                c,
+                condition::RECONCILING,
+                true,
+                "Progressing",
+                msg.clone(),
+                g,
+            );
+        }
     }
     let became_ready = ready && !conditions::is_true(&old_status.conditions, condition::READY);
     patch_status(ctx, &tc, &old_status, status).await?;

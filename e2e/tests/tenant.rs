@@ -199,6 +199,54 @@ async fn apiserver_scales_out_while_a_client_keeps_reading() {
             .unwrap()
             .message
             .starts_with("2/2"));
+
+        // A flag change rolls the apiservers (surge 1, unavailable 0): the
+        // status must say so for the whole rollout, and Ready comes back only
+        // once no pod of the old template is left (the measured bug: it stayed
+        // Ready=True, Reconciling=False throughout).
+        tenant::patch_spec(
+            &client,
+            &ns,
+            "scale",
+            json!({"controlPlane": {"apiserver": {"extraArgs": {"v": "2"}}}}),
+        )
+        .await;
+        let rolling = tenant::wait_condition(
+            &client,
+            &ns,
+            "scale",
+            "Reconciling",
+            "True",
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(
+            condition(&rolling, "Ready").unwrap().status,
+            "False",
+            "not Ready while rolling"
+        );
+        let tc = tenant::wait_ready(&client, &ns, "scale", READY_TIMEOUT).await;
+        assert_eq!(
+            condition(&tc, "Reconciling").unwrap().status,
+            "False",
+            "{:?}",
+            tc.status
+        );
+        let d = Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get("scale-apiserver")
+            .await
+            .unwrap();
+        let ds = d.status.unwrap();
+        assert_eq!(
+            (ds.replicas, ds.updated_replicas, ds.available_replicas),
+            (Some(2), Some(2), Some(2)),
+            "Ready only once the rollout is over"
+        );
+        let args = d.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap_or_default();
+        assert!(args.iter().any(|a| a == "--v=2"), "{args:?}");
         tokio::time::sleep(Duration::from_secs(3)).await;
         stop.store(true, Ordering::Relaxed);
         reader.await.unwrap();
@@ -206,7 +254,7 @@ async fn apiserver_scales_out_while_a_client_keeps_reading() {
         let failures = failures.lock().unwrap().clone();
         assert!(
             failures.is_empty(),
-            "reads failed while scaling: {failures:?}"
+            "reads failed while scaling and rolling: {failures:?}"
         );
         assert!(reads.load(Ordering::Relaxed) > 10, "the reader barely ran");
     })

@@ -10,5 +10,7 @@ pub mod quantity;
 pub mod restore;
 pub mod secrets;
 pub mod security;
+pub mod tenant_status;
+pub mod upgrade_plan;
 pub mod validate;
 pub mod version;

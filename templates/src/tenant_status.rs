@@ -1,0 +1,328 @@
+//! What a TenantCluster's status says, computed from what was observed of its
+//! workloads. Pure: tested on fixtures, no cluster.
+//!
+//! The rule (kstatus, and what GitOps tools wait on): a component is ready
+//! only when its controller has seen the current template (observed
+//! generation), every pod runs that template, none of the old ones is left and
+//! all are available. A spec change therefore turns `Ready` False and
+//! `Reconciling` True until the rollout is over, instead of reporting the old
+//! pods as the new state.
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kok_crds::condition;
+
+/// The rollout state of one Deployment or StatefulSet, as read from the API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadRollout {
+    pub generation: Option<i64>,
+    pub observed_generation: Option<i64>,
+    /// `spec.replicas`.
+    pub desired: i32,
+    /// Pods of any template (`status.replicas`).
+    pub total: i32,
+    /// Pods of the current template.
+    pub updated: i32,
+    /// Available (Deployments) or ready (StatefulSets) pods.
+    pub available: i32,
+    /// StatefulSets: `currentRevision == updateRevision`; Deployments: true.
+    pub revision_settled: bool,
+}
+
+impl WorkloadRollout {
+    pub fn from_deployment(d: &Deployment) -> Self {
+        let s = d.status.clone().unwrap_or_default();
+        Self {
+            generation: d.metadata.generation,
+            observed_generation: s.observed_generation,
+            desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            total: s.replicas.unwrap_or(0),
+            updated: s.updated_replicas.unwrap_or(0),
+            available: s.available_replicas.unwrap_or(0),
+            revision_settled: true,
+        }
+    }
+
+    pub fn from_statefulset(sts: &StatefulSet) -> Self {
+        let s = sts.status.clone().unwrap_or_default();
+        let settled = match (&s.current_revision, &s.update_revision) {
+            (Some(c), Some(u)) => c == u,
+            // Before the controller has written revisions nothing has rolled.
+            _ => false,
+        };
+        Self {
+            generation: sts.metadata.generation,
+            observed_generation: s.observed_generation,
+            desired: sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            total: s.replicas,
+            updated: s.updated_replicas.unwrap_or(0),
+            available: s.ready_replicas.unwrap_or(0),
+            revision_settled: settled,
+        }
+    }
+
+    /// `None` when the rollout is complete; else what is still rolling, for
+    /// the condition message.
+    pub fn pending(&self) -> Option<String> {
+        let seen = matches!(
+            (self.generation, self.observed_generation),
+            (Some(g), Some(o)) if o >= g
+        ) || self.generation.is_none();
+        if !seen {
+            return Some("the controller has not yet seen the new template".into());
+        }
+        if self.updated < self.desired || !self.revision_settled {
+            return Some(format!(
+                "rolling out: {}/{} pods updated",
+                self.updated.min(self.desired),
+                self.desired
+            ));
+        }
+        if self.total > self.desired {
+            return Some(format!(
+                "rolling out: {} old pods still terminating",
+                self.total - self.desired
+            ));
+        }
+        if self.available < self.desired {
+            return Some(format!(
+                "{}/{} pods available",
+                self.available, self.desired
+            ));
+        }
+        None
+    }
+}
+
+/// Everything the tenant's status is computed from.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// `None`: not created yet (its dependencies are not ready).
+    pub etcd: Option<WorkloadRollout>,
+    pub apiserver: Option<WorkloadRollout>,
+    pub controller_manager: Option<WorkloadRollout>,
+    pub scheduler: Option<WorkloadRollout>,
+    /// The tenant apiserver's `/readyz` through the admin endpoint.
+    pub readyz: Result<(), String>,
+    /// The apiserver Service has an address users can reach.
+    pub endpoint_known: bool,
+}
+
+/// One component condition to set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentCondition {
+    pub type_: &'static str,
+    pub ok: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The overall kstatus verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub components: Vec<ComponentCondition>,
+    /// Ready and not reconciling: every component rolled out and serving.
+    pub ready: bool,
+    /// Why not ready (the `Ready`/`Reconciling` message), when not.
+    pub waiting_for: Option<String>,
+}
+
+fn component(
+    type_: &'static str,
+    w: Option<&WorkloadRollout>,
+    extra: Option<&str>,
+) -> ComponentCondition {
+    let Some(w) = w else {
+        return ComponentCondition {
+            type_,
+            ok: false,
+            reason: "NotCreated",
+            message: "waiting for the components it depends on".into(),
+        };
+    };
+    let counts = format!("{}/{} available", w.available.min(w.desired), w.desired);
+    match (w.pending(), extra) {
+        (Some(why), _) => ComponentCondition {
+            type_,
+            ok: false,
+            reason: if w.updated < w.desired || !w.revision_settled || w.total > w.desired {
+                "RollingOut"
+            } else {
+                "NotAvailable"
+            },
+            message: why,
+        },
+        (None, Some(problem)) => ComponentCondition {
+            type_,
+            ok: false,
+            reason: "NotServing",
+            message: format!("{counts}; {problem}"),
+        },
+        (None, None) => ComponentCondition {
+            type_,
+            ok: true,
+            reason: "Available",
+            message: format!("{counts}, rolled out"),
+        },
+    }
+}
+
+/// Component conditions and the overall verdict.
+pub fn verdict(o: &Observed) -> Verdict {
+    let readyz_problem = o.readyz.as_ref().err().map(String::as_str);
+    let components = vec![
+        component(condition::ETCD, o.etcd.as_ref(), None),
+        component(condition::APISERVER, o.apiserver.as_ref(), readyz_problem),
+        component(
+            condition::CONTROLLER_MANAGER,
+            o.controller_manager.as_ref(),
+            None,
+        ),
+        component(condition::SCHEDULER, o.scheduler.as_ref(), None),
+    ];
+    let waiting: Vec<String> = components
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{} ({})", c.type_, c.message))
+        .collect();
+    let waiting_for = if !waiting.is_empty() {
+        Some(format!("waiting for {}", waiting.join(", ")))
+    } else if !o.endpoint_known {
+        Some("waiting for the apiserver Service to get an address".into())
+    } else {
+        None
+    };
+    Verdict {
+        ready: waiting_for.is_none(),
+        components,
+        waiting_for,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(n: i32) -> WorkloadRollout {
+        WorkloadRollout {
+            generation: Some(2),
+            observed_generation: Some(2),
+            desired: n,
+            total: n,
+            updated: n,
+            available: n,
+            revision_settled: true,
+        }
+    }
+
+    fn serving() -> Observed {
+        Observed {
+            etcd: Some(done(3)),
+            apiserver: Some(done(2)),
+            controller_manager: Some(done(1)),
+            scheduler: Some(done(1)),
+            readyz: Ok(()),
+            endpoint_known: true,
+        }
+    }
+
+    #[test]
+    fn a_finished_rollout_is_ready() {
+        let v = verdict(&serving());
+        assert!(v.ready, "{v:?}");
+        assert!(v.components.iter().all(|c| c.ok));
+        assert_eq!(v.waiting_for, None);
+    }
+
+    #[test]
+    fn a_template_change_not_yet_seen_is_not_ready() {
+        // The measured bug: after an extraArgs change the old pods were
+        // reported as the new state.
+        let mut o = serving();
+        o.apiserver.as_mut().unwrap().generation = Some(3);
+        let v = verdict(&o);
+        assert!(!v.ready);
+        let api = &v.components[1];
+        assert_eq!((api.type_, api.ok), (condition::APISERVER, false));
+        assert!(api.message.contains("not yet seen"), "{api:?}");
+        assert!(v.waiting_for.unwrap().contains(condition::APISERVER));
+    }
+
+    #[test]
+    fn a_surge_rollout_is_not_ready_until_the_old_pods_are_gone() {
+        let mut o = serving();
+        // surge 1: 3 pods, 2 of them new, all available.
+        let a = o.apiserver.as_mut().unwrap();
+        a.total = 3;
+        a.available = 3;
+        let v = verdict(&o);
+        assert!(!v.ready);
+        assert_eq!(v.components[1].reason, "RollingOut");
+        assert!(
+            v.components[1].message.contains("1 old pods"),
+            "{:?}",
+            v.components[1]
+        );
+        // Half-way: 1 of 2 updated.
+        let a = o.apiserver.as_mut().unwrap();
+        a.updated = 1;
+        assert!(verdict(&o).components[1]
+            .message
+            .contains("1/2 pods updated"));
+    }
+
+    #[test]
+    fn a_statefulset_is_rolled_out_only_when_its_revisions_agree() {
+        let mut o = serving();
+        o.etcd.as_mut().unwrap().revision_settled = false;
+        let v = verdict(&o);
+        assert!(!v.ready);
+        assert_eq!(v.components[0].reason, "RollingOut");
+    }
+
+    #[test]
+    fn unavailable_pods_and_a_failing_readyz_are_reported_apart() {
+        let mut o = serving();
+        o.scheduler.as_mut().unwrap().available = 0;
+        o.readyz = Err("readyz: etcd not ok".into());
+        let v = verdict(&o);
+        assert_eq!(v.components[3].reason, "NotAvailable");
+        assert_eq!(v.components[1].reason, "NotServing");
+        assert!(v.components[1].message.contains("etcd not ok"));
+        assert!(!v.ready);
+    }
+
+    #[test]
+    fn missing_components_and_endpoint_keep_it_reconciling() {
+        let mut o = serving();
+        o.controller_manager = None;
+        assert_eq!(verdict(&o).components[2].reason, "NotCreated");
+        let mut o = serving();
+        o.endpoint_known = false;
+        let v = verdict(&o);
+        assert!(!v.ready);
+        assert!(v.waiting_for.unwrap().contains("address"));
+    }
+
+    #[test]
+    fn statefulset_and_deployment_status_are_read_as_kstatus_does() {
+        let sts: StatefulSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"generation": 4},
+            "spec": {"replicas": 3, "serviceName": "x", "selector": {},
+                     "template": {}},
+            "status": {"observedGeneration": 4, "replicas": 3, "readyReplicas": 3,
+                       "updatedReplicas": 3, "currentRevision": "r1", "updateRevision": "r2"}
+        }))
+        .unwrap();
+        let w = WorkloadRollout::from_statefulset(&sts);
+        assert!(!w.revision_settled);
+        assert!(w.pending().is_some());
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"generation": 7},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 7, "replicas": 2, "updatedReplicas": 2,
+                       "availableReplicas": 2}
+        }))
+        .unwrap();
+        assert_eq!(WorkloadRollout::from_deployment(&d).pending(), None);
+    }
+}

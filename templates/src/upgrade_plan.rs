@@ -1,0 +1,362 @@
+//! Planning an in-place upgrade: from what runs to what the spec asks for,
+//! as consecutive minor steps that each respect Kubernetes' version skew
+//! policy, with the etcd version paired to each step. Pure: the executor in
+//! `controllers` walks the plan one step (and one component) at a time.
+//!
+//! Rules:
+//! - Kubernetes moves one minor at a time; a jump of several minors becomes
+//!   one step per minor, walked in order (intermediate steps use the last
+//!   patch release of that minor when known, else `.0`).
+//! - Within a step: etcd first (a newer etcd serves an older apiserver), then
+//!   the apiservers, then controller-manager and scheduler (never newer than
+//!   the apiserver).
+//! - Downgrades are refused, except a patch downgrade within one minor.
+//! - etcd never goes down a minor and moves one minor at a time; it follows
+//!   the version kubeadm pairs with each step unless the spec pins one.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::version::KubeVersion;
+
+/// An etcd release, `3.MINOR.PATCH` (image tags may carry a `-N` suffix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EtcdVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl FromStr for EtcdVersion {
+    type Err = PlanError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || PlanError::BadEtcdVersion(s.to_string());
+        let core = s.strip_prefix('v').unwrap_or(s);
+        let core = core.split('-').next().unwrap_or_default();
+        let parts: Vec<u32> = core
+            .split('.')
+            .map(|p| p.parse().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        match parts[..] {
+            [major, minor, patch] => Ok(Self {
+                major,
+                minor,
+                patch,
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for EtcdVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+impl EtcdVersion {
+    /// The etcd kubeadm pairs with a Kubernetes minor.
+    pub fn paired_with(k: KubeVersion) -> Self {
+        k.default_etcd_tag()
+            .parse()
+            .expect("the pairing table holds valid etcd versions")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("downgrade from {from} to {to} is not supported (only a patch downgrade within one minor is)")]
+    Downgrade { from: KubeVersion, to: KubeVersion },
+    #[error("etcd downgrade from {from} to {to} is not supported")]
+    EtcdDowngrade { from: EtcdVersion, to: EtcdVersion },
+    #[error("etcd {from} to {to} skips a minor version; etcd upgrades one minor at a time")]
+    EtcdSkip { from: EtcdVersion, to: EtcdVersion },
+    #[error("{0:?} is not an etcd version like 3.5.12")]
+    BadEtcdVersion(String),
+}
+
+/// The components a step rolls, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Component {
+    /// One member at a time, followers first, the leader last.
+    Etcd,
+    /// Surge 1, unavailable 0, gated on `/readyz` of the new pods.
+    ApiServer,
+    /// Controller-manager and scheduler, after every apiserver runs the step's version.
+    Controllers,
+}
+
+/// One step of a plan: the versions every component runs once it is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub kube: KubeVersion,
+    pub etcd: EtcdVersion,
+    /// What this step changes, in order (etcd absent when its version stays).
+    pub components: Vec<Component>,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (etcd {})", self.kube, self.etcd)
+    }
+}
+
+/// The last patch release of minors that no longer get patches, so an
+/// intermediate step runs a fixed, final build rather than `.0`.
+fn final_patch(minor: u32) -> Option<u32> {
+    Some(match minor {
+        20 => 15,
+        21 => 14,
+        22 => 17,
+        23 => 17,
+        24 => 17,
+        25 => 16,
+        26 => 15,
+        27 => 16,
+        28 => 15,
+        29 => 15,
+        _ => return None,
+    })
+}
+
+/// Where the cluster is and where the spec wants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Versions {
+    pub kube: KubeVersion,
+    pub etcd: EtcdVersion,
+}
+
+/// The steps from `running` to `target`. `etcd_pinned`: the spec names an
+/// etcd version; it is reached at the first step and kept (never lowered by
+/// the pairing). Empty when nothing changes.
+pub fn plan(
+    running: Versions,
+    target_kube: KubeVersion,
+    etcd_pinned: Option<EtcdVersion>,
+) -> Result<Vec<Step>, PlanError> {
+    let from = running.kube;
+    if target_kube < from && target_kube.minor != from.minor {
+        return Err(PlanError::Downgrade {
+            from,
+            to: target_kube,
+        });
+    }
+    let mut kube_steps = Vec::new();
+    if target_kube.minor > from.minor {
+        for minor in from.minor + 1..target_kube.minor {
+            kube_steps.push(KubeVersion {
+                major: from.major,
+                minor,
+                patch: final_patch(minor).unwrap_or(0),
+            });
+        }
+    }
+    if target_kube != from {
+        kube_steps.push(target_kube);
+    }
+
+    let mut steps = Vec::new();
+    let mut etcd = running.etcd;
+    let etcd_for = |k: KubeVersion, current: EtcdVersion| -> EtcdVersion {
+        let wanted = etcd_pinned.unwrap_or_else(|| EtcdVersion::paired_with(k));
+        // The pairing never lowers etcd: a newer etcd serves older apiservers.
+        wanted.max(current)
+    };
+    if let Some(pin) = etcd_pinned {
+        if pin < etcd && pin.minor != etcd.minor {
+            return Err(PlanError::EtcdDowngrade {
+                from: etcd,
+                to: pin,
+            });
+        }
+    }
+    // An etcd-only change (pin raised with the same Kubernetes version).
+    if kube_steps.is_empty() {
+        let to = etcd_pinned.unwrap_or(etcd);
+        if to == etcd {
+            return Ok(Vec::new());
+        }
+        check_etcd_step(etcd, to)?;
+        return Ok(vec![Step {
+            kube: from,
+            etcd: to,
+            components: vec![Component::Etcd],
+        }]);
+    }
+    for kube in kube_steps {
+        let to = etcd_for(kube, etcd);
+        let mut components = Vec::new();
+        if to != etcd {
+            check_etcd_step(etcd, to)?;
+            components.push(Component::Etcd);
+        }
+        components.extend([Component::ApiServer, Component::Controllers]);
+        steps.push(Step {
+            kube,
+            etcd: to,
+            components,
+        });
+        etcd = to;
+    }
+    Ok(steps)
+}
+
+fn check_etcd_step(from: EtcdVersion, to: EtcdVersion) -> Result<(), PlanError> {
+    if to < from && to.minor != from.minor {
+        return Err(PlanError::EtcdDowngrade { from, to });
+    }
+    if to.major != from.major || to.minor > from.minor + 1 {
+        return Err(PlanError::EtcdSkip { from, to });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(s: &str) -> KubeVersion {
+        s.parse().unwrap()
+    }
+
+    fn e(s: &str) -> EtcdVersion {
+        s.parse().unwrap()
+    }
+
+    fn at(kube: &str, etcd: &str) -> Versions {
+        Versions {
+            kube: k(kube),
+            etcd: e(etcd),
+        }
+    }
+
+    #[test]
+    fn etcd_versions_parse_from_image_tags() {
+        assert_eq!(e("3.5.12-0"), e("3.5.12"));
+        assert_eq!(e("v3.4.23").to_string(), "3.4.23");
+        assert!("3.5".parse::<EtcdVersion>().is_err());
+        assert!("latest".parse::<EtcdVersion>().is_err());
+    }
+
+    #[test]
+    fn nothing_to_do_is_an_empty_plan() {
+        assert!(plan(at("v1.20.2", "3.4.13"), k("v1.20.2"), None)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_patch_step_rolls_apiservers_then_controllers_only() {
+        let p = plan(at("v1.20.2", "3.4.13"), k("v1.20.15"), None).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].kube, k("v1.20.15"));
+        assert_eq!(
+            p[0].components,
+            vec![Component::ApiServer, Component::Controllers]
+        );
+    }
+
+    #[test]
+    fn a_jump_of_several_minors_is_walked_one_minor_at_a_time() {
+        let p = plan(at("v1.30.4", "3.5.12"), k("v1.33.1"), None).unwrap();
+        let kubes: Vec<String> = p.iter().map(|s| s.kube.to_string()).collect();
+        assert_eq!(kubes, ["v1.31.0", "v1.32.0", "v1.33.1"]);
+        for w in p.windows(2) {
+            assert_eq!(w[1].kube.minor, w[0].kube.minor + 1);
+            assert!(w[1].etcd >= w[0].etcd, "etcd never goes down");
+        }
+        assert_eq!(p[2].etcd, e("3.5.21"));
+    }
+
+    #[test]
+    fn every_plan_from_1_20_to_1_34_respects_the_skew_rules() {
+        for from in 20..=34u32 {
+            for to in from..=34u32 {
+                let running = Versions {
+                    kube: KubeVersion {
+                        major: 1,
+                        minor: from,
+                        patch: 1,
+                    },
+                    etcd: EtcdVersion::paired_with(KubeVersion {
+                        major: 1,
+                        minor: from,
+                        patch: 0,
+                    }),
+                };
+                let target = KubeVersion {
+                    major: 1,
+                    minor: to,
+                    patch: 3,
+                };
+                let p = plan(running, target, None).unwrap();
+                let mut minor = from;
+                let mut etcd = running.etcd;
+                for step in &p {
+                    assert!(step.kube.minor == minor || step.kube.minor == minor + 1);
+                    minor = step.kube.minor;
+                    assert!(step.etcd.minor <= etcd.minor + 1 && step.etcd >= etcd);
+                    assert_eq!(step.components.last(), Some(&Component::Controllers));
+                    if step.etcd != etcd {
+                        assert_eq!(step.components[0], Component::Etcd, "etcd goes first");
+                    }
+                    etcd = step.etcd;
+                }
+                assert_eq!(
+                    p.last().map(|s| s.kube),
+                    (from != to || target != running.kube).then_some(target)
+                );
+                assert_eq!(p.len() as u32, (to - from).max(1));
+            }
+        }
+    }
+
+    #[test]
+    fn the_3_4_to_3_5_boundary_is_crossed_at_1_22() {
+        let p = plan(at("v1.20.2", "3.4.13"), k("v1.23.0"), None).unwrap();
+        let etcd: Vec<String> = p.iter().map(|s| s.etcd.to_string()).collect();
+        assert_eq!(etcd, ["3.4.13", "3.5.0", "3.5.1"]);
+        assert_eq!(
+            p[0].kube,
+            k("v1.21.14"),
+            "an intermediate step runs the final patch"
+        );
+    }
+
+    #[test]
+    fn downgrades_are_refused_except_a_patch_downgrade() {
+        assert!(matches!(
+            plan(at("v1.31.2", "3.5.15"), k("v1.30.9"), None),
+            Err(PlanError::Downgrade { .. })
+        ));
+        let p = plan(at("v1.31.5", "3.5.15"), k("v1.31.2"), None).unwrap();
+        assert_eq!(p.len(), 1);
+        assert!(!p[0].components.contains(&Component::Etcd));
+    }
+
+    #[test]
+    fn etcd_alone_moves_one_minor_and_never_down() {
+        // The e2e case: Kubernetes stays, etcd 3.4 -> 3.5.
+        let p = plan(at("v1.20.2", "3.4.23"), k("v1.20.2"), Some(e("3.5.16"))).unwrap();
+        assert_eq!(
+            p,
+            vec![Step {
+                kube: k("v1.20.2"),
+                etcd: e("3.5.16"),
+                components: vec![Component::Etcd]
+            }]
+        );
+        assert!(matches!(
+            plan(at("v1.20.2", "3.5.16"), k("v1.20.2"), Some(e("3.4.23"))),
+            Err(PlanError::EtcdDowngrade { .. })
+        ));
+        assert!(matches!(
+            plan(at("v1.20.2", "3.4.23"), k("v1.20.2"), Some(e("3.6.4"))),
+            Err(PlanError::EtcdSkip { .. })
+        ));
+        // A pinned etcd above the pairing is kept through every step.
+        let p = plan(at("v1.20.2", "3.5.16"), k("v1.22.0"), Some(e("3.5.16"))).unwrap();
+        assert!(p.iter().all(|s| s.etcd == e("3.5.16")));
+    }
+}
