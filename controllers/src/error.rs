@@ -24,6 +24,8 @@ pub enum Error {
     },
     #[error("{0}")]
     VolumesNotAdoptable(String),
+    #[error("tenant etcd: {0}")]
+    Etcd(String),
 }
 
 impl Error {
@@ -42,6 +44,7 @@ impl Error {
             Error::CleanupPending(_) => "cleanup_pending",
             Error::NotOwned { .. } => "not_owned",
             Error::VolumesNotAdoptable(_) => "volumes_not_adoptable",
+            Error::Etcd(_) => "etcd",
         }
     }
 

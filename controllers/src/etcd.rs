@@ -70,6 +70,25 @@ impl EtcdAccess {
         Err(EtcdError::Unreachable(last))
     }
 
+    /// A client of member `m` alone (no failover to the others): what that
+    /// member itself reports is what a rolling replacement needs to know.
+    pub async fn connect_member(&self, m: &Member) -> Result<Client, EtcdError> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(10));
+        if let (Some(tls), Some(name)) = (&self.tls, &m.tls_name) {
+            options = options.with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                    .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                    .domain_name(name.clone()),
+            );
+        }
+        Client::connect([m.url.as_str()], Some(options))
+            .await
+            .map_err(|e| EtcdError::Unreachable(format!("{}: {e}", m.url)))
+    }
+
     /// The members of a running tenant, by their Services' ClusterIPs.
     pub async fn for_tenant(client: &kube::Client, tc: &TenantCluster) -> Result<Self, EtcdError> {
         let ns = tc.namespace().unwrap_or_default();

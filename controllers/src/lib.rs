@@ -13,7 +13,6 @@ pub mod error;
 pub mod etcd;
 pub mod leader;
 pub mod lenient;
-pub mod pki;
 pub mod restore;
 pub mod restore_member;
 pub mod snapshot;

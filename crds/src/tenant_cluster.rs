@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
     shortname = "tc",
     status = "TenantClusterStatus",
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.version"}"#,
+    printcolumn = r#"{"name":"Running","type":"string","jsonPath":".status.version"}"#,
+    printcolumn = r#"{"name":"Etcd","type":"string","jsonPath":".status.etcdVersion"}"#,
+    printcolumn = r#"{"name":"Upgrade","type":"string","jsonPath":".status.upgrade.phase"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -242,6 +245,17 @@ pub struct TenantClusterStatus {
     /// The etcd member count the cluster was created with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_replicas: Option<i32>,
+    /// The etcd version every member runs (image tag), once a rollout is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_version: Option<String>,
+    /// The etcd cluster version (`3.5`) after the last member moved: the
+    /// data can no longer be served by older etcd binaries (the point of no
+    /// return of an etcd minor upgrade).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_cluster_version: Option<String>,
+    /// The upgrade in progress, or the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeStatus>,
     /// `https://host:port` of the tenant apiserver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -281,6 +295,31 @@ pub const MAX_NAME_LENGTH: usize = 47;
 pub const RESTORE_ANNOTATION: &str = "kok.dev/restore-in-progress";
 
 /// Condition types kok sets on a TenantCluster.
+/// An upgrade as kok walks it, recorded before each step acts, so a
+/// restarted operator resumes the same step.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeStatus {
+    /// What ran when the upgrade began, e.g. `v1.20.2 (etcd 3.4.23)`.
+    pub from: String,
+    /// What the spec asks for.
+    pub to: String,
+    /// One entry per step, in order.
+    #[serde(default)]
+    pub plan: Vec<String>,
+    /// Index in `plan` of the step being rolled.
+    #[serde(default)]
+    pub step: u32,
+    /// `RollingEtcd`, `RollingControlPlane`, `Completed`.
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
 pub mod condition {
     pub const READY: &str = "Ready";
     pub const RECONCILING: &str = "Reconciling";

@@ -108,6 +108,22 @@ where
     }
 }
 
+/// Kills every operator pod at once (grace 0, like `kill -9`): the
+/// Deployment starts new ones, which must pick up where the old ones were.
+pub async fn kill_operator(client: &Client) {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{DeleteParams, ListParams};
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kok-system");
+    let lp = ListParams::default().labels("app.kubernetes.io/name=kok-operator");
+    for p in pods.list_metadata(&lp).await.unwrap().items {
+        let name = p.metadata.name.unwrap_or_default();
+        let _ = pods
+            .delete(&name, &DeleteParams::default().grace_period(0))
+            .await;
+    }
+}
+
 pub mod http;
 pub mod tenant;
+pub mod volumes;
 pub mod workloads;

@@ -6,13 +6,11 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kok_crds::TenantCluster;
 use kok_e2e::tenant::{self, condition};
 use kok_e2e::{wait_for, with_namespace, Poll};
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 use serde_json::{json, Value};
 
@@ -252,17 +250,6 @@ async fn submit(client: &Client, ns: &str, name: &str, obj: Value) -> Outcome {
     }
 }
 
-async fn restart_operator(client: &Client) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "kok-system");
-    let lp = ListParams::default().labels("app.kubernetes.io/name=kok-operator");
-    for p in pods.list_metadata(&lp).await.unwrap().items {
-        let name = p.metadata.name.unwrap_or_default();
-        let _ = pods
-            .delete(&name, &DeleteParams::default().grace_period(0))
-            .await;
-    }
-}
-
 /// Sets an apiserver flag on `name` and waits until its Deployment carries it:
 /// proof that the operator still reconciles this tenant.
 async fn still_reconciled(client: &Client, ns: &str, name: &str, verbosity: &str) {
@@ -381,7 +368,7 @@ async fn bad_manifests_are_refused_or_stalled_and_never_stop_the_others() {
         // The healthy tenant is still looked after, before and after a restart
         // (the restarted operator lists every object above, bad ones included).
         still_reconciled(&client, &ns, "healthy", "3").await;
-        restart_operator(&client).await;
+        kok_e2e::kill_operator(&client).await;
         still_reconciled(&client, &ns, "healthy", "4").await;
         tenant::wait_ready(&client, &ns, "healthy", READY_TIMEOUT).await;
 

@@ -4,65 +4,18 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use kok_crds::{
     BackupPhase, EtcdBackup, EtcdBackupStatus, EtcdRestore, RestorePhase, TenantCluster,
     RESTORE_ANNOTATION,
 };
+use kok_e2e::volumes::{make_volumes, pv_dir, remove_volumes};
 use kok_e2e::{tenant, wait_for, with_namespace, workloads, Poll};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
-
-fn pv_dir(ns: &str, i: i32) -> String {
-    format!("/var/lib/kok-local/pv/{ns}-{i}")
-}
-
-/// The user etcd and the restore Jobs run as (kok_templates::security::RUN_AS).
-const ETCD_UID: u32 = 65532;
-
-/// One hostPath PV per member, in a StorageClass named after the namespace.
-/// The directories are made here, owned by etcd's user and private to it: a
-/// directory kubelet creates (DirectoryOrCreate) belongs to root, which a
-/// non-root etcd cannot write, and fsGroup does not apply to hostPath.
-async fn make_volumes(client: &Client, ns: &str, members: i32) {
-    use std::os::unix::fs::PermissionsExt;
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    for i in 0..members {
-        let dir = pv_dir(ns, i);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {dir}: {e}"));
-        std::os::unix::fs::chown(&dir, Some(ETCD_UID), Some(ETCD_UID))
-            .unwrap_or_else(|e| panic!("chown {dir} (the test runs as root on the node): {e}"));
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .unwrap_or_else(|e| panic!("chmod {dir}: {e}"));
-        let pv: PersistentVolume = serde_json::from_value(json!({
-            "metadata": {"name": format!("{ns}-{i}"), "labels": {"kok.dev/e2e": "true"}},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": ns,
-                "persistentVolumeReclaimPolicy": "Retain",
-                "hostPath": {"path": dir, "type": "Directory"},
-            }
-        }))
-        .unwrap();
-        pvs.create(&PostParams::default(), &pv)
-            .await
-            .expect("creating a PV");
-    }
-}
-
-async fn remove_volumes(client: &Client, ns: &str, members: i32) {
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    for i in 0..members {
-        let _ = pvs
-            .delete(&format!("{ns}-{i}"), &DeleteParams::default())
-            .await;
-        let _ = std::fs::remove_dir_all(pv_dir(ns, i));
-    }
-}
 
 async fn etcd_hash_at(client: &Client, ns: &str, tc: &str, revision: i64) -> u32 {
     let ca = tenant::secret_text(client, ns, &format!("{tc}-etcd-ca"), "tls.crt").await;

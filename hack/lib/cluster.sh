@@ -412,4 +412,8 @@ cmd_status() {
 cmd_env() {
   echo "export KUBECONFIG=$KOK_STATE_DIR/admin.kubeconfig"
   echo "export KOK_IMAGE_PREFIX=$KOK_IMAGE_PREFIX"
+  # The etcd 3.5 image the upgrade tests move tenants to (3.4 -> 3.5).
+  if [ -x "$KOK_CACHE_DIR/etcd35/usr/bin/etcd" ]; then
+    echo "export KOK_ETCD35_TAG=$(etcd35_version "$KOK_CACHE_DIR/etcd35")"
+  fi
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
-    StatefulSetSpec,
+    StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HostAlias, KeyToPath,
@@ -475,6 +475,12 @@ pub fn etcd_statefulset(
             service_name: Some(p.names.etcd()),
             // All members must start together: none is ready until a quorum runs.
             pod_management_policy: Some("Parallel".into()),
+            // kok replaces members itself, one at a time, followers first and
+            // the leader last after a leader move (see etcd_roll.rs).
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                rolling_update: None,
+            }),
             selector: LabelSelector {
                 match_labels: Some(component_labels(&p.names.tenant, names::ETCD)),
                 ..Default::default()
@@ -823,8 +829,9 @@ pub fn etcd_network_policy(
                         )),
                     ),
                 ]),
+                // Metrics: the operator reads the cluster version after an upgrade.
                 ports: Some(
-                    [ETCD_CLIENT_PORT, ETCD_PEER_PORT]
+                    [ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_METRICS_PORT]
                         .into_iter()
                         .map(|port| NetworkPolicyPort {
                             port: Some(IntOrString::Int(port)),

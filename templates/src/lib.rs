@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod controlplane;
+pub mod etcd_roll;
 pub mod flags;
 pub mod names;
 pub mod pki;

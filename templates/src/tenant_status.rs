@@ -44,10 +44,24 @@ impl WorkloadRollout {
 
     pub fn from_statefulset(sts: &StatefulSet) -> Self {
         let s = sts.status.clone().unwrap_or_default();
-        let settled = match (&s.current_revision, &s.update_revision) {
-            (Some(c), Some(u)) => c == u,
-            // Before the controller has written revisions nothing has rolled.
-            _ => false,
+        let on_delete = sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.update_strategy.as_ref())
+            .and_then(|u| u.type_.as_deref())
+            == Some("OnDelete");
+        let settled = if on_delete {
+            // With OnDelete the StatefulSet controller never moves
+            // currentRevision: every pod on the update revision is the signal.
+            s.update_revision.is_some()
+                && s.updated_replicas.unwrap_or(0)
+                    >= sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+        } else {
+            match (&s.current_revision, &s.update_revision) {
+                (Some(c), Some(u)) => c == u,
+                // Before the controller has written revisions nothing has rolled.
+                _ => false,
+            }
         };
         Self {
             generation: sts.metadata.generation,
@@ -98,6 +112,8 @@ impl WorkloadRollout {
 pub struct Observed {
     /// `None`: not created yet (its dependencies are not ready).
     pub etcd: Option<WorkloadRollout>,
+    /// Set while etcd members are being replaced: what is rolling and why it waits.
+    pub etcd_rolling: Option<String>,
     pub apiserver: Option<WorkloadRollout>,
     pub controller_manager: Option<WorkloadRollout>,
     pub scheduler: Option<WorkloadRollout>,
@@ -169,8 +185,17 @@ fn component(
 /// Component conditions and the overall verdict.
 pub fn verdict(o: &Observed) -> Verdict {
     let readyz_problem = o.readyz.as_ref().err().map(String::as_str);
+    let etcd = match &o.etcd_rolling {
+        Some(why) => ComponentCondition {
+            type_: condition::ETCD,
+            ok: false,
+            reason: "RollingOut",
+            message: why.clone(),
+        },
+        None => component(condition::ETCD, o.etcd.as_ref(), None),
+    };
     let components = vec![
-        component(condition::ETCD, o.etcd.as_ref(), None),
+        etcd,
         component(condition::APISERVER, o.apiserver.as_ref(), readyz_problem),
         component(
             condition::CONTROLLER_MANAGER,
@@ -217,6 +242,7 @@ mod tests {
     fn serving() -> Observed {
         Observed {
             etcd: Some(done(3)),
+            etcd_rolling: None,
             apiserver: Some(done(2)),
             controller_manager: Some(done(1)),
             scheduler: Some(done(1)),
@@ -271,6 +297,16 @@ mod tests {
     }
 
     #[test]
+    fn a_member_replacement_in_progress_is_reported_as_such() {
+        let mut o = serving();
+        o.etcd_rolling = Some("replacing etcd members one at a time: 1/3".into());
+        let v = verdict(&o);
+        assert!(!v.ready);
+        assert_eq!(v.components[0].reason, "RollingOut");
+        assert!(v.components[0].message.contains("1/3"));
+    }
+
+    #[test]
     fn a_statefulset_is_rolled_out_only_when_its_revisions_agree() {
         let mut o = serving();
         o.etcd.as_mut().unwrap().revision_settled = false;
@@ -316,6 +352,19 @@ mod tests {
         let w = WorkloadRollout::from_statefulset(&sts);
         assert!(!w.revision_settled);
         assert!(w.pending().is_some());
+        // kok's etcd is OnDelete: there currentRevision never moves, and all
+        // pods on the update revision is what counts.
+        let mut on_delete = sts.clone();
+        on_delete.spec.as_mut().unwrap().update_strategy =
+            Some(serde_json::from_value(serde_json::json!({"type": "OnDelete"})).unwrap());
+        assert_eq!(
+            WorkloadRollout::from_statefulset(&on_delete).pending(),
+            None
+        );
+        on_delete.status.as_mut().unwrap().updated_replicas = Some(2);
+        assert!(WorkloadRollout::from_statefulset(&on_delete)
+            .pending()
+            .is_some());
         let d: Deployment = serde_json::from_value(serde_json::json!({
             "metadata": {"generation": 7},
             "spec": {"replicas": 2, "selector": {}, "template": {}},

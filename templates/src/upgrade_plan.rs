@@ -212,6 +212,92 @@ fn check_etcd_step(from: EtcdVersion, to: EtcdVersion) -> Result<(), PlanError> 
     Ok(())
 }
 
+/// What runs or is asked for: the Kubernetes version and the etcd tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub kube: String,
+    pub etcd: String,
+}
+
+impl fmt::Display for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (etcd {})", self.kube, self.etcd)
+    }
+}
+
+pub const PHASE_ROLLING_ETCD: &str = "RollingEtcd";
+pub const PHASE_ROLLING_CONTROL_PLANE: &str = "RollingControlPlane";
+pub const PHASE_COMPLETED: &str = "Completed";
+
+/// The upgrade record after this pass. `running` is what every component
+/// runs (unknown before the first complete rollout: nothing to record);
+/// `desired` what the spec renders. A new record is started when the two
+/// differ and no record for this target is open; it is completed when they
+/// agree again. `now` is the time to stamp, RFC 3339.
+pub fn track_upgrade(
+    current: Option<&kok_crds::UpgradeStatus>,
+    running: Option<&Running>,
+    desired: &Running,
+    now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> Option<kok_crds::UpgradeStatus> {
+    let Some(running) = running else {
+        return current.cloned();
+    };
+    let open = current.filter(|u| u.phase != PHASE_COMPLETED);
+    if running == desired {
+        return current.map(|u| match open {
+            Some(_) => kok_crds::UpgradeStatus {
+                phase: PHASE_COMPLETED.into(),
+                completion_time: Some(now.clone()),
+                message: Some(format!("every component runs {desired}")),
+                step: u.plan.len().saturating_sub(1) as u32,
+                ..u.clone()
+            },
+            None => u.clone(),
+        });
+    }
+    let phase = if running.etcd != desired.etcd {
+        PHASE_ROLLING_ETCD
+    } else {
+        PHASE_ROLLING_CONTROL_PLANE
+    };
+    match open {
+        Some(u) if u.to == desired.to_string() => Some(kok_crds::UpgradeStatus {
+            phase: phase.into(),
+            ..u.clone()
+        }),
+        _ => Some(kok_crds::UpgradeStatus {
+            from: running.to_string(),
+            to: desired.to_string(),
+            plan: plan_names(running, desired),
+            step: 0,
+            phase: phase.into(),
+            start_time: Some(now),
+            completion_time: None,
+            message: None,
+        }),
+    }
+}
+
+/// The plan's steps as shown in status (the target alone when versions do
+/// not parse, e.g. an etcd image given by digest).
+fn plan_names(running: &Running, desired: &Running) -> Vec<String> {
+    let parsed = (
+        running.kube.parse::<KubeVersion>(),
+        running.etcd.parse::<EtcdVersion>(),
+        desired.kube.parse::<KubeVersion>(),
+        desired.etcd.parse::<EtcdVersion>(),
+    );
+    if let (Ok(kube), Ok(etcd), Ok(to), Ok(etcd_to)) = parsed {
+        if let Ok(steps) = plan(Versions { kube, etcd }, to, Some(etcd_to)) {
+            if !steps.is_empty() {
+                return steps.iter().map(ToString::to_string).collect();
+            }
+        }
+    }
+    vec![desired.to_string()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +315,59 @@ mod tests {
             kube: k(kube),
             etcd: e(etcd),
         }
+    }
+
+    fn now(s: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(s.parse().unwrap())
+    }
+
+    fn running(kube: &str, etcd: &str) -> Running {
+        Running {
+            kube: kube.into(),
+            etcd: etcd.into(),
+        }
+    }
+
+    #[test]
+    fn an_upgrade_is_recorded_from_start_to_completion() {
+        let from = running("v1.20.2", "3.4.23");
+        let to = running("v1.20.2", "3.5.16");
+        // First creation: nothing runs yet, nothing to record.
+        assert_eq!(
+            track_upgrade(None, None, &from, now("2026-01-01T00:00:00Z")),
+            None
+        );
+        assert_eq!(
+            track_upgrade(None, Some(&from), &from, now("2026-01-01T00:00:00Z")),
+            None
+        );
+        let started = track_upgrade(None, Some(&from), &to, now("2026-01-01T00:01:00Z")).unwrap();
+        assert_eq!(started.phase, PHASE_ROLLING_ETCD);
+        assert_eq!(started.from, "v1.20.2 (etcd 3.4.23)");
+        assert_eq!(started.plan, vec!["v1.20.2 (etcd 3.5.16)"]);
+        // A later pass (or a restarted operator) keeps the same record.
+        let again = track_upgrade(
+            Some(&started),
+            Some(&from),
+            &to,
+            now("2026-01-01T00:02:00Z"),
+        )
+        .unwrap();
+        assert_eq!(again.start_time, started.start_time);
+        let done =
+            track_upgrade(Some(&again), Some(&to), &to, now("2026-01-01T00:05:00Z")).unwrap();
+        assert_eq!(done.phase, PHASE_COMPLETED);
+        assert_eq!(done.completion_time, Some(now("2026-01-01T00:05:00Z")));
+        // A completed record stays as it is until the next upgrade.
+        assert_eq!(
+            track_upgrade(Some(&done), Some(&to), &to, now("2026-02-01T00:00:00Z")),
+            Some(done.clone())
+        );
+        let next = running("v1.21.0", "3.5.16");
+        let flags =
+            track_upgrade(Some(&done), Some(&to), &next, now("2026-02-01T00:00:00Z")).unwrap();
+        assert_eq!(flags.phase, PHASE_ROLLING_CONTROL_PLANE);
+        assert_eq!(flags.from, "v1.20.2 (etcd 3.5.16)");
     }
 
     #[test]

@@ -95,6 +95,18 @@ pub fn validate(
         }
     }
 
+    if let (Some(v), None) = (version, &spec.etcd.image) {
+        let tag = spec
+            .etcd
+            .version
+            .clone()
+            .unwrap_or_else(|| v.default_etcd_tag().to_string());
+        let running = status.and_then(|s| s.etcd_version.as_deref());
+        if let Some(problem) = etcd_change_problem(running, &tag) {
+            err("spec.etcd.version", problem);
+        }
+    }
+
     let etcd_replicas = spec.etcd.replicas;
     if ![1, 3, 5].contains(&etcd_replicas) {
         err(
@@ -237,6 +249,33 @@ pub fn validate(
     }
 }
 
+/// Why etcd cannot go from the `running` tag to `wanted` in place: never
+/// down a minor, never more than one minor up (etcd's own upgrade rule).
+pub fn etcd_change_problem(running: Option<&str>, wanted: &str) -> Option<String> {
+    use crate::upgrade_plan::EtcdVersion;
+    let running: EtcdVersion = running?.parse().ok()?;
+    let Ok(wanted_v) = wanted.parse::<EtcdVersion>() else {
+        return Some(format!("{wanted:?} is not an etcd version like 3.5.16"));
+    };
+    if wanted_v.major != running.major {
+        return Some(format!(
+            "etcd runs {running}; {wanted_v} is another major version"
+        ));
+    }
+    if wanted_v.minor < running.minor {
+        return Some(format!(
+            "etcd runs {running}; going down to {wanted_v} is not supported (etcd cannot downgrade a minor in place)"
+        ));
+    }
+    if wanted_v.minor > running.minor + 1 {
+        return Some(format!(
+            "etcd runs {running}; {wanted_v} skips a minor version: upgrade to 3.{}.x first",
+            running.minor + 1
+        ));
+    }
+    None
+}
+
 /// Field errors of `metadata.name`: the API server checks the pattern and
 /// length when the CRD carries them, but objects stored before that, or on a
 /// CRD applied by hand, reach the operator anyway.
@@ -364,6 +403,30 @@ fn is_dns_name(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn etcd_moves_up_one_minor_at_a_time_and_never_down() {
+        assert_eq!(
+            etcd_change_problem(None, "3.5.16"),
+            None,
+            "nothing recorded yet"
+        );
+        assert_eq!(etcd_change_problem(Some("3.4.23"), "3.5.16"), None);
+        assert_eq!(
+            etcd_change_problem(Some("3.5.16"), "3.5.12-0"),
+            None,
+            "a patch step down is allowed"
+        );
+        assert!(etcd_change_problem(Some("3.5.16"), "3.4.23")
+            .unwrap()
+            .contains("down"));
+        assert!(etcd_change_problem(Some("3.4.23"), "3.6.4")
+            .unwrap()
+            .contains("skips"));
+        assert!(etcd_change_problem(Some("3.4.23"), "latest")
+            .unwrap()
+            .contains("not an etcd version"));
+    }
+
     use super::*;
 
     fn spec(yaml: &str) -> TenantClusterSpec {

@@ -15,6 +15,11 @@ use tracing::info;
 
 use crate::apply::{apply, check_owner};
 use crate::error::{Error, Result};
+use kok_crds::TenantCluster;
+use kok_templates::controlplane::ConfigHashes;
+use kok_templates::pki::San;
+use kok_templates::secrets::config_hash;
+use kok_templates::validate::ValidSpec;
 
 /// What the rest of the reconcile needs from the PKI.
 pub struct TenantPki {
@@ -198,5 +203,98 @@ async fn ensure_service_account_key(api: &Api<Secret>, p: &Placement) -> Result<
             read(&existing)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+// ---- inputs from the TenantCluster -------------------------------------------
+
+pub(super) fn pki_inputs(
+    p: &Placement,
+    tc: &TenantCluster,
+    valid: &ValidSpec,
+    apiserver_ip: &str,
+    endpoint_host: Option<&str>,
+) -> TenantPkiInputs {
+    let apiserver = p.names.apiserver();
+    let ns = &p.namespace;
+    let mut apiserver_sans = vec![
+        San::Dns(apiserver.clone()),
+        San::Dns(format!("{apiserver}.{ns}")),
+        San::Dns(format!("{apiserver}.{ns}.svc")),
+        San::Dns(format!("{apiserver}.{ns}.svc.cluster.local")),
+        San::Dns("localhost".into()),
+        San::Ip([127, 0, 0, 1].into()),
+        San::Ip(valid.kubernetes_service_ip),
+    ];
+    for host in [Some(apiserver_ip), endpoint_host].into_iter().flatten() {
+        apiserver_sans.push(match host.parse() {
+            Ok(ip) => San::Ip(ip),
+            Err(_) => San::Dns(host.to_string()),
+        });
+    }
+    apiserver_sans.extend(valid.extra_sans.iter().cloned());
+    let mut etcd_sans: Vec<San> = (0..valid.etcd_replicas)
+        .map(|i| San::Dns(p.names.etcd_member(i)))
+        .collect();
+    etcd_sans.push(San::Dns(p.names.etcd()));
+    etcd_sans.push(San::Dns("localhost".into()));
+    etcd_sans.push(San::Ip([127, 0, 0, 1].into()));
+    TenantPkiInputs {
+        cluster_name: p.names.tenant.clone(),
+        cluster_domain: tc.spec.networking.cluster_domain.clone(),
+        apiserver_sans: dedup(apiserver_sans),
+        etcd_sans,
+    }
+}
+
+pub(super) fn dedup(mut sans: Vec<San>) -> Vec<San> {
+    let mut seen = std::collections::HashSet::new();
+    sans.retain(|s| seen.insert(s.clone()));
+    sans
+}
+
+pub(super) fn config_hashes(
+    pki: &TenantPki,
+    cm_kubeconfig: &str,
+    sched_kubeconfig: &str,
+) -> ConfigHashes {
+    let leaf = |n: &str| {
+        pki.leaves
+            .get(n)
+            .map(|l| l.cert_pem.as_str())
+            .unwrap_or_default()
+    };
+    let ca = |k: CaKind| pki.ca(k).cert_pem.as_str();
+    ConfigHashes {
+        etcd: config_hash([
+            ("etcd-ca", ca(CaKind::Etcd)),
+            ("etcd-server", leaf("etcd-server")),
+            ("etcd-peer", leaf("etcd-peer")),
+        ]),
+        apiserver: config_hash(
+            [
+                ("ca", ca(CaKind::Cluster)),
+                ("front-proxy-ca", ca(CaKind::FrontProxy)),
+                ("etcd-ca", ca(CaKind::Etcd)),
+                ("sa.pub", pki.sa_pub.as_str()),
+            ]
+            .into_iter()
+            .chain(
+                [
+                    "apiserver",
+                    "apiserver-kubelet-client",
+                    "apiserver-etcd-client",
+                    "front-proxy-client",
+                ]
+                .into_iter()
+                .map(|n| (n, leaf(n))),
+            ),
+        ),
+        controller_manager: config_hash([
+            ("ca", ca(CaKind::Cluster)),
+            ("sa.key", pki.sa_key.as_str()),
+            ("kubeconfig", cm_kubeconfig),
+        ]),
+        scheduler: config_hash([("kubeconfig", sched_kubeconfig)]),
     }
 }

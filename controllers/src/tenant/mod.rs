@@ -10,13 +10,13 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kok_crds::{
     condition, EtcdRestore, RestorePhase, ServiceType, TenantCluster, TenantClusterStatus,
 };
-use kok_templates::controlplane::{self as cp, ConfigHashes, Placement, Resolved};
+use kok_templates::controlplane::{self as cp, Placement, Resolved};
 use kok_templates::flags::APISERVER_PORT;
 use kok_templates::names::{tenant_selector, Names};
-use kok_templates::pki::{self, CaKind, San, TenantPkiInputs};
-use kok_templates::secrets::{self, config_hash};
+use kok_templates::pki::{kubeconfig, CaKind};
+use kok_templates::secrets;
 use kok_templates::tenant_status::{self, Observed, WorkloadRollout};
-use kok_templates::validate::{describe, validate, validate_name, ValidSpec};
+use kok_templates::validate::{describe, validate, validate_name};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -31,8 +31,22 @@ use crate::conditions;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::lenient::Lenient;
-use crate::pki::{self as tenant_pki, TenantPki};
 use crate::tenant_health;
+
+mod cleanup;
+mod etcd_roll;
+pub mod pki;
+mod services;
+mod workloads;
+
+pub use self::cleanup::kept_volumes_problem;
+use self::cleanup::{check_kept_volumes, cleanup};
+use self::etcd_roll::EtcdRoll;
+use self::pki::{self as tenant_pki, config_hashes, pki_inputs};
+pub use self::services::Endpoint;
+use self::services::{apply_service, cluster_ip, endpoint, pinned_addresses};
+use self::workloads::available_replicas;
+use kok_templates::upgrade_plan::{track_upgrade, Running, PHASE_COMPLETED};
 
 pub const FINALIZER: &str = "kok.dev/cleanup";
 const CONTROLLER: &str = "tenantcluster";
@@ -388,14 +402,14 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     //    through the pinned apiserver name.
     let internal_url = format!("https://{}:{APISERVER_PORT}", p.names.apiserver());
     let cluster_ca = &pki.ca(CaKind::Cluster).cert_pem;
-    let cm_kubeconfig = pki::kubeconfig(
+    let cm_kubeconfig = kubeconfig(
         &name,
         &internal_url,
         cluster_ca,
         "system:kube-controller-manager",
         &pki.leaves["controller-manager"],
     );
-    let sched_kubeconfig = pki::kubeconfig(
+    let sched_kubeconfig = kubeconfig(
         &name,
         &internal_url,
         cluster_ca,
@@ -423,7 +437,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     )
     .await?;
     let admin_kubeconfig = endpoint.as_ref().map(|e| {
-        pki::kubeconfig(
+        kubeconfig(
             &name,
             &e.url(),
             cluster_ca,
@@ -468,6 +482,11 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     )
     .await?;
     status.etcd_replicas = Some(valid.etcd_replicas);
+    // Members on an older template are replaced one at a time, the leader last.
+    let etcd_rolling = match etcd_roll::roll(ctx, &tc, &etcd).await? {
+        EtcdRoll::Current => None,
+        EtcdRoll::Rolling(why) => Some(why),
+    };
     let etcd_ready = etcd
         .status
         .as_ref()
@@ -522,10 +541,56 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         scheduler: controllers_applied[1]
             .as_ref()
             .map(WorkloadRollout::from_deployment),
+        etcd_rolling,
         readyz: tenant_ready,
         endpoint_known: endpoint.is_some(),
     };
     let verdict = tenant_status::verdict(&observed);
+    // The upgrade record: what ran, what is asked for, which phase rolls.
+    let etcd_tag = cp::etcd_image(&tc.spec, &valid)
+        .rsplit_once(':')
+        .map(|(_, tag)| tag.to_string())
+        .unwrap_or_default();
+    let desired = Running {
+        kube: valid.version.to_string(),
+        etcd: etcd_tag.clone(),
+    };
+    if verdict.ready {
+        status.version = Some(desired.kube.clone());
+        status.etcd_version = Some(desired.etcd.clone());
+        if !etcd_cluster_version_settled(&status) {
+            // Read back once per change: the moment etcd cannot go back.
+            match etcd_roll::cluster_version(ctx, &tc).await {
+                Ok(v) => status.etcd_cluster_version = Some(v),
+                Err(why) => warn!(%why, "etcd cluster version not readable yet"),
+            }
+        }
+    }
+    let running = match (&status.version, &status.etcd_version) {
+        (Some(kube), Some(etcd)) => Some(Running {
+            kube: kube.clone(),
+            etcd: etcd.clone(),
+        }),
+        _ => None,
+    };
+    let was = status.upgrade.clone();
+    status.upgrade = track_upgrade(
+        status.upgrade.as_ref(),
+        running.as_ref(),
+        &desired,
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    if let (Some(u), false) = (
+        &status.upgrade,
+        was.as_ref().map(|w| (&w.to, &w.phase))
+            == status.upgrade.as_ref().map(|u| (&u.to, &u.phase)),
+    ) {
+        let note = match u.phase.as_str() {
+            PHASE_COMPLETED => format!("upgrade to {} completed", u.to),
+            phase => format!("upgrade from {} to {}: {phase}", u.from, u.to),
+        };
+        publish(ctx, &tc, EventType::Normal, "Upgrade", "Upgrade", &note).await;
+    }
     let g = generation;
     let c = &mut status.conditions;
     for cc in &verdict.components {
@@ -550,7 +615,6 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     let ready = verdict.ready;
     match &verdict.waiting_for {
         None => {
-            status.version = Some(valid.version.to_string());
             conditions::set(
                 c,
                 condition::READY,
@@ -581,6 +645,9 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         }
     }
     let became_ready = ready && !conditions::is_true(&old_status.conditions, condition::READY);
+    // etcd settles its cluster version a moment after the members agree:
+    // look again soon until it is read.
+    let cluster_version_known = etcd_cluster_version_settled(&status);
     patch_status(ctx, &tc, &old_status, status).await?;
     if became_ready {
         info!("tenant control plane ready");
@@ -594,103 +661,11 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
-    Ok(Action::requeue(if ready { RESYNC } else { PROGRESS_POLL }))
-}
-
-/// Deletes every child kok created for the tenant, then lets the finalizer go.
-/// etcd PersistentVolumeClaims are kept: they hold data, and kok did not
-/// create them directly (the StatefulSet did); delete them by label to reclaim.
-async fn cleanup(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
-    let ns = tc.namespace().unwrap_or_default();
-    let selector = tenant_selector(&tc.name_any());
-    let lp = ListParams::default().labels(&selector);
-    let dp = DeleteParams::background();
-    let c = ctx.client.clone();
-    let remaining = delete_all(&Api::<Deployment>::namespaced(c.clone(), &ns), &dp, &lp).await?
-        + delete_all(&Api::<StatefulSet>::namespaced(c.clone(), &ns), &dp, &lp).await?
-        + delete_all(&Api::<Service>::namespaced(c.clone(), &ns), &dp, &lp).await?
-        + delete_all(&Api::<NetworkPolicy>::namespaced(c.clone(), &ns), &dp, &lp).await?
-        + delete_all(&Api::<Secret>::namespaced(c.clone(), &ns), &dp, &lp).await?;
-    if remaining > 0 {
-        return Err(Error::CleanupPending(tc.name_any()));
-    }
-    crate::backup_schedule::delete_all_backups(ctx, &tc).await?;
-    info!("tenant children deleted; releasing finalizer");
-    Ok(Action::await_change())
-}
-
-/// Deletes what matches and returns how many objects still exist afterwards.
-async fn delete_all<K>(api: &Api<K>, dp: &DeleteParams, lp: &ListParams) -> Result<usize>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let existing = api.list_metadata(lp).await?;
-    for obj in &existing.items {
-        match api.delete(&obj.name_any(), dp).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if existing.items.is_empty() {
-        return Ok(0);
-    }
-    Ok(api.list_metadata(lp).await?.items.len())
-}
-
-/// Refuses to start a new etcd on claims that already exist under this
-/// tenant's names (kept from a deleted TenantCluster of the same name) unless
-/// the user asked for adoption, and then only when they match the member count:
-/// a 1-member volume next to 2 fresh ones would make two etcd clusters.
-async fn check_kept_volumes(
-    ctx: &Context,
-    tc: &TenantCluster,
-    names: &Names,
-    replicas: i32,
-) -> Result<()> {
-    let claims: Api<PersistentVolumeClaim> =
-        Api::namespaced(ctx.client.clone(), &tc.namespace().unwrap_or_default());
-    let mut kept = Vec::new();
-    for i in 0..kok_templates::names::MAX_ETCD_MEMBERS {
-        let claim = kok_templates::restore::member_claim(names, i);
-        if claims.get_opt(&claim).await?.is_some() {
-            kept.push((i, claim));
-        }
-    }
-    let adopt = tc
-        .annotations()
-        .get(kok_crds::ADOPT_VOLUMES_ANNOTATION)
-        .is_some_and(|v| v == "true");
-    match kept_volumes_problem(&kept, replicas, adopt) {
-        None => Ok(()),
-        Some(problem) => Err(Error::VolumesNotAdoptable(problem)),
-    }
-}
-
-/// Why the kept claims (member index, name) cannot be used, if they cannot.
-pub fn kept_volumes_problem(kept: &[(i32, String)], replicas: i32, adopt: bool) -> Option<String> {
-    if kept.is_empty() {
-        return None;
-    }
-    let listed = kept
-        .iter()
-        .map(|(_, n)| n.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if !adopt {
-        return Some(format!(
-            "PersistentVolumeClaims {listed} already exist, kept from an earlier etcd of this name; kok does not start on data it did not create: set annotation {}=\"true\" to reuse them, or delete them",
-            kok_crds::ADOPT_VOLUMES_ANNOTATION
-        ));
-    }
-    let indices: Vec<i32> = kept.iter().map(|(i, _)| *i).collect();
-    if indices != (0..replicas).collect::<Vec<_>>() {
-        return Some(format!(
-            "{} asks to reuse the kept claims, but they ({listed}) are not one per member for spec.etcd.replicas={replicas}; reusing them would make separate etcd clusters",
-            kok_crds::ADOPT_VOLUMES_ANNOTATION
-        ));
-    }
-    None
+    Ok(Action::requeue(if ready && cluster_version_known {
+        RESYNC
+    } else {
+        PROGRESS_POLL
+    }))
 }
 
 /// Why a TenantCluster held by a restore is stuck, if it is: the EtcdRestore
@@ -723,231 +698,16 @@ async fn restore_problem(
     })
 }
 
-/// Hostname -> IP pins (`hostAliases`) of a running workload.
-fn pinned_addresses(pod: Option<k8s_openapi::api::core::v1::PodSpec>) -> HashMap<String, String> {
-    pod.and_then(|p| p.host_aliases)
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|a| {
-            a.hostnames
-                .unwrap_or_default()
-                .into_iter()
-                .map(move |h| (h, a.ip.clone()))
-        })
-        .collect()
-}
-
-/// Applies a Service, keeping its ClusterIP: the existing one, or when it was
-/// deleted, the address the workloads still pin. A deleted Service's address is
-/// released asynchronously, so reuse is retried for a bounded time before a new
-/// address is taken (which rolls certificates and pins).
-async fn apply_service(
-    api: &Api<Service>,
-    mut svc: Service,
-    pinned: &HashMap<String, String>,
-    owner_uid: &str,
-) -> Result<Service> {
-    let name = svc.metadata.name.clone().unwrap_or_default();
-    let existing = api.get_opt(&name).await?;
-    if let Some(existing) = &existing {
-        check_owner(existing, owner_uid)?;
-    }
-    let existing_ip = existing.as_ref().and_then(cluster_ip);
-    let wanted = existing_ip.clone().or_else(|| pinned.get(&name).cloned());
-    if let Some(ip) = wanted {
-        set_cluster_ip(&mut svc, Some(ip.clone()));
-        let deadline = tokio::time::Instant::now() + CLUSTER_IP_REUSE_WINDOW;
-        let mut delay = Duration::from_millis(500);
-        loop {
-            match apply(api, &svc).await {
-                Ok(s) => return Ok(s),
-                // Only a recreation can fail on the address (not yet released, or taken).
-                Err(Error::Kube(kube::Error::Api(e))) if existing_ip.is_none() && e.code == 422 => {
-                    if tokio::time::Instant::now() + delay > deadline {
-                        warn!(service = %name, %ip, error = %e.message, "the pinned ClusterIP stayed unavailable; taking a new one");
-                        set_cluster_ip(&mut svc, None);
-                        break;
-                    }
-                    info!(service = %name, %ip, error = %e.message, "pinned ClusterIP not free yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(8));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    apply(api, &svc).await
-}
-
-fn set_cluster_ip(svc: &mut Service, ip: Option<String>) {
-    if let Some(spec) = svc.spec.as_mut() {
-        spec.cluster_ip = ip;
-    }
-}
-
-fn cluster_ip(svc: &Service) -> Option<String> {
-    svc.spec
-        .as_ref()
-        .and_then(|s| s.cluster_ip.clone())
-        .filter(|ip| !ip.is_empty() && ip != "None")
-}
-
-fn available_replicas(d: &Deployment) -> i32 {
-    d.status
-        .as_ref()
-        .and_then(|s| s.available_replicas)
-        .unwrap_or(0)
-}
-
-/// Where users reach the tenant apiserver.
-pub struct Endpoint {
-    pub host: String,
-    pub port: i32,
-}
-
-impl Endpoint {
-    pub fn url(&self) -> String {
-        if self.host.contains(':') {
-            format!("https://[{}]:{}", self.host, self.port)
-        } else {
-            format!("https://{}:{}", self.host, self.port)
-        }
-    }
-}
-
-async fn endpoint(
-    ctx: &Context,
-    tc: &TenantCluster,
-    svc: &Service,
-    cluster_ip: &str,
-) -> Result<Option<Endpoint>> {
-    Ok(match tc.spec.control_plane.service.type_ {
-        ServiceType::ClusterIP => Some(Endpoint {
-            host: cluster_ip.to_string(),
-            port: APISERVER_PORT,
-        }),
-        ServiceType::NodePort => {
-            let node_port = svc
-                .spec
-                .as_ref()
-                .and_then(|s| s.ports.as_ref())
-                .and_then(|ports| ports.first())
-                .and_then(|p| p.node_port);
-            let nodes: Api<Node> = Api::all(ctx.client.clone());
-            let node_ip = nodes
-                .list(&ListParams::default().limit(1))
-                .await?
-                .items
-                .into_iter()
-                .flat_map(|n| n.status.and_then(|s| s.addresses).unwrap_or_default())
-                .find(|a| a.type_ == "InternalIP")
-                .map(|a| a.address);
-            node_ip
-                .zip(node_port)
-                .map(|(host, port)| Endpoint { host, port })
-        }
-        ServiceType::LoadBalancer => svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .and_then(|i| i.first())
-            .and_then(|i| i.ip.clone().or_else(|| i.hostname.clone()))
-            .map(|host| Endpoint {
-                host,
-                port: APISERVER_PORT,
-            }),
-    })
-}
-
-fn pki_inputs(
-    p: &Placement,
-    tc: &TenantCluster,
-    valid: &ValidSpec,
-    apiserver_ip: &str,
-    endpoint_host: Option<&str>,
-) -> TenantPkiInputs {
-    let apiserver = p.names.apiserver();
-    let ns = &p.namespace;
-    let mut apiserver_sans = vec![
-        San::Dns(apiserver.clone()),
-        San::Dns(format!("{apiserver}.{ns}")),
-        San::Dns(format!("{apiserver}.{ns}.svc")),
-        San::Dns(format!("{apiserver}.{ns}.svc.cluster.local")),
-        San::Dns("localhost".into()),
-        San::Ip([127, 0, 0, 1].into()),
-        San::Ip(valid.kubernetes_service_ip),
-    ];
-    for host in [Some(apiserver_ip), endpoint_host].into_iter().flatten() {
-        apiserver_sans.push(match host.parse() {
-            Ok(ip) => San::Ip(ip),
-            Err(_) => San::Dns(host.to_string()),
-        });
-    }
-    apiserver_sans.extend(valid.extra_sans.iter().cloned());
-    let mut etcd_sans: Vec<San> = (0..valid.etcd_replicas)
-        .map(|i| San::Dns(p.names.etcd_member(i)))
-        .collect();
-    etcd_sans.push(San::Dns(p.names.etcd()));
-    etcd_sans.push(San::Dns("localhost".into()));
-    etcd_sans.push(San::Ip([127, 0, 0, 1].into()));
-    TenantPkiInputs {
-        cluster_name: p.names.tenant.clone(),
-        cluster_domain: tc.spec.networking.cluster_domain.clone(),
-        apiserver_sans: dedup(apiserver_sans),
-        etcd_sans,
-    }
-}
-
-fn dedup(mut sans: Vec<San>) -> Vec<San> {
-    let mut seen = std::collections::HashSet::new();
-    sans.retain(|s| seen.insert(s.clone()));
-    sans
-}
-
-fn config_hashes(pki: &TenantPki, cm_kubeconfig: &str, sched_kubeconfig: &str) -> ConfigHashes {
-    let leaf = |n: &str| {
-        pki.leaves
-            .get(n)
-            .map(|l| l.cert_pem.as_str())
-            .unwrap_or_default()
-    };
-    let ca = |k: CaKind| pki.ca(k).cert_pem.as_str();
-    ConfigHashes {
-        etcd: config_hash([
-            ("etcd-ca", ca(CaKind::Etcd)),
-            ("etcd-server", leaf("etcd-server")),
-            ("etcd-peer", leaf("etcd-peer")),
-        ]),
-        apiserver: config_hash(
-            [
-                ("ca", ca(CaKind::Cluster)),
-                ("front-proxy-ca", ca(CaKind::FrontProxy)),
-                ("etcd-ca", ca(CaKind::Etcd)),
-                ("sa.pub", pki.sa_pub.as_str()),
-            ]
-            .into_iter()
-            .chain(
-                [
-                    "apiserver",
-                    "apiserver-kubelet-client",
-                    "apiserver-etcd-client",
-                    "front-proxy-client",
-                ]
-                .into_iter()
-                .map(|n| (n, leaf(n))),
-            ),
-        ),
-        controller_manager: config_hash([
-            ("ca", ca(CaKind::Cluster)),
-            ("sa.key", pki.sa_key.as_str()),
-            ("kubeconfig", cm_kubeconfig),
-        ]),
-        scheduler: config_hash([("kubeconfig", sched_kubeconfig)]),
-    }
-}
-
 /// Patches status only when it differs from what is stored.
+/// Whether the recorded etcd cluster version is the minor every member runs.
+fn etcd_cluster_version_settled(status: &TenantClusterStatus) -> bool {
+    let Some(running) = status.etcd_version.as_deref() else {
+        return true;
+    };
+    let minor = running.split('.').take(2).collect::<Vec<_>>().join(".");
+    status.etcd_cluster_version.as_deref() == Some(minor.as_str())
+}
+
 async fn patch_status(
     ctx: &Context,
     tc: &TenantCluster,

@@ -1,0 +1,253 @@
+//! Replacing etcd members whose pod runs an older template (a new version,
+//! flags, renewed certificates), one at a time: observe every member over
+//! the etcd API, let `kok_templates::etcd_roll::next_action` decide, and act
+//! on that one decision. The StatefulSet is `OnDelete`, so nothing else
+//! replaces a member; an operator restarted mid-roll observes the pods'
+//! revisions again and goes on from there.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kok_crds::TenantCluster;
+use kok_templates::etcd_roll::{next_action, MemberObservation, MemberStatus, RollAction};
+use kok_templates::names::{component_labels, Names, ETCD};
+use kube::api::{DeleteParams, ListParams, Preconditions};
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::info;
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::etcd::EtcdAccess;
+
+/// Where the roll of the etcd members stands after this pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum EtcdRoll {
+    /// Every member runs the StatefulSet's current template.
+    Current,
+    /// Members are being replaced; the message says which and why it waits.
+    Rolling(String),
+}
+
+const REVISION_LABEL: &str = "controller-revision-hash";
+
+pub(super) async fn roll(ctx: &Context, tc: &TenantCluster, sts: &StatefulSet) -> Result<EtcdRoll> {
+    let ns = tc.namespace().unwrap_or_default();
+    let names = Names::new(&tc.name_any());
+    let Some(update_revision) = sts.status.as_ref().and_then(|s| s.update_revision.clone()) else {
+        return Ok(EtcdRoll::Rolling(
+            "the StatefulSet has no revision yet".into(),
+        ));
+    };
+    let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = component_labels(&names.tenant, ETCD)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let listed = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    let pod_of = |i: i32| {
+        let name = names.etcd_member(i);
+        listed.iter().find(|p| p.name_any() == name)
+    };
+    let stale: Vec<i32> = (0..replicas)
+        .filter(|&i| {
+            pod_of(i)
+                .and_then(|p| p.labels().get(REVISION_LABEL))
+                .is_some_and(|r| r != &update_revision)
+        })
+        .collect();
+    if stale.is_empty() {
+        return Ok(EtcdRoll::Current);
+    }
+
+    let access = EtcdAccess::for_tenant(&ctx.client, tc)
+        .await
+        .map_err(|e| crate::error::Error::Etcd(e.to_string()))?;
+    let mut observed = Vec::new();
+    for i in 0..replicas {
+        let pod = pod_of(i);
+        let ready = pod.is_some_and(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        });
+        let member = access
+            .members
+            .iter()
+            .find(|m| m.tls_name.as_deref() == Some(names.etcd_member(i).as_str()));
+        let status = match member {
+            Some(m) if ready => member_status(&access, m).await,
+            _ => None,
+        };
+        observed.push(MemberObservation {
+            ordinal: i,
+            revision: pod.and_then(|p| p.labels().get(REVISION_LABEL).cloned()),
+            pod_ready: ready,
+            status,
+        });
+    }
+    let progress = format!(
+        "replacing etcd members one at a time: {}/{replicas} on the current template",
+        replicas as usize - stale.len()
+    );
+    match next_action(&update_revision, &observed) {
+        RollAction::Done => Ok(EtcdRoll::Current),
+        RollAction::Wait(why) => Ok(EtcdRoll::Rolling(format!("{progress}; waiting: {why}"))),
+        RollAction::MoveLeader {
+            from,
+            to_member_id,
+            to,
+        } => {
+            let leader = access
+                .members
+                .iter()
+                .find(|m| m.tls_name.as_deref() == Some(names.etcd_member(from).as_str()));
+            if let Some(m) = leader {
+                let mut client = access
+                    .connect_member(m)
+                    .await
+                    .map_err(|e| crate::error::Error::Etcd(e.to_string()))?;
+                client.move_leader(to_member_id).await.map_err(|e| {
+                    crate::error::Error::Etcd(format!("moving etcd leadership: {e}"))
+                })?;
+            }
+            let note = format!(
+                "etcd leadership moved from {} to {} before replacing the former",
+                names.etcd_member(from),
+                names.etcd_member(to)
+            );
+            info!("{note}");
+            super::publish(
+                ctx,
+                tc,
+                EventType::Normal,
+                "EtcdLeaderMoved",
+                "RollEtcd",
+                &note,
+            )
+            .await;
+            Ok(EtcdRoll::Rolling(format!(
+                "{progress}; leadership moved to member {to}"
+            )))
+        }
+        RollAction::Replace(i) => {
+            let name = names.etcd_member(i);
+            // Only the pod observed: a pod recreated meanwhile is not deleted.
+            let uid = pod_of(i).and_then(|p| p.uid());
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid,
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match pods.delete(&name, &dp).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            let note = format!("replacing etcd member {name} with the current template");
+            info!("{note}");
+            super::publish(
+                ctx,
+                tc,
+                EventType::Normal,
+                "EtcdMemberReplaced",
+                "RollEtcd",
+                &note,
+            )
+            .await;
+            Ok(EtcdRoll::Rolling(format!(
+                "{progress}; replacing member {i}"
+            )))
+        }
+    }
+}
+
+async fn member_status(access: &EtcdAccess, m: &crate::etcd::Member) -> Option<MemberStatus> {
+    let mut client = access.connect_member(m).await.ok()?;
+    let s = client.status().await.ok()?;
+    Some(MemberStatus {
+        member_id: s.header()?.member_id(),
+        leader_id: s.leader(),
+        raft_index: s.raft_index(),
+    })
+}
+
+/// The etcd cluster version (`etcd_cluster_version` on a member's metrics
+/// endpoint), e.g. `3.5`: once every member runs 3.5 the cluster moves to it,
+/// and from then on the data cannot go back to 3.4 binaries.
+pub(super) async fn cluster_version(
+    ctx: &Context,
+    tc: &TenantCluster,
+) -> std::result::Result<String, String> {
+    let ns = tc.namespace().unwrap_or_default();
+    let names = Names::new(&tc.name_any());
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pod = pods
+        .get_opt(&names.etcd_member(0))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("member 0 has no pod")?;
+    let ip = pod
+        .status
+        .and_then(|s| s.pod_ip)
+        .ok_or("member 0 has no pod IP")?;
+    let port = kok_templates::controlplane::ETCD_METRICS_PORT;
+    let body = tokio::time::timeout(Duration::from_secs(5), http_get(&ip, port, "/metrics"))
+        .await
+        .map_err(|_| format!("{ip}:{port}: no answer within 5 s"))?
+        .map_err(|e| format!("{ip}:{port}: {e}"))?;
+    parse_cluster_version(&body)
+        .ok_or_else(|| format!("{ip}:{port}: no etcd_cluster_version in the metrics"))
+}
+
+async fn http_get(host: &str, port: i32, path: &str) -> std::io::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(format!("{host}:{port}")).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = Vec::new();
+    // Bounded: etcd's metrics are a few hundred kB.
+    stream.take(8 << 20).read_to_end(&mut body).await?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// `etcd_cluster_version{cluster_version="3.5"} 1` -> `3.5`.
+pub(super) fn parse_cluster_version(metrics: &str) -> Option<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("etcd_cluster_version{"))
+        .filter(|l| l.trim_end().ends_with(" 1"))
+        .find_map(|l| {
+            let rest = l.split("cluster_version=\"").nth(1)?;
+            Some(rest.split('"').next()?.to_string())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cluster_version;
+
+    #[test]
+    fn the_cluster_version_is_read_from_etcd_metrics() {
+        let metrics = "# HELP etcd_cluster_version Which version is running.\n\
+                       # TYPE etcd_cluster_version gauge\n\
+                       etcd_cluster_version{cluster_version=\"3.5\"} 1\n\
+                       etcd_server_version{server_version=\"3.5.16\"} 1\n";
+        assert_eq!(parse_cluster_version(metrics).as_deref(), Some("3.5"));
+        assert_eq!(
+            parse_cluster_version("etcd_server_version{server_version=\"3.5.16\"} 1"),
+            None
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! In-place upgrades on real versions: a 3-member tenant on etcd 3.4.23 (the
+//! Debian bookworm build) moved to 3.5 (Debian trixie's build) member by
+//! member, under a steady client load through the tenant API, with the
+//! operator killed in the middle of the roll.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kok_crds::{TenantCluster, TenantClusterStatus};
+use kok_e2e::volumes::{make_volumes, remove_volumes};
+use kok_e2e::{kill_operator, tenant, wait_for, with_namespace, Poll};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// The load: one write and one read every `LOAD_PERIOD`, at most `LOAD_MAX` writes.
+const LOAD_PERIOD: Duration = Duration::from_millis(100);
+const LOAD_MAX: usize = 5000;
+
+/// What the steady load saw.
+#[derive(Default)]
+struct Load {
+    writes: usize,
+    reads: usize,
+    failures: Vec<String>,
+    worst: Duration,
+}
+
+/// Writes a ConfigMap and reads it back, over and over, until `stop`.
+fn start_load(
+    tenant: Client,
+    stop: Arc<AtomicBool>,
+) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Load>>) {
+    let load = Arc::new(Mutex::new(Load::default()));
+    let seen = load.clone();
+    let task = tokio::spawn(async move {
+        let cms: Api<ConfigMap> = Api::namespaced(tenant, "default");
+        for i in 0..LOAD_MAX {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let name = format!("load-{i:05}");
+            let cm: ConfigMap = serde_json::from_value(
+                json!({"metadata": {"name": name}, "data": {"i": i.to_string()}}),
+            )
+            .unwrap();
+            let t = Instant::now();
+            let written = cms.create(&PostParams::default(), &cm).await;
+            let read = match &written {
+                Ok(_) => Some(cms.get(&name).await),
+                Err(_) => None,
+            };
+            let took = t.elapsed();
+            {
+                let mut l = seen.lock().unwrap();
+                l.worst = l.worst.max(took);
+                match written {
+                    Ok(_) => l.writes += 1,
+                    Err(e) => l.failures.push(format!("create {name}: {e}")),
+                }
+                match read {
+                    Some(Ok(_)) => l.reads += 1,
+                    Some(Err(e)) => l.failures.push(format!("get {name}: {e}")),
+                    None => {}
+                }
+            }
+            tokio::time::sleep(LOAD_PERIOD).await;
+        }
+    });
+    (task, load)
+}
+
+/// Ready etcd members of `tenant` whose pod runs the image tag `tag`.
+async fn members_on(client: &Client, ns: &str, tenant: &str, tag: &str) -> usize {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!(
+        "kok.dev/tenant-cluster={tenant},kok.dev/component=etcd"
+    ));
+    let suffix = format!(":{tag}");
+    pods.list(&lp)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| {
+            let spec_ok = p.spec.as_ref().is_some_and(|s| {
+                s.containers
+                    .iter()
+                    .any(|c| c.image.as_deref().is_some_and(|i| i.ends_with(&suffix)))
+            });
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            spec_ok && ready
+        })
+        .count()
+}
+
+/// Waits until `status.etcdClusterVersion` of `up` is `version`.
+async fn cluster_version_recorded(client: &Client, ns: &str, version: &str) -> TenantClusterStatus {
+    let api: Api<TenantCluster> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        &format!("etcd cluster version {version} in status"),
+        Duration::from_secs(60),
+        || async {
+            let s = api.get("up").await.unwrap().status.unwrap_or_default();
+            match s.etcd_cluster_version.as_deref() {
+                Some(v) if v == version => Poll::Ready(s),
+                other => Poll::Pending(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn etcd_3_4_to_3_5_member_by_member_under_load_survives_an_operator_kill() {
+    let target = std::env::var("KOK_ETCD35_TAG").expect(
+        "KOK_ETCD35_TAG names the local etcd 3.5 image (eval \"$(hack/local-cluster env)\")",
+    );
+    with_namespace("up-etcd", move |client, ns| async move {
+        make_volumes(&client, &ns, 3).await;
+        let mut tc = tenant::dev_tenant("up", 3);
+        tc.spec.etcd.storage =
+            serde_json::from_value(json!({"size": "1Gi", "storageClassName": ns})).unwrap();
+        tenant::create(&client, &ns, &tc).await;
+        tenant::wait_ready(&client, &ns, "up", READY_TIMEOUT).await;
+        let before = cluster_version_recorded(&client, &ns, "3.4").await;
+        assert_eq!(before.etcd_version.as_deref(), Some("3.4.23"), "{before:?}");
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let tenant_api = tenant::tenant_client(&client, &ns, "up").await;
+        let (load_task, load) = start_load(tenant_api.clone(), stop.clone());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let started = Instant::now();
+        tenant::patch_spec(&client, &ns, "up", json!({"etcd": {"version": target}})).await;
+        let rolling = wait_for("the upgrade to be recorded", Duration::from_secs(30), || {
+            let api: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
+            async move {
+                let tc = api.get("up").await.unwrap();
+                match tc.status.as_ref().and_then(|s| s.upgrade.clone()) {
+                    Some(u) if u.phase == "RollingEtcd" => Poll::Ready(u),
+                    other => Poll::Pending(format!("{other:?}")),
+                }
+            }
+        })
+        .await;
+        assert_eq!(rolling.from, "v1.20.2 (etcd 3.4.23)");
+        assert_eq!(rolling.to, format!("v1.20.2 (etcd {target})"));
+
+        // Kill the operator once the first member was replaced: the new
+        // leader must go on from the pods' revisions.
+        wait_for("a first member on the new template", Duration::from_secs(120), || {
+            let client = client.clone();
+            let ns = ns.clone();
+            let target = target.clone();
+            async move {
+                match members_on(&client, &ns, "up", &target).await {
+                    n if n >= 1 => Poll::Ready(()),
+                    n => Poll::Pending(format!("{n} members on {target}")),
+                }
+            }
+        })
+        .await;
+        kill_operator(&client).await;
+
+        let done = wait_for("the upgrade to complete", READY_TIMEOUT, || {
+            let api: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
+            async move {
+                let tc = api.get("up").await.unwrap();
+                let s = tc.status.clone().unwrap_or_default();
+                match &s.upgrade {
+                    Some(u) if u.phase == "Completed" => Poll::Ready(s),
+                    other => Poll::Pending(format!(
+                        "upgrade {other:?}; etcd {:?}",
+                        s.conditions.iter().find(|c| c.type_ == "EtcdReady").map(|c| &c.message)
+                    )),
+                }
+            }
+        })
+        .await;
+        let took = started.elapsed();
+        assert_eq!(done.etcd_version.as_deref(), Some(target.as_str()));
+        // The cluster version moved: the point of no return is recorded.
+        cluster_version_recorded(&client, &ns, "3.5").await;
+        let ready = tenant::wait_ready(&client, &ns, "up", READY_TIMEOUT).await;
+        assert!(ready.status.unwrap().upgrade.unwrap().completion_time.is_some());
+        assert_eq!(members_on(&client, &ns, "up", &target).await, 3);
+
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.store(true, Ordering::Relaxed);
+        load_task.await.unwrap();
+        let (writes, reads, worst, failures) = {
+            let l = load.lock().unwrap();
+            (l.writes, l.reads, l.worst, l.failures.clone())
+        };
+        println!(
+            "etcd 3.4.23 -> {target}, 3 members: {:.1} s; load {writes} writes + {reads} reads, {} failed; worst request {:.0} ms",
+            took.as_secs_f64(),
+            failures.len(),
+            worst.as_secs_f64() * 1000.0
+        );
+        assert!(writes > 50, "the load barely ran: {writes} writes");
+        assert!(failures.is_empty(), "requests failed during the upgrade: {failures:?}");
+
+        // Every object written during the upgrade is there afterwards.
+        let cms: Api<ConfigMap> = Api::namespaced(tenant_api, "default");
+        let present = cms
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|c| c.metadata.name.as_deref().is_some_and(|n| n.starts_with("load-")))
+            .count();
+        assert_eq!(present, writes, "objects lost in the upgrade");
+
+        Api::<TenantCluster>::namespaced(client.clone(), &ns)
+            .delete("up", &DeleteParams::default())
+            .await
+            .unwrap();
+        remove_volumes(&client, &ns, 3).await;
+    })
+    .await;
+}
