@@ -26,6 +26,8 @@ pub enum Error {
     VolumesNotAdoptable(String),
     #[error("tenant etcd: {0}")]
     Etcd(String),
+    #[error("upgrade: {0}")]
+    Upgrade(String),
 }
 
 impl Error {
@@ -45,6 +47,7 @@ impl Error {
             Error::NotOwned { .. } => "not_owned",
             Error::VolumesNotAdoptable(_) => "volumes_not_adoptable",
             Error::Etcd(_) => "etcd",
+            Error::Upgrade(_) => "upgrade",
         }
     }
 
@@ -67,9 +70,10 @@ impl Error {
     /// refused the object as invalid (400/422), or a name is taken.
     pub fn is_stalled(&self) -> bool {
         match self {
-            Error::NotOwned { .. } | Error::VolumesNotAdoptable(_) | Error::CorruptCa { .. } => {
-                true
-            }
+            Error::NotOwned { .. }
+            | Error::VolumesNotAdoptable(_)
+            | Error::CorruptCa { .. }
+            | Error::Upgrade(_) => true,
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_stalled(),

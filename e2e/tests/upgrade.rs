@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kok_crds::{TenantCluster, TenantClusterStatus};
 use kok_e2e::volumes::{make_volumes, remove_volumes};
@@ -226,6 +227,141 @@ async fn etcd_3_4_to_3_5_member_by_member_under_load_survives_an_operator_kill()
             .await
             .unwrap();
         remove_volumes(&client, &ns, 3).await;
+    })
+    .await;
+}
+
+/// The image tag of a Deployment's first container, and whether every pod
+/// runs that template and is available (no old pod left).
+async fn deployment_state(client: &Client, ns: &str, name: &str) -> Option<(String, bool)> {
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .ok()??;
+    let tag = d
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .first()?
+        .image
+        .as_ref()?
+        .rsplit(':')
+        .next()?
+        .to_string();
+    let want = d.spec.as_ref()?.replicas.unwrap_or(1);
+    let s = d.status.clone().unwrap_or_default();
+    let done = s.observed_generation >= d.metadata.generation
+        && s.updated_replicas == Some(want)
+        && s.replicas == Some(want)
+        && s.available_replicas == Some(want);
+    Some((tag, done))
+}
+
+/// A Kubernetes "patch" upgrade on 3 apiservers: the same v1.20.2 build under
+/// the tag v1.20.3 (the only Kubernetes this machine can build is v1.20.2), so
+/// this proves the rollout machinery and its order, not a real patch release.
+#[tokio::test]
+async fn kubernetes_patch_upgrade_rolls_apiservers_before_controllers_under_load() {
+    let target = std::env::var("KOK_KUBE_PATCH_TAG")
+        .expect("KOK_KUBE_PATCH_TAG names the second tag of the local build (eval \"$(hack/local-cluster env)\")");
+    with_namespace("up-kube", move |client, ns| async move {
+        let mut tc = tenant::dev_tenant("kp", 1);
+        tc.spec.control_plane.apiserver.replicas = 3;
+        tenant::create(&client, &ns, &tc).await;
+        tenant::wait_ready(&client, &ns, "kp", READY_TIMEOUT).await;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let tenant_api = tenant::tenant_client(&client, &ns, "kp").await;
+        let (load_task, load) = start_load(tenant_api.clone(), stop.clone());
+        // Watches the order: the controllers must not move before every
+        // apiserver runs the new version.
+        let order = {
+            let (client, ns, target, stop) = (client.clone(), ns.clone(), target.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut violations = Vec::new();
+                let mut polls = 0usize;
+                while !stop.load(Ordering::Relaxed) && polls < 3000 {
+                    polls += 1;
+                    let api = deployment_state(&client, &ns, "kp-apiserver").await;
+                    for c in ["kp-controller-manager", "kp-scheduler"] {
+                        if let (Some((ctag, _)), Some((atag, adone))) =
+                            (deployment_state(&client, &ns, c).await, api.clone())
+                        {
+                            if ctag == target && !(atag == target && adone) {
+                                violations.push(format!("{c} on {ctag} while the apiservers were {atag} (rolled out: {adone})"));
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                violations
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let started = Instant::now();
+        tenant::patch_spec(&client, &ns, "kp", json!({"version": target})).await;
+        wait_for("a first apiserver on the new version", Duration::from_secs(120), || {
+            let (client, ns, target) = (client.clone(), ns.clone(), target.clone());
+            async move {
+                let d = Api::<Deployment>::namespaced(client.clone(), &ns)
+                    .get("kp-apiserver")
+                    .await
+                    .unwrap();
+                let tag_ok = deployment_state(&client, &ns, "kp-apiserver")
+                    .await
+                    .is_some_and(|(t, _)| t == target);
+                match d.status.and_then(|s| s.updated_replicas) {
+                    Some(n) if tag_ok && n >= 1 => Poll::Ready(()),
+                    n => Poll::Pending(format!("updated {n:?}, template on target: {tag_ok}")),
+                }
+            }
+        })
+        .await;
+        kill_operator(&client).await;
+
+        let done = wait_for("the upgrade to complete", READY_TIMEOUT, || {
+            let api: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
+            async move {
+                let s = api.get("kp").await.unwrap().status.unwrap_or_default();
+                match &s.upgrade {
+                    Some(u) if u.phase == "Completed" => Poll::Ready(s),
+                    other => Poll::Pending(format!("{other:?}")),
+                }
+            }
+        })
+        .await;
+        let took = started.elapsed();
+        assert_eq!(done.version.as_deref(), Some(target.as_str()));
+        tenant::wait_ready(&client, &ns, "kp", READY_TIMEOUT).await;
+        for c in ["kp-apiserver", "kp-controller-manager", "kp-scheduler"] {
+            assert_eq!(
+                deployment_state(&client, &ns, c).await,
+                Some((target.clone(), true)),
+                "{c} rolled out on {target}"
+            );
+        }
+
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.store(true, Ordering::Relaxed);
+        load_task.await.unwrap();
+        let violations = order.await.unwrap();
+        let (writes, reads, worst, failures) = {
+            let l = load.lock().unwrap();
+            (l.writes, l.reads, l.worst, l.failures.clone())
+        };
+        println!(
+            "kubernetes v1.20.2 -> {target}, 3 apiservers: {:.1} s; load {writes} writes + {reads} reads, {} failed; worst request {:.0} ms",
+            took.as_secs_f64(),
+            failures.len(),
+            worst.as_secs_f64() * 1000.0
+        );
+        assert!(violations.is_empty(), "skew order broken: {violations:?}");
+        assert!(writes > 50, "the load barely ran: {writes} writes");
+        assert!(failures.is_empty(), "requests failed during the upgrade: {failures:?}");
     })
     .await;
 }

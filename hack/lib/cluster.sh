@@ -340,7 +340,9 @@ cmd_up() {
   require_root
   local t0=$SECONDS
   if cluster_healthy; then
-    log "the cluster is already running (nothing to do)"
+    log "the cluster is already running"
+    # Images added since it was started (a newer checkout) are imported now.
+    import_images
     cmd_status
     return 0
   fi
@@ -412,6 +414,7 @@ cmd_status() {
 cmd_env() {
   echo "export KUBECONFIG=$KOK_STATE_DIR/admin.kubeconfig"
   echo "export KOK_IMAGE_PREFIX=$KOK_IMAGE_PREFIX"
+  echo "export KOK_KUBE_PATCH_TAG=$KUBE_PATCH_ALIAS"
   # The etcd 3.5 image the upgrade tests move tenants to (3.4 -> 3.5).
   if [ -x "$KOK_CACHE_DIR/etcd35/usr/bin/etcd" ]; then
     echo "export KOK_ETCD35_TAG=$(etcd35_version "$KOK_CACHE_DIR/etcd35")"

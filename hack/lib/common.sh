@@ -1,6 +1,8 @@
 # Shared settings and helpers for hack/local-cluster. Sourced, not executed.
 
 KUBE_VERSION="v1.20.2"
+# A second tag of the same build (see import_images): the "patch" upgrade tests roll to it.
+KUBE_PATCH_ALIAS="v1.20.3"
 # Debian bookworm's source package carries the full v1.20.2 tree with vendor/.
 KUBE_DEB_SOURCE="kubernetes"
 ETCD34_VERSION="3.4.23"

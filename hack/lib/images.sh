@@ -161,4 +161,11 @@ import_images() {
     grep -qxF "$KOK_IMAGE_PREFIX/$img" <<<"$have" && continue
     run_logged "$LOG_DIR/images.log" ctr_ images import "$(image_tarball "${img%%:*}" "${img#*:}")"
   done < <(local_images)
+  # The same Kubernetes build under the next patch tag: only v1.20.2 can be
+  # built here, and the upgrade tests need a second version to roll to.
+  local c
+  for c in kube-apiserver kube-controller-manager kube-scheduler; do
+    grep -qxF "$KOK_IMAGE_PREFIX/$c:$KUBE_PATCH_ALIAS" <<<"$have" && continue
+    run_logged "$LOG_DIR/images.log" ctr_ images tag "$KOK_IMAGE_PREFIX/$c:$KUBE_VERSION" "$KOK_IMAGE_PREFIX/$c:$KUBE_PATCH_ALIAS"
+  done
 }

@@ -791,6 +791,17 @@ pub fn operator_namespace_selector(
 /// operator (health checks, backups), may reach the tenant's etcd. The
 /// operator is recognised by its pod labels *and* its namespace: pod labels
 /// alone could be copied by anyone who can create a pod anywhere.
+fn tcp_ports(ports: &[i32]) -> Vec<NetworkPolicyPort> {
+    ports
+        .iter()
+        .map(|&port| NetworkPolicyPort {
+            port: Some(IntOrString::Int(port)),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        })
+        .collect()
+}
+
 pub fn etcd_network_policy(
     p: &Placement,
     operator_pod_labels: BTreeMap<String, String>,
@@ -809,6 +820,13 @@ pub fn etcd_network_policy(
             namespace_selector: namespace,
             ..Default::default()
         };
+    let operator = from_pods(
+        operator_pod_labels,
+        Some(operator_namespace_selector(
+            operator_namespace,
+            operator_namespace_labels,
+        )),
+    );
     NetworkPolicy {
         metadata: p.meta(p.names.etcd_network_policy(), names::ETCD),
         spec: Some(NetworkPolicySpec {
@@ -817,30 +835,22 @@ pub fn etcd_network_policy(
                 ..Default::default()
             }),
             policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![
-                    from_pods(component_labels(tenant, names::ETCD), None),
-                    from_pods(component_labels(tenant, names::APISERVER), None),
-                    from_pods(
-                        operator_pod_labels,
-                        Some(operator_namespace_selector(
-                            operator_namespace,
-                            operator_namespace_labels,
-                        )),
-                    ),
-                ]),
-                // Metrics: the operator reads the cluster version after an upgrade.
-                ports: Some(
-                    [ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_METRICS_PORT]
-                        .into_iter()
-                        .map(|port| NetworkPolicyPort {
-                            port: Some(IntOrString::Int(port)),
-                            protocol: Some("TCP".into()),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
-            }]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![
+                        from_pods(component_labels(tenant, names::ETCD), None),
+                        from_pods(component_labels(tenant, names::APISERVER), None),
+                        operator.clone(),
+                    ]),
+                    ports: Some(tcp_ports(&[ETCD_CLIENT_PORT, ETCD_PEER_PORT])),
+                },
+                // Metrics: only the operator, which reads the etcd cluster
+                // version there after an upgrade.
+                NetworkPolicyIngressRule {
+                    from: Some(vec![operator]),
+                    ports: Some(tcp_ports(&[ETCD_METRICS_PORT])),
+                },
+            ]),
             ..Default::default()
         }),
     }

@@ -212,6 +212,117 @@ fn check_etcd_step(from: EtcdVersion, to: EtcdVersion) -> Result<(), PlanError> 
     Ok(())
 }
 
+/// How far the current step has got, as observed: the version each
+/// workload has *fully* rolled out (template and every pod), if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rolled {
+    /// The etcd image tag every member runs.
+    pub etcd_tag: Option<String>,
+    /// The Kubernetes version every apiserver runs.
+    pub apiserver: Option<KubeVersion>,
+}
+
+/// The versions each component is rendered at in this pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendering {
+    pub etcd_tag: String,
+    pub apiserver: KubeVersion,
+    pub controllers: KubeVersion,
+    /// Steps left, the current one included (0: at the target).
+    pub steps_left: usize,
+    /// `RollingEtcd` or `RollingControlPlane` while a step rolls.
+    pub phase: Option<&'static str>,
+    /// The step being rolled, for status.
+    pub step: Option<Step>,
+}
+
+impl Rendering {
+    /// Everything renders the spec's versions: no step is left.
+    pub fn at_target(&self) -> bool {
+        self.steps_left == 0
+    }
+}
+
+/// The etcd tag of a step: the running one when etcd stays, the pinned one
+/// when the spec names it, else the tag kubeadm pairs with the step's minor.
+fn step_etcd_tag(
+    step: &Step,
+    running: EtcdVersion,
+    running_tag: &str,
+    pinned_tag: Option<&str>,
+) -> String {
+    if step.etcd == running {
+        return running_tag.to_string();
+    }
+    match pinned_tag {
+        Some(tag) if tag.parse::<EtcdVersion>().ok() == Some(step.etcd) => tag.to_string(),
+        _ => step.kube.default_etcd_tag().to_string(),
+    }
+}
+
+/// Decides what each component runs in this pass of an upgrade from
+/// `running` (kube version, etcd tag: what every component ran after the
+/// last complete rollout) to the spec's `target` and `target_etcd_tag`
+/// (`pinned`: the spec names the etcd version). Stateless on purpose: it
+/// depends only on what runs and what was rolled, so a restarted operator
+/// computes the same step. Within a step: etcd first, then the apiservers,
+/// then controller-manager and scheduler.
+pub fn rendering(
+    running: Option<(KubeVersion, &str)>,
+    target: KubeVersion,
+    target_etcd_tag: &str,
+    pinned: bool,
+    rolled: &Rolled,
+) -> Result<Rendering, PlanError> {
+    let at_target = Rendering {
+        etcd_tag: target_etcd_tag.to_string(),
+        apiserver: target,
+        controllers: target,
+        steps_left: 0,
+        phase: None,
+        step: None,
+    };
+    let Some((kube, etcd_tag)) = running else {
+        return Ok(at_target);
+    };
+    // An etcd given as an image reference (no version to reason about), or a
+    // tag that is not a version, is rendered as asked.
+    let (Ok(etcd), Ok(_)) = (
+        etcd_tag.parse::<EtcdVersion>(),
+        target_etcd_tag.parse::<EtcdVersion>(),
+    ) else {
+        return Ok(at_target);
+    };
+    let pinned_version = if pinned {
+        target_etcd_tag.parse().ok()
+    } else {
+        None
+    };
+    let steps = plan(Versions { kube, etcd }, target, pinned_version)?;
+    let Some(step) = steps.first().cloned() else {
+        return Ok(at_target);
+    };
+    let step_tag = step_etcd_tag(&step, etcd, etcd_tag, pinned.then_some(target_etcd_tag));
+    let etcd_done = rolled.etcd_tag.as_deref() == Some(step_tag.as_str());
+    let apiserver_done = rolled.apiserver == Some(step.kube);
+    let (apiserver, controllers, phase) =
+        if step.components.contains(&Component::Etcd) && !etcd_done {
+            (kube, kube, PHASE_ROLLING_ETCD)
+        } else if !apiserver_done {
+            (step.kube, kube, PHASE_ROLLING_CONTROL_PLANE)
+        } else {
+            (step.kube, step.kube, PHASE_ROLLING_CONTROL_PLANE)
+        };
+    Ok(Rendering {
+        etcd_tag: step_tag,
+        apiserver,
+        controllers,
+        steps_left: steps.len(),
+        phase: Some(phase),
+        step: Some(step),
+    })
+}
+
 /// What runs or is asked for: the Kubernetes version and the etcd tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Running {
@@ -368,6 +479,114 @@ mod tests {
             track_upgrade(Some(&done), Some(&to), &next, now("2026-02-01T00:00:00Z")).unwrap();
         assert_eq!(flags.phase, PHASE_ROLLING_CONTROL_PLANE);
         assert_eq!(flags.from, "v1.20.2 (etcd 3.5.16)");
+    }
+
+    /// Walks `rendering` as the controller would: each pass rolls what is
+    /// rendered, and a step's versions become `running` once all of it rolled.
+    fn walk(
+        from: (&str, &str),
+        to: &str,
+        to_etcd: &str,
+        pinned: bool,
+    ) -> Vec<(String, String, String)> {
+        let mut running = (k(from.0), from.1.to_string());
+        let mut rolled = Rolled {
+            etcd_tag: Some(from.1.into()),
+            apiserver: Some(k(from.0)),
+        };
+        let mut seen = Vec::new();
+        for _ in 0..40 {
+            let r = rendering(
+                Some((running.0, &running.1)),
+                k(to),
+                to_etcd,
+                pinned,
+                &rolled,
+            )
+            .unwrap();
+            // The skew rules hold in every pass.
+            assert!(r.controllers <= r.apiserver, "{r:?}");
+            assert!(r.apiserver.minor <= r.controllers.minor + 1, "{r:?}");
+            seen.push((
+                r.etcd_tag.clone(),
+                r.apiserver.to_string(),
+                r.controllers.to_string(),
+            ));
+            if r.at_target() {
+                return seen;
+            }
+            rolled = Rolled {
+                etcd_tag: Some(r.etcd_tag.clone()),
+                apiserver: Some(r.apiserver),
+            };
+            if r.apiserver == r.controllers
+                && rolled.etcd_tag.as_deref() == Some(r.etcd_tag.as_str())
+            {
+                running = (r.controllers, r.etcd_tag.clone());
+            }
+        }
+        panic!("no convergence: {seen:?}")
+    }
+
+    #[test]
+    fn a_minor_step_rolls_etcd_then_apiservers_then_controllers() {
+        let passes = walk(("v1.21.14", "3.4.13-0"), "v1.22.17", "3.5.0-0", false);
+        let t = |e: &str, a: &str, c: &str| (e.to_string(), a.to_string(), c.to_string());
+        assert_eq!(
+            passes,
+            vec![
+                t("3.5.0-0", "v1.21.14", "v1.21.14"),
+                t("3.5.0-0", "v1.22.17", "v1.21.14"),
+                t("3.5.0-0", "v1.22.17", "v1.22.17"),
+                t("3.5.0-0", "v1.22.17", "v1.22.17"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_multi_minor_jump_is_walked_to_the_end_without_breaking_skew() {
+        let passes = walk(("v1.30.4", "3.5.12-0"), "v1.33.1", "3.5.21-0", false);
+        let last = passes.last().unwrap();
+        assert_eq!((last.1.as_str(), last.2.as_str()), ("v1.33.1", "v1.33.1"));
+        let apiservers: Vec<&str> = passes.iter().map(|p| p.1.as_str()).collect();
+        for minor in ["v1.31.0", "v1.32.0"] {
+            assert!(
+                apiservers.contains(&minor),
+                "{minor} is a step: {apiservers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_etcd_only_change_and_a_patch_change_each_take_one_step() {
+        let passes = walk(("v1.20.2", "3.4.23"), "v1.20.2", "3.5.16", true);
+        assert_eq!(passes.first().unwrap().0, "3.5.16");
+        assert_eq!(passes.first().unwrap().1, "v1.20.2");
+        let passes = walk(("v1.20.2", "3.4.23"), "v1.20.3", "3.4.23", true);
+        assert_eq!(
+            passes[0],
+            (
+                "3.4.23".to_string(),
+                "v1.20.3".to_string(),
+                "v1.20.2".to_string()
+            ),
+            "the apiservers first, the controllers after"
+        );
+    }
+
+    #[test]
+    fn without_a_known_running_version_everything_renders_the_target() {
+        let r = rendering(None, k("v1.20.2"), "3.4.23", true, &Rolled::default()).unwrap();
+        assert!(r.at_target());
+        let r = rendering(
+            Some((k("v1.20.2"), "sha256:abc")),
+            k("v1.21.0"),
+            "3.4.23",
+            true,
+            &Rolled::default(),
+        )
+        .unwrap();
+        assert!(r.at_target(), "an etcd by digest is not reasoned about");
     }
 
     #[test]

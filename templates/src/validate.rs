@@ -55,7 +55,7 @@ pub struct Policy {
 }
 
 /// Checks `spec` against itself and against what already runs (`status`):
-/// no downgrade, no minor skip, no etcd member count change after creation.
+/// no downgrade across minors, no etcd member count change after creation.
 pub fn validate(
     spec: &TenantClusterSpec,
     status: Option<&TenantClusterStatus>,
@@ -77,32 +77,23 @@ pub fn validate(
         }
     };
     if let (Some(v), Some(current)) = (version, status.and_then(|s| s.version.as_deref())) {
+        // Several minors up is fine: the upgrade walks them one at a time.
+        // Down is refused, except a patch downgrade within one minor.
         if let Ok(current) = current.parse::<KubeVersion>() {
-            if v < current {
+            if v < current && v.minor != current.minor {
                 err(
                     "spec.version",
-                    format!("downgrade from {current} to {v} is not supported"),
-                );
-            } else if v.minor > current.minor + 1 {
-                err(
-                    "spec.version",
-                    format!(
-                        "upgrade from {current} to {v} skips a minor version; step through v1.{} first",
-                        current.minor + 1
-                    ),
+                    format!("downgrade from {current} to {v} is not supported (only a patch downgrade within one minor is)"),
                 );
             }
         }
     }
 
-    if let (Some(v), None) = (version, &spec.etcd.image) {
-        let tag = spec
-            .etcd
-            .version
-            .clone()
-            .unwrap_or_else(|| v.default_etcd_tag().to_string());
+    // A pinned etcd moves at once; the paired one is walked with the
+    // Kubernetes steps (upgrade_plan), one etcd minor at a time.
+    if let (Some(tag), None) = (&spec.etcd.version, &spec.etcd.image) {
         let running = status.and_then(|s| s.etcd_version.as_deref());
-        if let Some(problem) = etcd_change_problem(running, &tag) {
+        if let Some(problem) = etcd_change_problem(running, tag) {
             err("spec.etcd.version", problem);
         }
     }
@@ -470,7 +461,7 @@ mod tests {
     }
 
     #[test]
-    fn downgrade_and_minor_skip_are_refused() {
+    fn minor_downgrades_are_refused_and_jumps_are_walked() {
         let status = TenantClusterStatus {
             version: Some("v1.21.3".into()),
             ..Default::default()
@@ -479,11 +470,12 @@ mod tests {
             validate(&spec("version: v1.20.2"), Some(&status), &Policy::default()).unwrap_err();
         assert_eq!(fields(&down), ["spec.version"]);
         assert!(down[0].reason.contains("downgrade"));
-        let skip =
-            validate(&spec("version: v1.23.0"), Some(&status), &Policy::default()).unwrap_err();
-        assert!(skip[0].reason.contains("skips a minor"));
+        // Several minors at once: planned as one step per minor.
+        assert!(validate(&spec("version: v1.24.0"), Some(&status), &Policy::default()).is_ok());
         assert!(validate(&spec("version: v1.22.0"), Some(&status), &Policy::default()).is_ok());
         assert!(validate(&spec("version: v1.21.9"), Some(&status), &Policy::default()).is_ok());
+        // A patch downgrade within the minor is allowed.
+        assert!(validate(&spec("version: v1.21.1"), Some(&status), &Policy::default()).is_ok());
     }
 
     #[test]

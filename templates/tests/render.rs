@@ -339,7 +339,22 @@ fn etcd_network_policy_admits_only_the_tenant_and_the_operator() {
     );
     assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
     let rules = spec.ingress.unwrap();
-    assert_eq!(rules.len(), 1);
+    assert_eq!(rules.len(), 2);
+    // Metrics: the operator alone.
+    let metrics: Vec<_> = rules[1]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.port.clone())
+        .collect();
+    assert_eq!(metrics, [Some(Int(2381))]);
+    let metrics_from = rules[1].from.clone().unwrap();
+    assert_eq!(metrics_from.len(), 1);
+    assert_eq!(
+        metrics_from[0],
+        rules[0].from.clone().unwrap()[2],
+        "the operator peer"
+    );
     let ports: Vec<_> = rules[0]
         .ports
         .iter()

@@ -46,7 +46,8 @@ use self::pki::{self as tenant_pki, config_hashes, pki_inputs};
 pub use self::services::Endpoint;
 use self::services::{apply_service, cluster_ip, endpoint, pinned_addresses};
 use self::workloads::available_replicas;
-use kok_templates::upgrade_plan::{track_upgrade, Running, PHASE_COMPLETED};
+use kok_templates::upgrade_plan::{self, track_upgrade, Rolled, Running, PHASE_COMPLETED};
+use kok_templates::validate::ValidSpec;
 
 pub const FINALIZER: &str = "kok.dev/cleanup";
 const CONTROLLER: &str = "tenantcluster";
@@ -475,9 +476,44 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         &uid,
     )
     .await?;
+    // Which version each component runs in this pass: an upgrade walks one
+    // step at a time, etcd first, then the apiservers, then the controllers.
+    let target_etcd_tag = image_tag(&cp::etcd_image(&tc.spec, &valid));
+    let running_kube = status.version.as_deref().and_then(|v| v.parse().ok());
+    let running = running_kube.zip(status.etcd_version.as_deref());
+    let rolled = Rolled {
+        etcd_tag: statefulsets
+            .get_opt(&p.names.etcd())
+            .await?
+            .filter(|s| WorkloadRollout::from_statefulset(s).pending().is_none())
+            .and_then(|s| first_image(s.spec.map(|s| s.template)))
+            .map(|i| image_tag(&i)),
+        apiserver: deployments
+            .get_opt(&p.names.apiserver())
+            .await?
+            .filter(|d| WorkloadRollout::from_deployment(d).pending().is_none())
+            .and_then(|d| first_image(d.spec.map(|s| s.template)))
+            .and_then(|i| image_tag(&i).parse().ok()),
+    };
+    let rendering = upgrade_plan::rendering(
+        running,
+        valid.version,
+        &target_etcd_tag,
+        tc.spec.etcd.version.is_some(),
+        &rolled,
+    )
+    .map_err(|e| Error::Upgrade(e.to_string()))?;
+    let mut etcd_spec = tc.spec.clone();
+    if etcd_spec.etcd.image.is_none() {
+        etcd_spec.etcd.version = Some(rendering.etcd_tag.clone());
+    }
+    let valid_at = |version| ValidSpec {
+        version,
+        ..valid.clone()
+    };
     let etcd = apply_child(
         &statefulsets,
-        &cp::etcd_statefulset(&p, &tc.spec, &valid, &resolved),
+        &cp::etcd_statefulset(&p, &etcd_spec, &valid, &resolved),
         &uid,
     )
     .await?;
@@ -500,7 +536,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         Some(
             apply_child(
                 &deployments,
-                &cp::apiserver_deployment(&p, &tc.spec, &valid, &resolved),
+                &cp::apiserver_deployment(&p, &tc.spec, &valid_at(rendering.apiserver), &resolved),
                 &uid,
             )
             .await?,
@@ -519,7 +555,12 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     ] {
         if apiserver_available > 0 || deployments.get_opt(&dname).await?.is_some() {
             controllers_applied.push(Some(
-                apply_child(&deployments, &build(&p, &tc.spec, &valid, &resolved), &uid).await?,
+                apply_child(
+                    &deployments,
+                    &build(&p, &tc.spec, &valid_at(rendering.controllers), &resolved),
+                    &uid,
+                )
+                .await?,
             ));
         } else {
             controllers_applied.push(None);
@@ -546,18 +587,11 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         endpoint_known: endpoint.is_some(),
     };
     let verdict = tenant_status::verdict(&observed);
-    // The upgrade record: what ran, what is asked for, which phase rolls.
-    let etcd_tag = cp::etcd_image(&tc.spec, &valid)
-        .rsplit_once(':')
-        .map(|(_, tag)| tag.to_string())
-        .unwrap_or_default();
-    let desired = Running {
-        kube: valid.version.to_string(),
-        etcd: etcd_tag.clone(),
-    };
-    if verdict.ready {
-        status.version = Some(desired.kube.clone());
-        status.etcd_version = Some(desired.etcd.clone());
+    // What every component runs once this pass's rollout is complete; the
+    // upgrade record compares it with what the spec asks for.
+    if verdict.ready && rendering.apiserver == rendering.controllers {
+        status.version = Some(rendering.controllers.to_string());
+        status.etcd_version = Some(rendering.etcd_tag.clone());
         if !etcd_cluster_version_settled(&status) {
             // Read back once per change: the moment etcd cannot go back.
             match etcd_roll::cluster_version(ctx, &tc).await {
@@ -566,7 +600,11 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
             }
         }
     }
-    let running = match (&status.version, &status.etcd_version) {
+    let desired = Running {
+        kube: valid.version.to_string(),
+        etcd: target_etcd_tag.clone(),
+    };
+    let running_now = match (&status.version, &status.etcd_version) {
         (Some(kube), Some(etcd)) => Some(Running {
             kube: kube.clone(),
             etcd: etcd.clone(),
@@ -576,20 +614,47 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     let was = status.upgrade.clone();
     status.upgrade = track_upgrade(
         status.upgrade.as_ref(),
-        running.as_ref(),
+        running_now.as_ref(),
         &desired,
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
     );
-    if let (Some(u), false) = (
-        &status.upgrade,
-        was.as_ref().map(|w| (&w.to, &w.phase))
-            == status.upgrade.as_ref().map(|u| (&u.to, &u.phase)),
-    ) {
-        let note = match u.phase.as_str() {
-            PHASE_COMPLETED => format!("upgrade to {} completed", u.to),
-            phase => format!("upgrade from {} to {}: {phase}", u.from, u.to),
-        };
-        publish(ctx, &tc, EventType::Normal, "Upgrade", "Upgrade", &note).await;
+    if let (Some(u), Some(phase)) = (status.upgrade.as_mut(), rendering.phase) {
+        if u.phase != PHASE_COMPLETED {
+            u.phase = phase.into();
+            u.step = (u.plan.len().saturating_sub(rendering.steps_left)) as u32;
+            u.message = rendering.step.as_ref().map(|s| {
+                format!(
+                    "step {}/{}: {s}; etcd {}, apiservers {}, controllers {}",
+                    u.step + 1,
+                    u.plan.len().max(1),
+                    rendering.etcd_tag,
+                    rendering.apiserver,
+                    rendering.controllers
+                )
+            });
+        }
+    }
+    let upgrade_open = status
+        .upgrade
+        .as_ref()
+        .filter(|u| u.phase != PHASE_COMPLETED)
+        .cloned();
+    if was.as_ref().map(|w| (&w.to, &w.phase, w.step))
+        != status.upgrade.as_ref().map(|u| (&u.to, &u.phase, u.step))
+    {
+        if let Some(u) = &status.upgrade {
+            let note = match u.phase.as_str() {
+                PHASE_COMPLETED => format!("upgrade to {} completed", u.to),
+                phase => format!(
+                    "upgrade from {} to {}: {phase}, step {}/{}",
+                    u.from,
+                    u.to,
+                    u.step + 1,
+                    u.plan.len().max(1)
+                ),
+            };
+            publish(ctx, &tc, EventType::Normal, "Upgrade", "Upgrade", &note).await;
+        }
     }
     let g = generation;
     let c = &mut status.conditions;
@@ -612,8 +677,20 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         g,
     );
 
-    let ready = verdict.ready;
-    match &verdict.waiting_for {
+    // Ready only when every component runs what the spec asks for: a step
+    // of an upgrade that rolled out completely is not the end of it.
+    let waiting_for = verdict.waiting_for.clone().or_else(|| {
+        upgrade_open.as_ref().map(|u| {
+            format!(
+                "upgrading from {} to {}: {}",
+                u.from,
+                u.to,
+                u.message.clone().unwrap_or_else(|| u.phase.clone())
+            )
+        })
+    });
+    let ready = waiting_for.is_none();
+    match &waiting_for {
         None => {
             conditions::set(
                 c,
@@ -633,15 +710,15 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
             );
         }
         Some(msg) => {
-            conditions::set(c, condition::READY, false, "Progressing", msg.clone(), g);
-            conditions::set(
-                c,
-                condition::RECONCILING,
-                true,
-                "Progressing",
-                msg.clone(),
-                g,
-            );
+            // An upgrade that has not moved for long is stuck: it keeps
+            // serving on what runs, and says so instead of just "progressing".
+            let reason = if upgrade_open.as_ref().is_some_and(upgrade_stuck) {
+                "UpgradeStuck"
+            } else {
+                "Progressing"
+            };
+            conditions::set(c, condition::READY, false, reason, msg.clone(), g);
+            conditions::set(c, condition::RECONCILING, true, reason, msg.clone(), g);
         }
     }
     let became_ready = ready && !conditions::is_true(&old_status.conditions, condition::READY);
@@ -699,6 +776,30 @@ async fn restore_problem(
 }
 
 /// Patches status only when it differs from what is stored.
+/// How long an upgrade may take before it is reported as stuck.
+const UPGRADE_STUCK_AFTER: Duration = Duration::from_secs(30 * 60);
+
+fn upgrade_stuck(u: &kok_crds::UpgradeStatus) -> bool {
+    u.start_time.as_ref().is_some_and(|t| {
+        let age = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
+        age.as_secs() > UPGRADE_STUCK_AFTER.as_secs() as i64
+    })
+}
+
+/// The tag of an image reference (`repo/etcd:3.5.16` -> `3.5.16`).
+fn image_tag(image: &str) -> String {
+    image
+        .rsplit_once(':')
+        .filter(|(_, tag)| !tag.contains('/'))
+        .map(|(_, tag)| tag.to_string())
+        .unwrap_or_default()
+}
+
+/// The image of a pod template's first container.
+fn first_image(t: Option<k8s_openapi::api::core::v1::PodTemplateSpec>) -> Option<String> {
+    t?.spec?.containers.into_iter().next()?.image
+}
+
 /// Whether the recorded etcd cluster version is the minor every member runs.
 fn etcd_cluster_version_settled(status: &TenantClusterStatus) -> bool {
     let Some(running) = status.etcd_version.as_deref() else {
