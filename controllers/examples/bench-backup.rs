@@ -14,11 +14,11 @@ use std::process::Command;
 use std::time::Instant;
 
 use etcd_client::Client;
-use kok_controllers::destination::Store;
-use kok_controllers::snapshot;
-use kok_controllers::verify::{
+use kok_controllers::etcd::snapshot;
+use kok_controllers::etcd::verify::{
     self, free_port, restore_data_dir, RestoreMember, ScratchEtcd, Tools,
 };
+use kok_controllers::storage::Store;
 
 #[tokio::main]
 async fn main() {

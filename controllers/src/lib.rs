@@ -1,23 +1,17 @@
-//! kok's controllers, one module per lifecycle concern; `main.rs` wires them
-//! into the `kok-operator` binary. A library so integration tests can drive the
-//! backup core against real etcd processes.
+//! kok's controllers; `main.rs` wires them into the `kok-operator` binary. A
+//! library so integration tests can drive the backup core against real etcd
+//! processes. Grouped by kind:
+//! - reconcilers, one directory per resource: `tenant` (TenantCluster:
+//!   provisioning, rollouts and upgrades), `backup` (EtcdBackup and the
+//!   schedule), `restore` (EtcdRestore and the restore Job's entry point);
+//! - engines: `etcd` (member access, snapshots, scratch-etcd verification),
+//!   `storage` (backup destinations, encryption at rest);
+//! - `runtime`: what every reconciler shares (context, errors, conditions,
+//!   server-side apply, lenient watches, leader election, telemetry).
 
-pub mod apply;
 pub mod backup;
-pub mod backup_schedule;
-pub mod conditions;
-pub mod context;
-pub mod destination;
-pub mod encryption;
-pub mod error;
 pub mod etcd;
-pub mod leader;
-pub mod lenient;
 pub mod restore;
-pub mod restore_member;
-pub mod snapshot;
-pub mod telemetry;
+pub mod runtime;
+pub mod storage;
 pub mod tenant;
-pub mod tenant_health;
-pub mod triggers;
-pub mod verify;

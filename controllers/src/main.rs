@@ -24,11 +24,14 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use kok_controllers::context::Context;
-use kok_controllers::leader::LeaderElector;
-use kok_controllers::lenient::{self, Lenient};
-use kok_controllers::telemetry::{self, Health, Metrics};
-use kok_controllers::{backup, backup_schedule, restore, restore_member, tenant, triggers};
+use kok_controllers::backup::{self, schedule as backup_schedule};
+use kok_controllers::restore::{self, member as restore_member};
+use kok_controllers::runtime::context::Context;
+use kok_controllers::runtime::leader::LeaderElector;
+use kok_controllers::runtime::lenient::{self, Lenient};
+use kok_controllers::runtime::telemetry::{self, Health, Metrics};
+use kok_controllers::runtime::triggers;
+use kok_controllers::tenant;
 
 const OPERATOR_NAME: &str = "kok-operator";
 
@@ -44,8 +47,10 @@ async fn main() -> anyhow::Result<()> {
         let key_file = std::env::args().nth(2).ok_or_else(|| {
             anyhow::anyhow!("usage: kok-operator decrypt-artifact KEY_FILE < sealed > snapshot.db")
         })?;
-        let key = kok_controllers::encryption::ArtifactKey::from_base64(&std::fs::read(key_file)?)?;
-        kok_controllers::encryption::decrypt_stream(
+        let key = kok_controllers::storage::encryption::ArtifactKey::from_base64(&std::fs::read(
+            key_file,
+        )?)?;
+        kok_controllers::storage::encryption::decrypt_stream(
             std::sync::Arc::new(key),
             &mut std::io::stdin().lock(),
             &mut std::io::stdout().lock(),

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use etcd_client::{Client, GetOptions};
-use kok_controllers::destination::{S3Credentials, Store};
-use kok_controllers::snapshot::{self, Snapshot};
-use kok_controllers::verify::{
+use kok_controllers::etcd::snapshot::{self, Snapshot};
+use kok_controllers::etcd::verify::{
     self, free_port, restore_data_dir, RestoreMember, ScratchEtcd, Tools, VerifyError,
 };
+use kok_controllers::storage::{S3Credentials, Store};
 use kok_crds::S3Destination;
 use sha2::{Digest, Sha256};
 
@@ -336,7 +336,7 @@ async fn s3_backup_restores_to_identical_content() {
 /// with the key, and only with the key.
 #[tokio::test]
 async fn encrypted_backup_restores_only_with_its_key() {
-    use kok_controllers::encryption::{ArtifactKey, MAGIC};
+    use kok_controllers::storage::encryption::{ArtifactKey, MAGIC};
     use std::sync::Arc;
     let dir = scratch();
     let (source, mut client) = source_etcd(dir.path()).await;

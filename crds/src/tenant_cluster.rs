@@ -47,6 +47,9 @@ pub struct TenantClusterSpec {
     /// too, for the destination).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<crate::BackupSpec>,
+    /// How kok upgrades this tenant.
+    #[serde(default)]
+    pub upgrade: UpgradePolicy,
     /// When true, kok leaves every child object alone until it is unpaused.
     #[serde(default)]
     pub paused: bool,
@@ -295,6 +298,28 @@ pub const MAX_NAME_LENGTH: usize = 47;
 pub const RESTORE_ANNOTATION: &str = "kok.dev/restore-in-progress";
 
 /// Condition types kok sets on a TenantCluster.
+/// How an upgrade begins.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradePolicy {
+    /// Take an EtcdBackup (to `spec.backup`'s destination) before the first
+    /// step and start only once it succeeded (default true). Without
+    /// `spec.backup` there is nowhere to write it: the upgrade starts and
+    /// `status.upgrade.preflight` says the backup was skipped.
+    #[serde(default = "default_true")]
+    pub backup_first: bool,
+}
+
+impl Default for UpgradePolicy {
+    fn default() -> Self {
+        Self { backup_first: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
 /// An upgrade as kok walks it, recorded before each step acts, so a
 /// restarted operator resumes the same step.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -310,10 +335,24 @@ pub struct UpgradeStatus {
     /// Index in `plan` of the step being rolled.
     #[serde(default)]
     pub step: u32,
-    /// `RollingEtcd`, `RollingControlPlane`, `Completed`.
+    /// `Preflight`, `RollingEtcd`, `RollingControlPlane`, `Completed`.
     pub phase: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// What the preflight found (tenant health, the backup taken first, or
+    /// why it was skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<String>,
+    /// The EtcdBackup taken before the first step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight_backup: Option<String>,
+    /// The preflight passed: the steps may act.
+    #[serde(default)]
+    pub preflight_passed: bool,
+    /// When the upgrade last moved (a new step or phase); `UpgradeStuck`
+    /// is measured from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

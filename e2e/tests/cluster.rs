@@ -139,10 +139,11 @@ async fn pod_reaches_another_pod_through_cluster_ip() {
                     "image": image("busybox:1.35"),
                     "imagePullPolicy": "IfNotPresent",
                     // busybox's static wget crashes in glibc's NSS lookups; nc does not.
-                    // The body is the last line of the HTTP/1.0 response.
+                    // The body is the last line of the HTTP/1.0 response. nc's own
+                    // complaints (a slow close: "nc: timed out") are not the body.
                     "command": ["sh", "-c", format!(
                         r#"for i in $(seq 10); do
-                             out=$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 {ip} 8080)
+                             out=$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 {ip} 8080 2>/dev/null)
                              [ -n "$out" ] && {{ printf '%s\n' "$out" | tail -n 1; exit 0; }}
                              sleep 1
                            done; exit 1"#)]

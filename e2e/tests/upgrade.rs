@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kok_crds::{TenantCluster, TenantClusterStatus};
+use kok_crds::{BackupPhase, EtcdBackup, TenantCluster, TenantClusterStatus};
 use kok_e2e::volumes::{make_volumes, remove_volumes};
 use kok_e2e::{kill_operator, tenant, wait_for, with_namespace, Poll};
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -129,6 +129,13 @@ async fn etcd_3_4_to_3_5_member_by_member_under_load_survives_an_operator_kill()
         let mut tc = tenant::dev_tenant("up", 3);
         tc.spec.etcd.storage =
             serde_json::from_value(json!({"size": "1Gi", "storageClassName": ns})).unwrap();
+        // A backup destination: the preflight takes a backup before the first step.
+        tc.spec.backup = Some(
+            serde_json::from_value(json!({
+                "destination": {"filesystem": {"path": format!("/var/lib/kok/backups/e2e-{ns}")}}
+            }))
+            .unwrap(),
+        );
         tenant::create(&client, &ns, &tc).await;
         tenant::wait_ready(&client, &ns, "up", READY_TIMEOUT).await;
         let before = cluster_version_recorded(&client, &ns, "3.4").await;
@@ -141,7 +148,7 @@ async fn etcd_3_4_to_3_5_member_by_member_under_load_survives_an_operator_kill()
 
         let started = Instant::now();
         tenant::patch_spec(&client, &ns, "up", json!({"etcd": {"version": target}})).await;
-        let rolling = wait_for("the upgrade to be recorded", Duration::from_secs(30), || {
+        let rolling = wait_for("the upgrade to pass its preflight", Duration::from_secs(90), || {
             let api: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
             async move {
                 let tc = api.get("up").await.unwrap();
@@ -154,6 +161,15 @@ async fn etcd_3_4_to_3_5_member_by_member_under_load_survives_an_operator_kill()
         .await;
         assert_eq!(rolling.from, "v1.20.2 (etcd 3.4.23)");
         assert_eq!(rolling.to, format!("v1.20.2 (etcd {target})"));
+        // The preflight backup succeeded before anything was rolled.
+        assert!(rolling.preflight_passed, "{rolling:?}");
+        let backup = rolling.preflight_backup.clone().expect("a preflight backup");
+        let eb = Api::<EtcdBackup>::namespaced(client.clone(), &ns).get(&backup).await.unwrap();
+        assert_eq!(
+            eb.status.and_then(|s| s.phase),
+            Some(BackupPhase::Succeeded),
+            "the backup before the upgrade"
+        );
 
         // Kill the operator once the first member was replaced: the new
         // leader must go on from the pods' revisions.
@@ -336,6 +352,12 @@ async fn kubernetes_patch_upgrade_rolls_apiservers_before_controllers_under_load
         .await;
         let took = started.elapsed();
         assert_eq!(done.version.as_deref(), Some(target.as_str()));
+        let record = done.upgrade.clone().unwrap();
+        assert_eq!(
+            record.preflight.as_deref(),
+            Some("backup skipped: no spec.backup destination to write it to"),
+            "{record:?}"
+        );
         tenant::wait_ready(&client, &ns, "kp", READY_TIMEOUT).await;
         for c in ["kp-apiserver", "kp-controller-manager", "kp-scheduler"] {
             assert_eq!(

@@ -9,7 +9,7 @@ use croner::Cron;
 use kok_crds::{BackupSpec, Retention, S3Destination};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::validate::FieldError;
+use crate::field_error::{FieldError, Policy};
 
 /// Parses a retention age: a whole number followed by `s`, `m`, `h` or `d`.
 pub fn parse_age(text: &str) -> Result<Duration, String> {
@@ -42,8 +42,11 @@ pub fn parse_schedule(text: &str) -> Result<Cron, String> {
     Cron::from_str(text).map_err(|e| format!("{text:?}: {e}"))
 }
 
+/// Where the operator (and restore Jobs) mount the filesystem destinations.
+pub const BACKUPS_MOUNT: &str = "/var/lib/kok/backups";
+
 /// Field errors of `spec.backup`, named by path.
-pub fn validate_backup(spec: &BackupSpec, policy: &crate::validate::Policy) -> Vec<FieldError> {
+pub fn validate_backup(spec: &BackupSpec, policy: &Policy) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let mut err = |field: &str, reason: String| {
         errors.push(FieldError {
@@ -73,17 +76,14 @@ pub fn validate_backup(spec: &BackupSpec, policy: &crate::validate::Policy) -> V
             err("destination", "set exactly one of filesystem and s3".into())
         }
         (Some(fs), None)
-            if !fs
-                .path
-                .starts_with(&format!("{}/", crate::restore::BACKUPS_MOUNT))
+            if !fs.path.starts_with(&format!("{}/", BACKUPS_MOUNT))
                 || fs.path.split('/').any(|part| part == "..") =>
         {
             err(
                 "destination.filesystem.path",
                 format!(
                     "{:?} is not under {} (the backup volume mounted in the operator)",
-                    fs.path,
-                    crate::restore::BACKUPS_MOUNT
+                    fs.path, BACKUPS_MOUNT
                 ),
             )
         }
@@ -98,7 +98,7 @@ pub fn validate_backup(spec: &BackupSpec, policy: &crate::validate::Policy) -> V
 }
 
 /// Problems of an S3 destination as (field under `s3`, reason).
-fn s3_errors(s3: &S3Destination, policy: &crate::validate::Policy) -> Vec<(&'static str, String)> {
+fn s3_errors(s3: &S3Destination, policy: &Policy) -> Vec<(&'static str, String)> {
     let mut errors = Vec::new();
     if let Err(e) = check_bucket(&s3.bucket) {
         errors.push(("bucket", e));
@@ -156,7 +156,7 @@ const METADATA_HOSTS: &[&str] = &["metadata.google.internal", "metadata"];
 /// purpose: no user info, query or fragment, and only hosts that every HTTP
 /// client reads the same way (a WHATWG parser turns `http://2852039166/` into
 /// 169.254.169.254, so numeric-looking host names are refused).
-pub fn check_endpoint(endpoint: &str, policy: &crate::validate::Policy) -> Result<(), String> {
+pub fn check_endpoint(endpoint: &str, policy: &Policy) -> Result<(), String> {
     let bad = |why: &str| Err(format!("{endpoint:?}: {why}"));
     let (scheme, rest) = match endpoint.split_once("://") {
         Some((s, rest)) => (s.to_ascii_lowercase(), rest),
@@ -687,7 +687,7 @@ mod tests {
     }
 
     fn s3_fields(spec: &BackupSpec, allow_http_s3: bool) -> Vec<String> {
-        let policy = crate::validate::Policy { allow_http_s3 };
+        let policy = Policy { allow_http_s3 };
         validate_backup(spec, &policy)
             .into_iter()
             .map(|e| e.field)
@@ -743,7 +743,7 @@ mod tests {
     #[test]
     fn plain_http_endpoints_need_the_operator_policy() {
         let spec = s3_spec(|s| s.endpoint = Some("http://127.0.0.1:19000".into()));
-        let errors = validate_backup(&spec, &crate::validate::Policy::default());
+        let errors = validate_backup(&spec, &Policy::default());
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].field, ENDPOINT);
         assert!(

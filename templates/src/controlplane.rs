@@ -548,6 +548,7 @@ struct ControlPlaneDeployment {
     mounts: Vec<VolumeMount>,
     host_aliases: Vec<HostAlias>,
     hash: String,
+    termination_grace_seconds: i64,
 }
 
 fn deployment(
@@ -599,6 +600,7 @@ fn deployment(
                     volumes: Some(d.volumes),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(d.termination_grace_seconds),
                     security_context: Some(pod_security_context()),
                     ..Default::default()
                 },
@@ -654,6 +656,8 @@ pub fn apiserver_deployment(
             mounts: vec![mount("pki", PKI_DIR)],
             host_aliases: aliases,
             hash: r.hashes.apiserver.clone(),
+            // The shutdown delay, then up to a minute for requests in flight.
+            termination_grace_seconds: flags::APISERVER_SHUTDOWN_DELAY_SECONDS + 65,
         },
     )
 }
@@ -715,6 +719,7 @@ pub fn controller_manager_deployment(
             mounts: vec![mount("pki", PKI_DIR), mount("kubeconfig", kubeconfig_dir())],
             host_aliases: vec![apiserver_host_alias(p, r)],
             hash: r.hashes.controller_manager.clone(),
+            termination_grace_seconds: 30,
         },
     )
 }
@@ -749,6 +754,7 @@ pub fn scheduler_deployment(
             mounts: vec![mount("kubeconfig", kubeconfig_dir())],
             host_aliases: vec![apiserver_host_alias(p, r)],
             hash: r.hashes.scheduler.clone(),
+            termination_grace_seconds: 30,
         },
     )
 }

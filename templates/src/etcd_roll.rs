@@ -55,8 +55,17 @@ pub const MAX_RAFT_LAG: u64 = 1000;
 
 /// The next action to roll `members` to `update_revision`.
 pub fn next_action(update_revision: &str, members: &[MemberObservation]) -> RollAction {
-    // Safety first: never take a member down while another is unhealthy,
-    // since with 3 members that would lose quorum.
+    // A stale member that is down already costs nothing to replace, and
+    // replacing it is the only way out when its template is what is broken
+    // (a bad image or flag: with OnDelete nothing else would ever replace it).
+    if let Some(down) = members.iter().find(|m| {
+        m.revision.as_deref().is_some_and(|r| r != update_revision)
+            && (!m.pod_ready || m.status.is_none())
+    }) {
+        return RollAction::Replace(down.ordinal);
+    }
+    // Otherwise safety first: never take a member down while another is
+    // unhealthy, since with 3 members that would lose quorum.
     for m in members {
         if m.revision.is_none() {
             return RollAction::Wait(format!("member {} has no pod yet", m.ordinal));
@@ -191,11 +200,12 @@ mod tests {
     #[test]
     fn nothing_moves_while_any_member_is_unhealthy_or_behind() {
         let healthy = vec![member(0, NEW, 0), member(1, OLD, 0), member(2, OLD, 0)];
+        // Member 0 (updated) is not ready: the stale, healthy ones wait.
         let mut m = healthy.clone();
-        m[2].pod_ready = false;
-        assert!(matches!(next_action(NEW, &m), RollAction::Wait(w) if w.contains("member 2")));
+        m[0].pod_ready = false;
+        assert!(matches!(next_action(NEW, &m), RollAction::Wait(w) if w.contains("member 0")));
         let mut m = healthy.clone();
-        m[1].status = None;
+        m[0].status = None;
         assert!(matches!(next_action(NEW, &m), RollAction::Wait(_)));
         let mut m = healthy.clone();
         m[0].revision = None;
@@ -211,6 +221,20 @@ mod tests {
         }
         assert!(matches!(next_action(NEW, &m), RollAction::Wait(_)));
         assert_eq!(next_action(NEW, &healthy), RollAction::Replace(2));
+    }
+
+    #[test]
+    fn a_stale_member_that_is_down_is_replaced_at_once() {
+        // Member 1 crash-loops on the old template (or never came up): only a
+        // replacement can fix it, and it serves nothing meanwhile.
+        let mut m = vec![member(0, NEW, 0), member(1, OLD, 0), member(2, OLD, 0)];
+        m[1].pod_ready = false;
+        m[1].status = None;
+        assert_eq!(next_action(NEW, &m), RollAction::Replace(1));
+        // But a member on the new template that is still starting is waited for.
+        let mut m = vec![member(0, NEW, 0), member(1, NEW, 0), member(2, OLD, 0)];
+        m[1].pod_ready = false;
+        assert!(matches!(next_action(NEW, &m), RollAction::Wait(_)));
     }
 
     #[test]

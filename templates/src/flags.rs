@@ -111,6 +111,10 @@ fn pki(file: &str) -> String {
     format!("{PKI_DIR}/{file}")
 }
 
+/// How long a stopping apiserver keeps serving while its endpoint is removed
+/// (kube-proxy and the endpoints controller need a few seconds).
+pub const APISERVER_SHUTDOWN_DELAY_SECONDS: i64 = 10;
+
 pub fn apiserver_flags(i: &FlagInputs) -> Flags {
     let mut f = flags([
         ("bind-address", "0.0.0.0".into()),
@@ -153,6 +157,12 @@ pub fn apiserver_flags(i: &FlagInputs) -> Flags {
         ("enable-bootstrap-token-auth", "true".into()),
         ("allow-privileged", "true".into()),
         ("profiling", "false".into()),
+        // On SIGTERM keep serving (with /readyz failing) until the Service
+        // has dropped this pod: a rolling update then loses no request.
+        (
+            "shutdown-delay-duration",
+            format!("{APISERVER_SHUTDOWN_DELAY_SECONDS}s"),
+        ),
     ]);
     if let Some(addr) = &i.advertise_address {
         f.insert("advertise-address".into(), addr.clone());

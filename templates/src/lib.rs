@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod controlplane;
 pub mod etcd_roll;
+pub mod field_error;
 pub mod flags;
 pub mod names;
 pub mod pki;

@@ -22,8 +22,8 @@ use crate::security::{container_security_context, pod_security_context};
 pub const MEMBER_VOLUME_DIR: &str = "/var/lib/etcd";
 /// Env var of restore Jobs holding the artifact key (from its Secret).
 pub const ARTIFACT_KEY_ENV: &str = "KOK_ARTIFACT_KEY";
-/// Where the operator (and restore Jobs) see filesystem backup destinations.
-pub const BACKUPS_MOUNT: &str = "/var/lib/kok/backups";
+// Where the operator (and restore Jobs) see filesystem backup destinations.
+pub use crate::backup::BACKUPS_MOUNT;
 /// Label on restore Jobs and their pods naming the EtcdRestore (see
 /// [`restore_label_value`]): deleting a restore finds its Jobs by it.
 pub const RESTORE_LABEL: &str = "kok.dev/etcd-restore";

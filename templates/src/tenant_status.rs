@@ -74,6 +74,17 @@ impl WorkloadRollout {
         }
     }
 
+    /// Every pod runs the current template and none of an older one is
+    /// left; unlike [`Self::pending`], readiness does not matter (an upgrade
+    /// step counts as rolled even while a pod restarts).
+    pub fn rolled(&self) -> bool {
+        let seen = matches!(
+            (self.generation, self.observed_generation),
+            (Some(g), Some(o)) if o >= g
+        );
+        seen && self.updated >= self.desired && self.total <= self.desired && self.revision_settled
+    }
+
     /// `None` when the rollout is complete; else what is still rolling, for
     /// the condition message.
     pub fn pending(&self) -> Option<String> {
@@ -373,5 +384,10 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(WorkloadRollout::from_deployment(&d).pending(), None);
+        assert!(WorkloadRollout::from_deployment(&d).rolled());
+        let mut unready = d.clone();
+        unready.status.as_mut().unwrap().available_replicas = Some(1);
+        let w = WorkloadRollout::from_deployment(&unready);
+        assert!(w.rolled() && w.pending().is_some(), "rolled, not available");
     }
 }

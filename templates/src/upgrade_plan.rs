@@ -212,14 +212,20 @@ fn check_etcd_step(from: EtcdVersion, to: EtcdVersion) -> Result<(), PlanError> 
     Ok(())
 }
 
-/// How far the current step has got, as observed: the version each
-/// workload has *fully* rolled out (template and every pod), if any.
+/// How far the current step has got, as observed. "Rolled" means the
+/// workload's controller has seen its template and every pod runs it (no old
+/// pod left); readiness is not required, so a pod that flaps never sends the
+/// upgrade back a phase.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rolled {
-    /// The etcd image tag every member runs.
+    /// The etcd image tag every member's pod runs.
     pub etcd_tag: Option<String>,
-    /// The Kubernetes version every apiserver runs.
+    /// The Kubernetes version every apiserver pod runs.
     pub apiserver: Option<KubeVersion>,
+    /// The version in the apiserver Deployment's template, rolled or not.
+    pub apiserver_template: Option<KubeVersion>,
+    /// The version in the controller-manager's template, rolled or not.
+    pub controllers_template: Option<KubeVersion>,
 }
 
 /// The versions each component is rendered at in this pass.
@@ -228,6 +234,10 @@ pub struct Rendering {
     pub etcd_tag: String,
     pub apiserver: KubeVersion,
     pub controllers: KubeVersion,
+    /// The etcd tag the upgrade ends on: the spec's, or when etcd is not
+    /// pinned and already runs newer than the pairing, what runs (the
+    /// pairing never lowers etcd).
+    pub target_etcd_tag: String,
     /// Steps left, the current one included (0: at the target).
     pub steps_left: usize,
     /// `RollingEtcd` or `RollingControlPlane` while a step rolls.
@@ -241,6 +251,22 @@ impl Rendering {
     pub fn at_target(&self) -> bool {
         self.steps_left == 0
     }
+}
+
+/// The name of the EtcdBackup taken before an upgrade that started at
+/// `start` (stable, so a restarted operator finds the one it created).
+pub fn preflight_backup_name(
+    tenant: &str,
+    start: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> String {
+    let stamp: String = start
+        .0
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(14)
+        .collect();
+    format!("{tenant}-pre-upgrade-{stamp}")
 }
 
 /// The etcd tag of a step: the running one when etcd stays, the pinned one
@@ -261,12 +287,13 @@ fn step_etcd_tag(
 }
 
 /// Decides what each component runs in this pass of an upgrade from
-/// `running` (kube version, etcd tag: what every component ran after the
-/// last complete rollout) to the spec's `target` and `target_etcd_tag`
-/// (`pinned`: the spec names the etcd version). Stateless on purpose: it
-/// depends only on what runs and what was rolled, so a restarted operator
-/// computes the same step. Within a step: etcd first, then the apiservers,
-/// then controller-manager and scheduler.
+/// `running` (kube version, etcd tag: what runs after the last complete
+/// rollout; `None` before the first) to the spec's `target` and
+/// `target_etcd_tag` (`pinned`: the spec names the etcd version). Stateless
+/// on purpose: it depends only on what runs and what was rolled, so a
+/// restarted operator computes the same step. Within a step: etcd first,
+/// then the apiservers, then controller-manager and scheduler; no component
+/// is ever rendered below the version its template already has.
 pub fn rendering(
     running: Option<(KubeVersion, &str)>,
     target: KubeVersion,
@@ -274,38 +301,55 @@ pub fn rendering(
     pinned: bool,
     rolled: &Rolled,
 ) -> Result<Rendering, PlanError> {
-    let at_target = Rendering {
-        etcd_tag: target_etcd_tag.to_string(),
-        apiserver: target,
-        controllers: target,
-        steps_left: 0,
-        phase: None,
-        step: None,
-    };
     let Some((kube, etcd_tag)) = running else {
-        return Ok(at_target);
+        return Ok(Rendering {
+            etcd_tag: target_etcd_tag.to_string(),
+            apiserver: target,
+            controllers: target,
+            target_etcd_tag: target_etcd_tag.to_string(),
+            steps_left: 0,
+            phase: None,
+            step: None,
+        });
     };
-    // An etcd given as an image reference (no version to reason about), or a
-    // tag that is not a version, is rendered as asked.
-    let (Ok(etcd), Ok(_)) = (
-        etcd_tag.parse::<EtcdVersion>(),
-        target_etcd_tag.parse::<EtcdVersion>(),
-    ) else {
-        return Ok(at_target);
+    let running_etcd = etcd_tag.parse::<EtcdVersion>().ok();
+    let wanted_etcd = target_etcd_tag.parse::<EtcdVersion>().ok();
+    // The pairing never lowers etcd: unpinned, a newer running etcd stays.
+    let final_etcd_tag = match (running_etcd, wanted_etcd) {
+        (Some(r), Some(w)) if !pinned && r > w => etcd_tag.to_string(),
+        _ => target_etcd_tag.to_string(),
     };
-    let pinned_version = if pinned {
-        target_etcd_tag.parse().ok()
+    // An etcd that is not a version (an image by digest) is held as it is
+    // while the Kubernetes steps are walked.
+    let etcd_known = running_etcd.is_some() && wanted_etcd.is_some();
+    let etcd = running_etcd.unwrap_or_else(|| EtcdVersion::paired_with(kube));
+    let pin = if !etcd_known {
+        Some(etcd)
+    } else if pinned {
+        wanted_etcd
     } else {
         None
     };
-    let steps = plan(Versions { kube, etcd }, target, pinned_version)?;
+    let steps = plan(Versions { kube, etcd }, target, pin)?;
     let Some(step) = steps.first().cloned() else {
-        return Ok(at_target);
+        return Ok(Rendering {
+            etcd_tag: final_etcd_tag.clone(),
+            apiserver: target,
+            controllers: target,
+            target_etcd_tag: final_etcd_tag,
+            steps_left: 0,
+            phase: None,
+            step: None,
+        });
     };
-    let step_tag = step_etcd_tag(&step, etcd, etcd_tag, pinned.then_some(target_etcd_tag));
+    let step_tag = if etcd_known {
+        step_etcd_tag(&step, etcd, etcd_tag, pinned.then_some(target_etcd_tag))
+    } else {
+        target_etcd_tag.to_string()
+    };
     let etcd_done = rolled.etcd_tag.as_deref() == Some(step_tag.as_str());
     let apiserver_done = rolled.apiserver == Some(step.kube);
-    let (apiserver, controllers, phase) =
+    let (mut apiserver, mut controllers, phase) =
         if step.components.contains(&Component::Etcd) && !etcd_done {
             (kube, kube, PHASE_ROLLING_ETCD)
         } else if !apiserver_done {
@@ -313,10 +357,25 @@ pub fn rendering(
         } else {
             (step.kube, step.kube, PHASE_ROLLING_CONTROL_PLANE)
         };
+    // Never backwards within the upgrade: a template already on a newer
+    // version of this upgrade keeps it (the skew rules still hold).
+    if let Some(t) = rolled
+        .apiserver_template
+        .filter(|t| *t > apiserver && *t <= step.kube)
+    {
+        apiserver = t;
+    }
+    if let Some(t) = rolled
+        .controllers_template
+        .filter(|t| *t > controllers && *t <= apiserver)
+    {
+        controllers = t;
+    }
     Ok(Rendering {
         etcd_tag: step_tag,
         apiserver,
         controllers,
+        target_etcd_tag: final_etcd_tag,
         steps_left: steps.len(),
         phase: Some(phase),
         step: Some(step),
@@ -336,6 +395,7 @@ impl fmt::Display for Running {
     }
 }
 
+pub const PHASE_PREFLIGHT: &str = "Preflight";
 pub const PHASE_ROLLING_ETCD: &str = "RollingEtcd";
 pub const PHASE_ROLLING_CONTROL_PLANE: &str = "RollingControlPlane";
 pub const PHASE_COMPLETED: &str = "Completed";
@@ -383,7 +443,11 @@ pub fn track_upgrade(
             plan: plan_names(running, desired),
             step: 0,
             phase: phase.into(),
-            start_time: Some(now),
+            start_time: Some(now.clone()),
+            last_progress_time: Some(now),
+            preflight: None,
+            preflight_backup: None,
+            preflight_passed: false,
             completion_time: None,
             message: None,
         }),
@@ -493,6 +557,8 @@ mod tests {
         let mut rolled = Rolled {
             etcd_tag: Some(from.1.into()),
             apiserver: Some(k(from.0)),
+            apiserver_template: Some(k(from.0)),
+            controllers_template: Some(k(from.0)),
         };
         let mut seen = Vec::new();
         for _ in 0..40 {
@@ -518,6 +584,8 @@ mod tests {
             rolled = Rolled {
                 etcd_tag: Some(r.etcd_tag.clone()),
                 apiserver: Some(r.apiserver),
+                apiserver_template: Some(r.apiserver),
+                controllers_template: Some(r.controllers),
             };
             if r.apiserver == r.controllers
                 && rolled.etcd_tag.as_deref() == Some(r.etcd_tag.as_str())
@@ -575,18 +643,84 @@ mod tests {
     }
 
     #[test]
-    fn without_a_known_running_version_everything_renders_the_target() {
-        let r = rendering(None, k("v1.20.2"), "3.4.23", true, &Rolled::default()).unwrap();
+    fn an_unpinned_etcd_is_never_lowered_by_the_pairing() {
+        // etcd 3.5.16 was pinned, then the pin removed: v1.20 pairs 3.4.13.
+        let rolled = Rolled {
+            etcd_tag: Some("3.5.16".into()),
+            apiserver: Some(k("v1.20.2")),
+            apiserver_template: Some(k("v1.20.2")),
+            controllers_template: Some(k("v1.20.2")),
+        };
+        let r = rendering(
+            Some((k("v1.20.2"), "3.5.16")),
+            k("v1.20.2"),
+            "3.4.13-0",
+            false,
+            &rolled,
+        )
+        .unwrap();
         assert!(r.at_target());
+        assert_eq!(
+            (r.etcd_tag.as_str(), r.target_etcd_tag.as_str()),
+            ("3.5.16", "3.5.16")
+        );
+        let r = rendering(
+            Some((k("v1.20.2"), "3.5.16")),
+            k("v1.21.0"),
+            "3.4.13-0",
+            false,
+            &rolled,
+        )
+        .unwrap();
+        assert_eq!(r.etcd_tag, "3.5.16");
+    }
+
+    #[test]
+    fn a_flapping_pod_never_sends_a_step_backwards() {
+        // Step v1.22: etcd moved to 3.5.0-0, the apiservers' template is on
+        // v1.22 already; an etcd pod flaps (not rolled per readiness).
+        let rolled = Rolled {
+            etcd_tag: None,
+            apiserver: None,
+            apiserver_template: Some(k("v1.22.17")),
+            controllers_template: Some(k("v1.21.14")),
+        };
+        let r = rendering(
+            Some((k("v1.21.14"), "3.4.13-0")),
+            k("v1.22.17"),
+            "3.5.0-0",
+            false,
+            &rolled,
+        )
+        .unwrap();
+        assert_eq!(
+            r.apiserver,
+            k("v1.22.17"),
+            "the apiservers are not rolled back"
+        );
+        assert_eq!(r.controllers, k("v1.21.14"));
+    }
+
+    #[test]
+    fn an_etcd_by_digest_is_held_while_kubernetes_steps_are_walked() {
         let r = rendering(
             Some((k("v1.20.2"), "sha256:abc")),
-            k("v1.21.0"),
-            "3.4.23",
+            k("v1.22.0"),
+            "sha256:abc",
             true,
             &Rolled::default(),
         )
         .unwrap();
-        assert!(r.at_target(), "an etcd by digest is not reasoned about");
+        assert_eq!(r.steps_left, 2, "one step per minor even so");
+        assert_eq!(r.apiserver, k("v1.21.14"));
+        assert_eq!(r.controllers, k("v1.20.2"));
+        assert_eq!(r.etcd_tag, "sha256:abc");
+    }
+
+    #[test]
+    fn without_a_known_running_version_everything_renders_the_target() {
+        let r = rendering(None, k("v1.20.2"), "3.4.23", true, &Rolled::default()).unwrap();
+        assert!(r.at_target());
     }
 
     #[test]

@@ -2,37 +2,15 @@
 //! so the controller can report it as a `Stalled` condition and an Event.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use kok_crds::{TenantClusterSpec, TenantClusterStatus};
 
+pub use crate::field_error::{describe, FieldError, Policy};
 use crate::flags::{Component, PROTECTED_FLAGS};
 use crate::pki::San;
 use crate::version::KubeVersion;
-
-/// One invalid field: its path in the object and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
-    }
-}
-
-/// Joins field errors into one message for a condition or Event.
-pub fn describe(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
 
 /// A spec that passed validation, with its strings parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,13 +23,6 @@ pub struct ValidSpec {
     /// The tenant's `kubernetes` Service IP: the first address of the service range.
     pub kubernetes_service_ip: IpAddr,
     pub extra_sans: Vec<San>,
-}
-
-/// Operator-wide settings that change what a spec may ask for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Policy {
-    /// Accept `http://` S3 endpoints (test stores); https only otherwise.
-    pub allow_http_s3: bool,
 }
 
 /// Checks `spec` against itself and against what already runs (`status`):

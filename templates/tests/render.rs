@@ -180,6 +180,10 @@ fn apiserver_reaches_every_member_and_keeps_serving_while_rolling() {
         "v1.20 must turn the insecure port off"
     );
     assert_eq!(flag(&a, "v"), Some("2"), "extra args are passed");
+    // A stopping apiserver keeps serving until its endpoint is gone, and the
+    // pod is given the time for that and for requests in flight.
+    assert_eq!(flag(&a, "shutdown-delay-duration"), Some("10s"));
+    assert!(podspec.termination_grace_period_seconds.unwrap() > 10 + 60);
     assert_eq!(
         podspec.containers[0].image.as_deref(),
         Some("kok.local/kube-apiserver:v1.20.2")

@@ -20,7 +20,7 @@ pub(super) async fn cleanup(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Act
     if remaining > 0 {
         return Err(Error::CleanupPending(tc.name_any()));
     }
-    crate::backup_schedule::delete_all_backups(ctx, &tc).await?;
+    crate::backup::schedule::delete_all_backups(ctx, &tc).await?;
     info!("tenant children deleted; releasing finalizer");
     Ok(Action::await_change())
 }

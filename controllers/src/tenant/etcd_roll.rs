@@ -18,9 +18,9 @@ use kube::{Api, ResourceExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
-use crate::context::Context;
-use crate::error::Result;
 use crate::etcd::EtcdAccess;
+use crate::runtime::context::Context;
+use crate::runtime::error::Result;
 
 /// Where the roll of the etcd members stands after this pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,17 @@ pub(super) async fn roll(ctx: &Context, tc: &TenantCluster, sts: &StatefulSet) -
             "the StatefulSet has no revision yet".into(),
         ));
     };
+    // The StatefulSet controller must have seen the current template, else
+    // `updateRevision` is the previous one and up-to-date pods look stale.
+    let seen = matches!(
+        (sts.metadata.generation, sts.status.as_ref().and_then(|s| s.observed_generation)),
+        (Some(g), Some(o)) if o >= g
+    );
+    if !seen {
+        return Ok(EtcdRoll::Rolling(
+            "waiting for the StatefulSet controller to see the template".into(),
+        ));
+    }
     let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let selector = component_labels(&names.tenant, ETCD)
@@ -69,7 +80,7 @@ pub(super) async fn roll(ctx: &Context, tc: &TenantCluster, sts: &StatefulSet) -
 
     let access = EtcdAccess::for_tenant(&ctx.client, tc)
         .await
-        .map_err(|e| crate::error::Error::Etcd(e.to_string()))?;
+        .map_err(|e| crate::runtime::error::Error::Etcd(e.to_string()))?;
     let mut observed = Vec::new();
     for i in 0..replicas {
         let pod = pod_of(i);
@@ -90,7 +101,10 @@ pub(super) async fn roll(ctx: &Context, tc: &TenantCluster, sts: &StatefulSet) -
         };
         observed.push(MemberObservation {
             ordinal: i,
-            revision: pod.and_then(|p| p.labels().get(REVISION_LABEL).cloned()),
+            // A pod being deleted counts as none yet: it is on its way out.
+            revision: pod
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .and_then(|p| p.labels().get(REVISION_LABEL).cloned()),
             pod_ready: ready,
             status,
         });
@@ -115,9 +129,9 @@ pub(super) async fn roll(ctx: &Context, tc: &TenantCluster, sts: &StatefulSet) -
                 let mut client = access
                     .connect_member(m)
                     .await
-                    .map_err(|e| crate::error::Error::Etcd(e.to_string()))?;
+                    .map_err(|e| crate::runtime::error::Error::Etcd(e.to_string()))?;
                 client.move_leader(to_member_id).await.map_err(|e| {
-                    crate::error::Error::Etcd(format!("moving etcd leadership: {e}"))
+                    crate::runtime::error::Error::Etcd(format!("moving etcd leadership: {e}"))
                 })?;
             }
             let note = format!(

@@ -26,17 +26,19 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use crate::apply::{apply, apply_child, check_owner};
-use crate::conditions;
-use crate::context::Context;
-use crate::error::{Error, Result};
-use crate::lenient::Lenient;
-use crate::tenant_health;
+use self::health as tenant_health;
+use crate::runtime::apply::{apply, apply_child, check_owner};
+use crate::runtime::conditions;
+use crate::runtime::context::Context;
+use crate::runtime::error::{Error, Result};
+use crate::runtime::lenient::Lenient;
 
 mod cleanup;
 mod etcd_roll;
+pub mod health;
 pub mod pki;
 mod services;
+mod upgrade;
 mod workloads;
 
 pub use self::cleanup::kept_volumes_problem;
@@ -45,9 +47,13 @@ use self::etcd_roll::EtcdRoll;
 use self::pki::{self as tenant_pki, config_hashes, pki_inputs};
 pub use self::services::Endpoint;
 use self::services::{apply_service, cluster_ip, endpoint, pinned_addresses};
+use self::upgrade::Preflight;
 use self::workloads::available_replicas;
-use kok_templates::upgrade_plan::{self, track_upgrade, Rolled, Running, PHASE_COMPLETED};
+use kok_templates::upgrade_plan::{
+    self, track_upgrade, Rolled, Running, PHASE_COMPLETED, PHASE_PREFLIGHT,
+};
 use kok_templates::validate::ValidSpec;
+use kok_templates::version::KubeVersion;
 
 pub const FINALIZER: &str = "kok.dev/cleanup";
 const CONTROLLER: &str = "tenantcluster";
@@ -172,8 +178,16 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     status.observed_generation = generation;
 
     // 1. Validate. An invalid spec touches nothing and waits for the next edit.
+    //    Versions are checked against the newest that runs anywhere: in the
+    //    middle of a step the apiservers are ahead of `status.version`.
     let name_errors = validate_name(&name);
-    let validated = match validate(&tc.spec, tc.status.as_ref(), &ctx.policy) {
+    let apiserver_template = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&Names::new(&name).apiserver())
+        .await?
+        .and_then(|d| first_image(d.spec.map(|s| s.template)))
+        .and_then(|i| image_tag(&i).parse::<KubeVersion>().ok());
+    let newest = newest_running(tc.status.as_ref(), apiserver_template);
+    let validated = match validate(&tc.spec, newest.as_ref(), &ctx.policy) {
         Ok(v) if name_errors.is_empty() => Ok(v),
         Ok(_) => Err(name_errors),
         Err(errors) => Err(name_errors.into_iter().chain(errors).collect()),
@@ -479,22 +493,36 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     // Which version each component runs in this pass: an upgrade walks one
     // step at a time, etcd first, then the apiservers, then the controllers.
     let target_etcd_tag = image_tag(&cp::etcd_image(&tc.spec, &valid));
-    let running_kube = status.version.as_deref().and_then(|v| v.parse().ok());
-    let running = running_kube.zip(status.etcd_version.as_deref());
-    let rolled = Rolled {
-        etcd_tag: statefulsets
-            .get_opt(&p.names.etcd())
-            .await?
-            .filter(|s| WorkloadRollout::from_statefulset(s).pending().is_none())
-            .and_then(|s| first_image(s.spec.map(|s| s.template)))
-            .map(|i| image_tag(&i)),
-        apiserver: deployments
-            .get_opt(&p.names.apiserver())
-            .await?
-            .filter(|d| WorkloadRollout::from_deployment(d).pending().is_none())
-            .and_then(|d| first_image(d.spec.map(|s| s.template)))
-            .and_then(|i| image_tag(&i).parse().ok()),
+
+    let live_etcd = statefulsets.get_opt(&p.names.etcd()).await?;
+    let live_apiserver = deployments.get_opt(&p.names.apiserver()).await?;
+    let live_cm = deployments.get_opt(&p.names.controller_manager()).await?;
+    let template_version = |d: &Option<Deployment>| {
+        d.as_ref()
+            .and_then(|d| first_image(d.spec.clone().map(|s| s.template)))
+            .and_then(|i| image_tag(&i).parse().ok())
     };
+    let rolled = Rolled {
+        etcd_tag: live_etcd
+            .as_ref()
+            .filter(|s| WorkloadRollout::from_statefulset(s).rolled())
+            .and_then(|s| first_image(s.spec.clone().map(|s| s.template)))
+            .map(|i| image_tag(&i)),
+        apiserver: live_apiserver
+            .as_ref()
+            .filter(|d| WorkloadRollout::from_deployment(d).rolled())
+            .and(template_version(&live_apiserver)),
+        apiserver_template: template_version(&live_apiserver),
+        controllers_template: template_version(&live_cm),
+    };
+    // What runs: recorded after complete rollouts; for tenants from a kok
+    // that did not record etcd, what the etcd StatefulSet has fully rolled.
+    let running_kube = status.version.as_deref().and_then(|v| v.parse().ok());
+    let running_etcd = status
+        .etcd_version
+        .clone()
+        .or_else(|| rolled.etcd_tag.clone());
+    let running = running_kube.zip(running_etcd.as_deref());
     let rendering = upgrade_plan::rendering(
         running,
         valid.version,
@@ -503,6 +531,22 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         &rolled,
     )
     .map_err(|e| Error::Upgrade(e.to_string()))?;
+    // Until the preflight of this upgrade passed, everything stays on what runs.
+    let desired = Running {
+        kube: valid.version.to_string(),
+        etcd: rendering.target_etcd_tag.clone(),
+    };
+    let preflight_passed = old_status.upgrade.as_ref().is_some_and(|u| {
+        u.phase != PHASE_COMPLETED && u.to == desired.to_string() && u.preflight_passed
+    });
+    let holding = !rendering.at_target() && !preflight_passed;
+    let rendering = match running {
+        Some((kube, etcd)) if holding => {
+            upgrade_plan::rendering(Some((kube, etcd)), kube, etcd, true, &rolled)
+                .map_err(|e| Error::Upgrade(e.to_string()))?
+        }
+        _ => rendering,
+    };
     let mut etcd_spec = tc.spec.clone();
     if etcd_spec.etcd.image.is_none() {
         etcd_spec.etcd.version = Some(rendering.etcd_tag.clone());
@@ -589,21 +633,21 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     let verdict = tenant_status::verdict(&observed);
     // What every component runs once this pass's rollout is complete; the
     // upgrade record compares it with what the spec asks for.
+    // etcd is recorded as soon as every member runs its step's version (the
+    // cluster version may move then: no going back below it).
+    if verdict.components[0].ok {
+        status.etcd_version = Some(rendering.etcd_tag.clone());
+    }
     if verdict.ready && rendering.apiserver == rendering.controllers {
         status.version = Some(rendering.controllers.to_string());
-        status.etcd_version = Some(rendering.etcd_tag.clone());
-        if !etcd_cluster_version_settled(&status) {
-            // Read back once per change: the moment etcd cannot go back.
-            match etcd_roll::cluster_version(ctx, &tc).await {
-                Ok(v) => status.etcd_cluster_version = Some(v),
-                Err(why) => warn!(%why, "etcd cluster version not readable yet"),
-            }
+    }
+    if verdict.components[0].ok && !etcd_cluster_version_settled(&status) {
+        // Read back once per change: the moment etcd cannot go back.
+        match etcd_roll::cluster_version(ctx, &tc).await {
+            Ok(v) => status.etcd_cluster_version = Some(v),
+            Err(why) => warn!(%why, "etcd cluster version not readable yet"),
         }
     }
-    let desired = Running {
-        kube: valid.version.to_string(),
-        etcd: target_etcd_tag.clone(),
-    };
     let running_now = match (&status.version, &status.etcd_version) {
         (Some(kube), Some(etcd)) => Some(Running {
             kube: kube.clone(),
@@ -612,16 +656,22 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         _ => None,
     };
     let was = status.upgrade.clone();
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
     status.upgrade = track_upgrade(
         status.upgrade.as_ref(),
         running_now.as_ref(),
         &desired,
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+        now.clone(),
     );
     if let (Some(u), Some(phase)) = (status.upgrade.as_mut(), rendering.phase) {
         if u.phase != PHASE_COMPLETED {
+            let step = (u.plan.len().saturating_sub(rendering.steps_left)) as u32;
+            if (u.phase.as_str(), u.step) != (phase, step) {
+                u.last_progress_time = Some(now.clone());
+            }
             u.phase = phase.into();
-            u.step = (u.plan.len().saturating_sub(rendering.steps_left)) as u32;
+            u.step = step;
             u.message = rendering.step.as_ref().map(|s| {
                 format!(
                     "step {}/{}: {s}; etcd {}, apiservers {}, controllers {}",
@@ -633,6 +683,35 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
                 )
             });
         }
+    }
+    let mut preflight_failed = None;
+    if let Some(u) = status
+        .upgrade
+        .as_mut()
+        .filter(|u| holding && u.phase != PHASE_COMPLETED)
+    {
+        let (state, backup) = upgrade::preflight(ctx, &tc, u, verdict.ready).await?;
+        if u.phase != PHASE_PREFLIGHT {
+            u.phase = PHASE_PREFLIGHT.into();
+            u.last_progress_time = Some(now.clone());
+        }
+        if backup.is_some() {
+            u.preflight_backup = backup;
+        }
+        let note = match state {
+            Preflight::Passed(note) => {
+                u.preflight_passed = true;
+                u.last_progress_time = Some(now.clone());
+                note
+            }
+            Preflight::Waiting(note) => note,
+            Preflight::Failed(note) => {
+                preflight_failed = Some(note.clone());
+                note
+            }
+        };
+        u.message = Some(format!("preflight: {note}"));
+        u.preflight = Some(note);
     }
     let upgrade_open = status
         .upgrade
@@ -712,13 +791,24 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         Some(msg) => {
             // An upgrade that has not moved for long is stuck: it keeps
             // serving on what runs, and says so instead of just "progressing".
-            let reason = if upgrade_open.as_ref().is_some_and(upgrade_stuck) {
-                "UpgradeStuck"
-            } else {
-                "Progressing"
-            };
+            let stuck = upgrade_open.as_ref().is_some_and(upgrade_stuck);
+            let reason = if stuck { "UpgradeStuck" } else { "Progressing" };
             conditions::set(c, condition::READY, false, reason, msg.clone(), g);
             conditions::set(c, condition::RECONCILING, true, reason, msg.clone(), g);
+            if stuck {
+                // kstatus: it will not finish on its own; it keeps serving.
+                conditions::set(c, condition::STALLED, true, reason, msg.clone(), g);
+            }
+            if let Some(why) = &preflight_failed {
+                conditions::set(
+                    c,
+                    condition::STALLED,
+                    true,
+                    "PreflightFailed",
+                    why.clone(),
+                    g,
+                );
+            }
         }
     }
     let became_ready = ready && !conditions::is_true(&old_status.conditions, condition::READY);
@@ -776,14 +866,36 @@ async fn restore_problem(
 }
 
 /// Patches status only when it differs from what is stored.
-/// How long an upgrade may take before it is reported as stuck.
+/// The status as validation should see it: `version` raised to what the
+/// apiserver template already runs, when that is newer.
+fn newest_running(
+    status: Option<&TenantClusterStatus>,
+    apiserver_template: Option<KubeVersion>,
+) -> Option<TenantClusterStatus> {
+    let mut s = status.cloned()?;
+    let recorded = s
+        .version
+        .as_deref()
+        .and_then(|v| v.parse::<KubeVersion>().ok());
+    if let (Some(t), Some(r)) = (apiserver_template, recorded) {
+        if t > r {
+            s.version = Some(t.to_string());
+        }
+    }
+    Some(s)
+}
+
+/// How long an upgrade step may go without moving before it is reported as stuck.
 const UPGRADE_STUCK_AFTER: Duration = Duration::from_secs(30 * 60);
 
 fn upgrade_stuck(u: &kok_crds::UpgradeStatus) -> bool {
-    u.start_time.as_ref().is_some_and(|t| {
-        let age = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
-        age.as_secs() > UPGRADE_STUCK_AFTER.as_secs() as i64
-    })
+    u.last_progress_time
+        .as_ref()
+        .or(u.start_time.as_ref())
+        .is_some_and(|t| {
+            let age = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
+            age.as_secs() > UPGRADE_STUCK_AFTER.as_secs() as i64
+        })
 }
 
 /// The tag of an image reference (`repo/etcd:3.5.16` -> `3.5.16`).
@@ -802,10 +914,15 @@ fn first_image(t: Option<k8s_openapi::api::core::v1::PodTemplateSpec>) -> Option
 
 /// Whether the recorded etcd cluster version is the minor every member runs.
 fn etcd_cluster_version_settled(status: &TenantClusterStatus) -> bool {
-    let Some(running) = status.etcd_version.as_deref() else {
+    // A tag that is not a version (an image by digest): nothing to compare.
+    let Some(running) = status
+        .etcd_version
+        .as_deref()
+        .and_then(|v| v.parse::<upgrade_plan::EtcdVersion>().ok())
+    else {
         return true;
     };
-    let minor = running.split('.').take(2).collect::<Vec<_>>().join(".");
+    let minor = format!("{}.{}", running.major, running.minor);
     status.etcd_cluster_version.as_deref() == Some(minor.as_str())
 }
 

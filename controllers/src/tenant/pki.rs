@@ -13,8 +13,8 @@ use kube::Api;
 use time::OffsetDateTime;
 use tracing::info;
 
-use crate::apply::{apply, check_owner};
-use crate::error::{Error, Result};
+use crate::runtime::apply::{apply, check_owner};
+use crate::runtime::error::{Error, Result};
 use kok_crds::TenantCluster;
 use kok_templates::controlplane::ConfigHashes;
 use kok_templates::pki::San;

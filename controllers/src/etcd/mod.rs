@@ -1,6 +1,9 @@
 //! Connecting to a tenant's etcd with the client certificate kok issued for
 //! itself (`etcd-operator-client`), one member at a time.
 
+pub mod snapshot;
+pub mod verify;
+
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};

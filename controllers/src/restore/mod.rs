@@ -11,6 +11,8 @@
 //! restore waits for its member Jobs and leaves the tenant stopped and
 //! annotated, which the TenantCluster shows as `RestoreAbandoned`.
 
+pub mod member;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,12 +40,12 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use crate::backup::{open_store, Refusal};
-use crate::conditions;
-use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::etcd::snapshot::fingerprint_at;
 use crate::etcd::EtcdAccess;
-use crate::snapshot::fingerprint_at;
+use crate::runtime::conditions;
+use crate::runtime::context::Context;
+use crate::runtime::error::{Error, Result};
+use crate::storage::{open_store, Refusal};
 
 const CONTROLLER: &str = "etcdrestore";
 /// Held while deleting the restore could leave the tenant silently stopped.
@@ -328,7 +330,7 @@ async fn report_error(er: &EtcdRestore, ctx: &Context, error: &Error) {
     }
     if fresh.status.as_ref().map(|s| &s.conditions) != Some(&status.conditions) {
         let patch = json!({"conditions": status.conditions});
-        if let Err(e) = crate::apply::patch_status(&api, &er.name_any(), &patch).await {
+        if let Err(e) = crate::runtime::apply::patch_status(&api, &er.name_any(), &patch).await {
             warn!(error = %e, "could not record the reconcile error in status");
         }
     }
@@ -370,7 +372,8 @@ async fn cleanup(er: Arc<EtcdRestore>, ctx: &Context) -> Result<Action> {
              swap is never interrupted"
         );
         if status.message.as_deref() != Some(message.as_str()) {
-            crate::apply::patch_status(&api, &er.name_any(), &json!({"message": message})).await?;
+            crate::runtime::apply::patch_status(&api, &er.name_any(), &json!({"message": message}))
+                .await?;
         }
         return Err(Error::CleanupPending(format!(
             "EtcdRestore {}",
@@ -746,7 +749,7 @@ async fn restore_members(
         let current = match jobs.get_opt(&name).await? {
             // A Job of that name that this restore did not create is never
             // taken for its own: its success would say nothing.
-            Some(j) => match crate::apply::check_owner(&j, &uid) {
+            Some(j) => match crate::runtime::apply::check_owner(&j, &uid) {
                 Ok(()) => j,
                 Err(e) => return Ok(failed(e.to_string())),
             },
@@ -850,7 +853,7 @@ async fn verify(er: &EtcdRestore, ctx: &Context) -> Result<Step> {
 
 async fn patch_status(ctx: &Context, er: &EtcdRestore, status: &EtcdRestoreStatus) -> Result<()> {
     let api = Api::<EtcdRestore>::namespaced(ctx.client.clone(), &ns(er));
-    crate::apply::patch_status(&api, &er.name_any(), status).await
+    crate::runtime::apply::patch_status(&api, &er.name_any(), status).await
 }
 
 fn now() -> Time {

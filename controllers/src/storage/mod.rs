@@ -4,6 +4,11 @@
 //! On a filesystem, artifacts are 0600 and their directories 0700: only the
 //! operator's user (and restore Jobs, which run as the same user) reads them.
 
+pub mod encryption;
+mod open;
+
+pub use self::open::{open_store, s3_credentials, Refusal};
+
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +22,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, WriteMultipart};
 
-use crate::encryption::{self, ArtifactKey, Decryptor, EncryptionError, Encryptor};
+use self::encryption::{ArtifactKey, Decryptor, EncryptionError, Encryptor};
 
 /// Part size of multipart uploads (S3's minimum is 5 MiB).
 pub const PART_SIZE: usize = 5 * 1024 * 1024;

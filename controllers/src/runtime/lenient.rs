@@ -23,9 +23,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use tracing::warn;
 
-use crate::conditions;
-use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::runtime::conditions;
+use crate::runtime::context::Context;
+use crate::runtime::error::{Error, Result};
 
 /// An object of kind `K` as stored, decoded or not.
 #[derive(Clone, Debug)]

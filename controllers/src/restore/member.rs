@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use kok_crds::Destination;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::backup::s3_credentials;
-use crate::destination::Store;
-use crate::encryption::ArtifactKey;
-use crate::verify::{download, restore_data_dir, RestoreMember, Tools};
+use crate::etcd::verify::{download, restore_data_dir, RestoreMember, Tools};
+use crate::storage::encryption::ArtifactKey;
+use crate::storage::s3_credentials;
+use crate::storage::Store;
 
 fn var(name: &str) -> anyhow::Result<String> {
     std::env::var(name).map_err(|_| anyhow::anyhow!("{name} is not set"))

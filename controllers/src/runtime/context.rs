@@ -11,7 +11,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::Client;
 use kube::Resource;
 
-use crate::telemetry::Metrics;
+use crate::runtime::telemetry::Metrics;
 
 pub struct Context {
     pub client: Client,
@@ -24,7 +24,7 @@ pub struct Context {
     pub operator_namespace: String,
     pub operator_namespace_labels: std::collections::BTreeMap<String, String>,
     /// etcd binaries for restoring backups into a scratch etcd.
-    pub etcd_tools: crate::verify::Tools,
+    pub etcd_tools: crate::etcd::verify::Tools,
     /// Scratch space for backup verification (`KOK_WORK_DIR`, default the temp dir).
     pub work_dir: std::path::PathBuf,
     /// The operator's own image (`KOK_IMAGE`): restore Jobs run it.
@@ -55,7 +55,7 @@ impl Context {
             operator_pod_labels,
             operator_namespace,
             operator_namespace_labels,
-            etcd_tools: crate::verify::Tools::from_env(),
+            etcd_tools: crate::etcd::verify::Tools::from_env(),
             work_dir: std::env::var_os("KOK_WORK_DIR")
                 .map(Into::into)
                 .unwrap_or_else(|| std::env::temp_dir().join("kok")),
@@ -103,7 +103,7 @@ impl Context {
         &self,
         controller: &'static str,
         obj: &K,
-        error: &crate::error::Error,
+        error: &crate::runtime::error::Error,
     ) -> kube::runtime::controller::Action {
         self.metrics
             .reconcile_failed(controller, error.metric_label());

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
-use crate::destination::{DestinationError, Store};
-use crate::snapshot::{fingerprint_at, hex, Fingerprint, TrailerCheck};
+use crate::etcd::snapshot::{fingerprint_at, hex, Fingerprint, TrailerCheck};
+use crate::storage::{DestinationError, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {

@@ -5,7 +5,7 @@ use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::runtime::error::{Error, Result};
 
 pub const FIELD_MANAGER: &str = "kok";
 

@@ -6,8 +6,8 @@
 use etcd_client::{Client, GetOptions};
 use sha2::{Digest, Sha256};
 
-use crate::destination::{DestinationError, Store};
 use crate::etcd::EtcdError;
+use crate::storage::{DestinationError, Store};
 
 /// etcd appends the sha256 of the database to the snapshot stream.
 const ETCD_TRAILER: usize = 32;
@@ -133,7 +133,7 @@ pub async fn take(etcd: &mut Client, store: &Store, key: &str) -> Result<Snapsho
 
 async fn stream_into(
     etcd: &mut Client,
-    writer: &mut crate::destination::ArtifactWriter,
+    writer: &mut crate::storage::ArtifactWriter,
 ) -> Result<(u64, String), SnapshotError> {
     let mut stream = etcd.snapshot().await?;
     let mut check = TrailerCheck::default();

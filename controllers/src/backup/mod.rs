@@ -4,33 +4,28 @@
 //! the phase; an error that keeps a step from finishing is shown on the object
 //! (condition and Event), not only in the operator's log.
 
-use std::collections::BTreeMap;
+pub mod schedule;
+
 use std::sync::Arc;
 
 use chrono::Utc;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kok_crds::{
-    condition, BackupEncryption, BackupPhase, BackupSpec, EtcdBackup, EtcdBackupStatus,
-    TenantCluster,
-};
+use kok_crds::{condition, BackupPhase, BackupSpec, EtcdBackup, EtcdBackupStatus, TenantCluster};
 use kok_templates::backup::artifact_key;
-use kok_templates::secrets::string_data;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use crate::conditions;
-use crate::context::Context;
-use crate::destination::{S3Credentials, Store};
-use crate::encryption::ArtifactKey;
-use crate::error::{Error, Result};
+use crate::etcd::snapshot::{self, Fingerprint};
+use crate::etcd::verify;
 use crate::etcd::EtcdAccess;
-use crate::snapshot::{self, Fingerprint};
-use crate::verify;
+use crate::runtime::conditions;
+use crate::runtime::context::Context;
+use crate::runtime::error::{Error, Result};
+use crate::storage::{open_store, Refusal, Store};
 
 const CONTROLLER: &str = "etcdbackup";
 
@@ -96,7 +91,7 @@ async fn show_error(ctx: &Context, api: &Api<EtcdBackup>, fresh: &EtcdBackup, er
             "conditions": conditions,
             "observedGeneration": latest.metadata.generation,
         });
-        if let Err(e) = crate::apply::patch_status(api, &name, &patch).await {
+        if let Err(e) = crate::runtime::apply::patch_status(api, &name, &patch).await {
             warn!(error = %e, "could not record the reconcile error in status");
         }
     }
@@ -168,9 +163,6 @@ fn phase_conditions(status: &mut EtcdBackupStatus, generation: Option<i64>) {
 pub fn error_policy(eb: Arc<EtcdBackup>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.retry_after_error(CONTROLLER, eb.as_ref(), error)
 }
-
-/// Why a backup cannot be taken: recorded as `Failed` with this message.
-pub struct Refusal(pub String);
 
 async fn run(
     eb: &EtcdBackup,
@@ -392,90 +384,6 @@ async fn backup_target(
     }
 }
 
-pub async fn open_store(
-    ctx: &Context,
-    ns: &str,
-    spec: &BackupSpec,
-) -> Result<Result<Store, Refusal>> {
-    // The TenantCluster reconciler stalls on an invalid spec, but backups,
-    // retention and restores read the spec on their own: an endpoint the
-    // policy refuses (metadata service, plain http) is never contacted.
-    let invalid: Vec<String> = kok_templates::backup::validate_backup(spec, &ctx.policy)
-        .into_iter()
-        .filter(|e| e.field.starts_with("spec.backup.destination"))
-        .map(|e| e.to_string())
-        .collect();
-    if !invalid.is_empty() {
-        return Ok(Err(Refusal(invalid.join("; "))));
-    }
-    let creds = match &spec.destination.s3 {
-        Some(s3) => {
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-            let Some(secret) = secrets.get_opt(&s3.credentials_secret).await? else {
-                return Ok(Err(Refusal(format!(
-                    "S3 credentials Secret {} not found",
-                    s3.credentials_secret
-                ))));
-            };
-            match s3_credentials(&string_data(&secret)) {
-                Some(c) => Some(c),
-                None => {
-                    return Ok(Err(Refusal(format!(
-                        "Secret {} needs keys accessKeyID and secretAccessKey",
-                        s3.credentials_secret
-                    ))))
-                }
-            }
-        }
-        None => None,
-    };
-    let key = match &spec.encryption {
-        Some(enc) => match encryption_key(ctx, ns, enc).await? {
-            Ok(key) => Some(Arc::new(key)),
-            Err(refusal) => return Ok(Err(refusal)),
-        },
-        None => None,
-    };
-    Ok(Store::open(&spec.destination, creds)
-        .map(|s| s.with_key(key))
-        .map_err(|e| Refusal(e.to_string())))
-}
-
-/// The key named by `spec.backup.encryption`, or why it cannot be used.
-async fn encryption_key(
-    ctx: &Context,
-    ns: &str,
-    enc: &BackupEncryption,
-) -> Result<Result<ArtifactKey, Refusal>> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(secret) = secrets.get_opt(&enc.key_secret).await? else {
-        return Ok(Err(Refusal(format!(
-            "spec.backup.encryption.keySecret: Secret {} not found",
-            enc.key_secret
-        ))));
-    };
-    let Some(value) = secret.data.as_ref().and_then(|d| d.get(&enc.key)) else {
-        return Ok(Err(Refusal(format!(
-            "spec.backup.encryption.key: Secret {} has no key {:?}",
-            enc.key_secret, enc.key
-        ))));
-    };
-    Ok(ArtifactKey::from_base64(&value.0).map_err(|e| {
-        Refusal(format!(
-            "spec.backup.encryption: Secret {}: {e}",
-            enc.key_secret
-        ))
-    }))
-}
-
-pub fn s3_credentials(data: &BTreeMap<String, String>) -> Option<S3Credentials> {
-    Some(S3Credentials {
-        access_key_id: data.get("accessKeyID")?.clone(),
-        secret_access_key: data.get("secretAccessKey")?.clone(),
-        session_token: data.get("sessionToken").cloned(),
-    })
-}
-
 async fn succeed(
     ctx: &Context,
     api: &Api<EtcdBackup>,
@@ -517,7 +425,7 @@ async fn patch_status(
     status: &mut EtcdBackupStatus,
 ) -> Result<()> {
     phase_conditions(status, eb.metadata.generation);
-    crate::apply::patch_status(api, &eb.name_any(), status).await
+    crate::runtime::apply::patch_status(api, &eb.name_any(), status).await
 }
 
 /// Publishes an Event on `obj`; a failure to publish is only logged.

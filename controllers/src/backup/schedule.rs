@@ -25,10 +25,11 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use crate::backup::{backup_time, open_store, publish, Refusal};
-use crate::context::Context;
-use crate::error::{Error, Result};
-use crate::lenient::Lenient;
+use crate::backup::{backup_time, publish};
+use crate::runtime::context::Context;
+use crate::runtime::error::{Error, Result};
+use crate::runtime::lenient::Lenient;
+use crate::storage::{open_store, Refusal};
 
 const CONTROLLER: &str = "backupschedule";
 /// Retention by age needs a look now and then even when no slot is near.

@@ -1,0 +1,10 @@
+//! Plumbing shared by every reconciler.
+
+pub mod apply;
+pub mod conditions;
+pub mod context;
+pub mod error;
+pub mod leader;
+pub mod lenient;
+pub mod telemetry;
+pub mod triggers;
