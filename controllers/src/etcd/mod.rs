@@ -51,17 +51,7 @@ impl EtcdAccess {
     pub async fn connect(&self) -> Result<Client, EtcdError> {
         let mut last = String::from("no members");
         for m in &self.members {
-            let mut options = ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(5))
-                .with_timeout(Duration::from_secs(30));
-            if let (Some(tls), Some(name)) = (&self.tls, &m.tls_name) {
-                options = options.with_tls(
-                    TlsOptions::new()
-                        .ca_certificate(Certificate::from_pem(&tls.ca_pem))
-                        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-                        .domain_name(name.clone()),
-                );
-            }
+            let options = self.options(m, Duration::from_secs(5), Duration::from_secs(30));
             match Client::connect([m.url.as_str()], Some(options)).await {
                 Ok(mut c) => match c.status().await {
                     Ok(_) => return Ok(c),
@@ -76,9 +66,18 @@ impl EtcdAccess {
     /// A client of member `m` alone (no failover to the others): what that
     /// member itself reports is what a rolling replacement needs to know.
     pub async fn connect_member(&self, m: &Member) -> Result<Client, EtcdError> {
+        let options = self.options(m, Duration::from_secs(3), Duration::from_secs(10));
+        Client::connect([m.url.as_str()], Some(options))
+            .await
+            .map_err(|e| EtcdError::Unreachable(format!("{}: {e}", m.url)))
+    }
+
+    /// Connection options for member `m`: TLS with kok's client certificate
+    /// when the tenant's etcd uses it.
+    fn options(&self, m: &Member, connect: Duration, timeout: Duration) -> ConnectOptions {
         let mut options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(Duration::from_secs(10));
+            .with_connect_timeout(connect)
+            .with_timeout(timeout);
         if let (Some(tls), Some(name)) = (&self.tls, &m.tls_name) {
             options = options.with_tls(
                 TlsOptions::new()
@@ -87,9 +86,7 @@ impl EtcdAccess {
                     .domain_name(name.clone()),
             );
         }
-        Client::connect([m.url.as_str()], Some(options))
-            .await
-            .map_err(|e| EtcdError::Unreachable(format!("{}: {e}", m.url)))
+        options
     }
 
     /// The members of a running tenant, by their Services' ClusterIPs.
