@@ -237,6 +237,8 @@ pub struct EtcdBackupStatus {
     pub observed_generation: Option<i64>,
     /// kstatus: `Ready` (Succeeded), `Reconciling` (Pending, Running,
     /// Verifying), `Stalled` (Failed, or an API error that retrying cannot fix).
+    /// One entry per condition type (a list map: each writer owns its types).
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
@@ -322,6 +324,8 @@ pub struct EtcdRestoreStatus {
     pub observed_generation: Option<i64>,
     /// kstatus: `Ready` (Completed), `Reconciling` (running), `Stalled`
     /// (Failed, or the spec cannot work).
+    /// One entry per condition type (a list map: each writer owns its types).
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }

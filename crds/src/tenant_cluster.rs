@@ -240,6 +240,8 @@ impl Default for NetworkingSpec {
 pub struct TenantClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// One entry per condition type (a list map: each writer owns its types).
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The Kubernetes version the control plane runs now.

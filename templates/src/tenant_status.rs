@@ -234,6 +234,67 @@ pub fn verdict(o: &Observed) -> Verdict {
     }
 }
 
+/// An upgrade that has not completed, as the summary conditions need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenUpgrade {
+    pub from: String,
+    pub to: String,
+    /// What the current step or the preflight is doing.
+    pub doing: String,
+    /// No progress for longer than the operator allows.
+    pub stuck: bool,
+    /// The preflight failed in a way only a person can fix.
+    pub preflight_failed: Option<String>,
+}
+
+/// `Ready`, `Reconciling` and (when it will not finish on its own)
+/// `Stalled`, from the rollout verdict and the upgrade record. Ready only
+/// when every component runs what the spec asks for: a step of an upgrade
+/// that rolled out completely is not the end of it.
+pub fn summary(verdict: &Verdict, upgrade: Option<&OpenUpgrade>) -> Vec<ComponentCondition> {
+    let waiting_for = verdict
+        .waiting_for
+        .clone()
+        .or_else(|| upgrade.map(|u| format!("upgrading from {} to {}: {}", u.from, u.to, u.doing)));
+    let cond = |type_, ok, reason, message: &str| ComponentCondition {
+        type_,
+        ok,
+        reason,
+        message: message.to_string(),
+    };
+    let Some(msg) = waiting_for else {
+        return vec![
+            cond(
+                condition::READY,
+                true,
+                "Ready",
+                "the tenant control plane is serving",
+            ),
+            cond(
+                condition::RECONCILING,
+                false,
+                "Ready",
+                "the control plane matches the spec",
+            ),
+        ];
+    };
+    // An upgrade that has not moved for long is stuck: it keeps serving on
+    // what runs, and says so instead of just "progressing".
+    let stuck = upgrade.is_some_and(|u| u.stuck);
+    let reason = if stuck { "UpgradeStuck" } else { "Progressing" };
+    let mut out = vec![
+        cond(condition::READY, false, reason, &msg),
+        cond(condition::RECONCILING, true, reason, &msg),
+    ];
+    if stuck {
+        out.push(cond(condition::STALLED, true, reason, &msg));
+    }
+    if let Some(why) = upgrade.and_then(|u| u.preflight_failed.as_deref()) {
+        out.push(cond(condition::STALLED, true, "PreflightFailed", why));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,5 +450,53 @@ mod tests {
         unready.status.as_mut().unwrap().available_replicas = Some(1);
         let w = WorkloadRollout::from_deployment(&unready);
         assert!(w.rolled() && w.pending().is_some(), "rolled, not available");
+    }
+
+    fn open(stuck: bool, preflight_failed: Option<&str>) -> OpenUpgrade {
+        OpenUpgrade {
+            from: "v1.30.2".into(),
+            to: "v1.31.0".into(),
+            doing: "step 1/1: etcd".into(),
+            stuck,
+            preflight_failed: preflight_failed.map(Into::into),
+        }
+    }
+
+    fn find<'a>(cs: &'a [ComponentCondition], t: &str) -> Vec<&'a ComponentCondition> {
+        cs.iter().filter(|c| c.type_ == t).collect()
+    }
+
+    #[test]
+    fn summary_is_ready_only_with_nothing_rolling_and_no_open_upgrade() {
+        let done = verdict(&serving());
+        let s = summary(&done, None);
+        assert!(find(&s, condition::READY)[0].ok && !find(&s, condition::RECONCILING)[0].ok);
+        assert!(find(&s, condition::STALLED).is_empty());
+
+        // A finished step of an unfinished upgrade: still reconciling.
+        let s = summary(&done, Some(&open(false, None)));
+        assert!(!find(&s, condition::READY)[0].ok && find(&s, condition::RECONCILING)[0].ok);
+        assert_eq!(find(&s, condition::READY)[0].reason, "Progressing");
+        assert!(find(&s, condition::READY)[0]
+            .message
+            .contains("upgrading from v1.30.2 to v1.31.0"));
+
+        let mut rolling = serving();
+        rolling.apiserver.as_mut().unwrap().updated = 1;
+        let s = summary(&verdict(&rolling), None);
+        assert!(!find(&s, condition::READY)[0].ok && find(&s, condition::RECONCILING)[0].ok);
+    }
+
+    #[test]
+    fn a_stuck_upgrade_or_failed_preflight_is_stalled_but_reconciling() {
+        let done = verdict(&serving());
+        let s = summary(&done, Some(&open(true, None)));
+        assert_eq!(find(&s, condition::RECONCILING)[0].reason, "UpgradeStuck");
+        assert!(find(&s, condition::STALLED)[0].ok);
+        let s = summary(&done, Some(&open(false, Some("EtcdBackup x failed"))));
+        let stalled = find(&s, condition::STALLED);
+        assert_eq!(stalled.len(), 1);
+        assert_eq!(stalled[0].reason, "PreflightFailed");
+        assert_eq!(stalled[0].message, "EtcdBackup x failed");
     }
 }

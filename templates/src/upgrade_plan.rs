@@ -454,6 +454,37 @@ pub fn track_upgrade(
     }
 }
 
+/// Stamps the step this pass renders onto an open record: phase, step
+/// index and a message naming every component's version. Progress time
+/// moves only when the phase or step does, so a step that never moves ends
+/// up reported as stuck.
+pub fn note_step(
+    u: &mut kok_crds::UpgradeStatus,
+    r: &Rendering,
+    now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) {
+    let Some(phase) = r.phase else { return };
+    if u.phase == PHASE_COMPLETED {
+        return;
+    }
+    let step = u.plan.len().saturating_sub(r.steps_left) as u32;
+    if (u.phase.as_str(), u.step) != (phase, step) {
+        u.last_progress_time = Some(now);
+    }
+    u.phase = phase.into();
+    u.step = step;
+    u.message = r.step.as_ref().map(|s| {
+        format!(
+            "step {}/{}: {s}; etcd {}, apiservers {}, controllers {}",
+            u.step + 1,
+            u.plan.len().max(1),
+            r.etcd_tag,
+            r.apiserver,
+            r.controllers
+        )
+    });
+}
+
 /// The plan's steps as shown in status (the target alone when versions do
 /// not parse, e.g. an etcd image given by digest).
 fn plan_names(running: &Running, desired: &Running) -> Vec<String> {
@@ -850,5 +881,60 @@ mod tests {
         // A pinned etcd above the pairing is kept through every step.
         let p = plan(at("v1.20.2", "3.5.16"), k("v1.22.0"), Some(e("3.5.16"))).unwrap();
         assert!(p.iter().all(|s| s.etcd == e("3.5.16")));
+    }
+
+    #[test]
+    fn a_step_is_stamped_and_progress_moves_only_when_it_does() {
+        let from = running("v1.30.2", "3.5.16");
+        let to = running("v1.32.1", "3.5.16");
+        let t0 = now("2026-01-01T00:00:00Z");
+        let mut u = track_upgrade(None, Some(&from), &to, t0.clone()).unwrap();
+        assert_eq!(u.plan.len(), 2);
+        let rolled = Rolled {
+            etcd_tag: Some("3.5.16".into()),
+            apiserver: Some(k("v1.30.2")),
+            apiserver_template: Some(k("v1.30.2")),
+            controllers_template: Some(k("v1.30.2")),
+        };
+        let r = rendering(
+            Some((k("v1.30.2"), "3.5.16")),
+            k("v1.32.1"),
+            "3.5.16",
+            true,
+            &rolled,
+        )
+        .unwrap();
+        let t1 = now("2026-01-01T00:01:00Z");
+        note_step(&mut u, &r, t1.clone());
+        assert_eq!((u.phase.as_str(), u.step), (PHASE_ROLLING_CONTROL_PLANE, 0));
+        let message = u.message.clone().unwrap();
+        assert!(message.starts_with("step 1/2: "), "{message}");
+        assert!(message.contains("apiservers v1.31"), "{message}");
+        // The record started on this phase and step: no progress since.
+        note_step(&mut u, &r, now("2026-01-01T00:09:00Z"));
+        assert_eq!(u.last_progress_time, Some(t0));
+        // The first step rolled out and is recorded as running: the next
+        // step is progress.
+        let rolled = Rolled {
+            apiserver: Some(k("v1.31.0")),
+            apiserver_template: Some(k("v1.31.0")),
+            controllers_template: Some(k("v1.31.0")),
+            ..rolled
+        };
+        let r = rendering(
+            Some((k("v1.31.0"), "3.5.16")),
+            k("v1.32.1"),
+            "3.5.16",
+            true,
+            &rolled,
+        )
+        .unwrap();
+        note_step(&mut u, &r, t1.clone());
+        assert_eq!(u.step, 1, "{u:?}");
+        assert_eq!(u.last_progress_time, Some(t1));
+        // A completed record is never reopened by a stale rendering.
+        u.phase = PHASE_COMPLETED.into();
+        note_step(&mut u, &r, now("2026-01-01T00:10:00Z"));
+        assert_eq!(u.phase, PHASE_COMPLETED);
     }
 }

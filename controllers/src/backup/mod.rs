@@ -25,6 +25,7 @@ use crate::etcd::EtcdAccess;
 use crate::runtime::conditions;
 use crate::runtime::context::Context;
 use crate::runtime::error::{Error, Result};
+use crate::runtime::status::{apply_status, manager};
 use crate::storage::{open_store, Refusal, Store};
 
 const CONTROLLER: &str = "etcdbackup";
@@ -74,24 +75,18 @@ async fn show_error(ctx: &Context, api: &Api<EtcdBackup>, fresh: &EtcdBackup, er
         Ok(Some(b)) => b,
         _ => fresh.clone(),
     };
-    let mut conditions = latest
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
-    let before = conditions.clone();
+    let before = latest.status.clone().unwrap_or_default();
+    let mut status = before.clone();
     error_conditions(
-        &mut conditions,
+        &mut status.conditions,
         &message,
         is_permanent(error),
         latest.metadata.generation,
     );
-    if conditions != before {
-        let patch = serde_json::json!({
-            "conditions": conditions,
-            "observedGeneration": latest.metadata.generation,
-        });
-        if let Err(e) = crate::runtime::apply::patch_status(api, &name, &patch).await {
+    status.observed_generation = latest.metadata.generation;
+    if status != before {
+        // The whole status: what this writer leaves out of an apply is removed.
+        if let Err(e) = apply_status(api, &latest, manager::BACKUP, &status).await {
             warn!(error = %e, "could not record the reconcile error in status");
         }
     }
@@ -425,7 +420,7 @@ async fn patch_status(
     status: &mut EtcdBackupStatus,
 ) -> Result<()> {
     phase_conditions(status, eb.metadata.generation);
-    crate::runtime::apply::patch_status(api, &eb.name_any(), status).await
+    apply_status(api, eb, manager::BACKUP, status).await
 }
 
 /// Publishes an Event on `obj`; a failure to publish is only logged.

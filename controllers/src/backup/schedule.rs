@@ -17,7 +17,7 @@ use kok_templates::backup::{
     Incarnation, TENANT_UID_LABEL,
 };
 use kok_templates::names::TENANT_LABEL;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -29,6 +29,7 @@ use crate::backup::{backup_time, publish};
 use crate::runtime::context::Context;
 use crate::runtime::error::{Error, Result};
 use crate::runtime::lenient::Lenient;
+use crate::runtime::status::{apply_status, manager};
 use crate::storage::{open_store, Refusal};
 
 const CONTROLLER: &str = "backupschedule";
@@ -348,11 +349,11 @@ async fn patch_schedule_status(
 ) -> Result<()> {
     let api: Api<TenantCluster> =
         Api::namespaced(ctx.client.clone(), &tc.namespace().unwrap_or_default());
-    api.patch_status(
-        &tc.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": { "backup": status } })),
+    apply_status(
+        &api,
+        tc,
+        manager::BACKUP_SCHEDULE,
+        &json!({ "backup": status }),
     )
-    .await?;
-    Ok(())
+    .await
 }

@@ -45,6 +45,7 @@ use crate::etcd::EtcdAccess;
 use crate::runtime::conditions;
 use crate::runtime::context::Context;
 use crate::runtime::error::{Error, Result};
+use crate::runtime::status::{apply_status, manager};
 use crate::storage::{open_store, Refusal};
 
 const CONTROLLER: &str = "etcdrestore";
@@ -329,8 +330,8 @@ async fn report_error(er: &EtcdRestore, ctx: &Context, error: &Error) {
         );
     }
     if fresh.status.as_ref().map(|s| &s.conditions) != Some(&status.conditions) {
-        let patch = json!({"conditions": status.conditions});
-        if let Err(e) = crate::runtime::apply::patch_status(&api, &er.name_any(), &patch).await {
+        // The whole status: what this writer leaves out of an apply is removed.
+        if let Err(e) = apply_status(&api, &fresh, manager::RESTORE, &status).await {
             warn!(error = %e, "could not record the reconcile error in status");
         }
     }
@@ -372,8 +373,9 @@ async fn cleanup(er: Arc<EtcdRestore>, ctx: &Context) -> Result<Action> {
              swap is never interrupted"
         );
         if status.message.as_deref() != Some(message.as_str()) {
-            crate::runtime::apply::patch_status(&api, &er.name_any(), &json!({"message": message}))
-                .await?;
+            let mut status = status.clone();
+            status.message = Some(message);
+            apply_status(&api, &er, manager::RESTORE, &status).await?;
         }
         return Err(Error::CleanupPending(format!(
             "EtcdRestore {}",
@@ -853,7 +855,7 @@ async fn verify(er: &EtcdRestore, ctx: &Context) -> Result<Step> {
 
 async fn patch_status(ctx: &Context, er: &EtcdRestore, status: &EtcdRestoreStatus) -> Result<()> {
     let api = Api::<EtcdRestore>::namespaced(ctx.client.clone(), &ns(er));
-    crate::runtime::apply::patch_status(&api, &er.name_any(), status).await
+    apply_status(&api, er, manager::RESTORE, status).await
 }
 
 fn now() -> Time {

@@ -63,18 +63,3 @@ pub fn check_owner<K: Resource<DynamicType = ()>>(obj: &K, owner_uid: &str) -> R
         owner,
     })
 }
-
-/// Merge-patches `status` of the object `name`: only the status subresource,
-/// so a status write can never change the spec.
-pub async fn patch_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> Result<()>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({ "status": status })),
-    )
-    .await?;
-    Ok(())
-}

@@ -252,12 +252,11 @@ where
     );
     let api: Api<Lenient<K>> =
         Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({
-            "status": {"observedGeneration": generation, "conditions": conds}
-        })),
+    crate::runtime::status::apply_status(
+        &api,
+        obj,
+        crate::runtime::status::manager::DECODE,
+        &serde_json::json!({"observedGeneration": generation, "conditions": conds}),
     )
     .await?;
     let event = Event {

@@ -6,5 +6,6 @@ pub mod context;
 pub mod error;
 pub mod leader;
 pub mod lenient;
+pub mod status;
 pub mod telemetry;
 pub mod triggers;

@@ -17,13 +17,12 @@ use kok_templates::pki::{kubeconfig, CaKind};
 use kok_templates::secrets;
 use kok_templates::tenant_status::{self, Observed, WorkloadRollout};
 use kok_templates::validate::{describe, validate, validate_name};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use self::health as tenant_health;
@@ -32,23 +31,25 @@ use crate::runtime::conditions;
 use crate::runtime::context::Context;
 use crate::runtime::error::{Error, Result};
 use crate::runtime::lenient::Lenient;
+use crate::runtime::status::{apply_status, manager};
 
+mod admit;
 mod cleanup;
 mod etcd_roll;
 pub mod health;
+mod kubeconfigs;
 pub mod pki;
 mod services;
 mod upgrade;
 mod workloads;
 
+use self::admit::{admit, Admission};
 pub use self::cleanup::kept_volumes_problem;
 use self::cleanup::{check_kept_volumes, cleanup};
 use self::etcd_roll::EtcdRoll;
 use self::pki::{self as tenant_pki, config_hashes, pki_inputs};
 pub use self::services::Endpoint;
-use self::services::{apply_service, cluster_ip, endpoint, pinned_addresses};
-use self::upgrade::Preflight;
-use self::workloads::available_replicas;
+use self::workloads::{first_image, image_tag};
 use kok_templates::upgrade_plan::{
     self, track_upgrade, Rolled, Running, PHASE_COMPLETED, PHASE_PREFLIGHT,
 };
@@ -169,199 +170,48 @@ pub fn error_policy(tc: Arc<TenantCluster>, error: &Error, ctx: Arc<Context>) ->
     ctx.retry_after_error(CONTROLLER, tc.as_ref(), error)
 }
 
+/// One pass: admit, then Services, PKI, kubeconfigs, plan which versions
+/// this pass renders, apply the workloads, observe, and write the status.
 async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
-    let ns = tc.namespace().unwrap_or_default();
-    let name = tc.name_any();
     let generation = tc.metadata.generation;
     let old_status = tc.status.clone().unwrap_or_default();
     let mut status = old_status.clone();
     status.observed_generation = generation;
 
-    // 1. Validate. An invalid spec touches nothing and waits for the next edit.
-    //    Versions are checked against the newest that runs anywhere: in the
-    //    middle of a step the apiservers are ahead of `status.version`.
-    let name_errors = validate_name(&name);
-    let apiserver_template = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&Names::new(&name).apiserver())
-        .await?
-        .and_then(|d| first_image(d.spec.map(|s| s.template)))
-        .and_then(|i| image_tag(&i).parse::<KubeVersion>().ok());
-    let newest = newest_running(tc.status.as_ref(), apiserver_template);
-    let validated = match validate(&tc.spec, newest.as_ref(), &ctx.policy) {
-        Ok(v) if name_errors.is_empty() => Ok(v),
-        Ok(_) => Err(name_errors),
-        Err(errors) => Err(name_errors.into_iter().chain(errors).collect()),
-    };
-    let valid = match validated {
-        Ok(v) => v,
-        Err(errors) => {
-            let message = describe(&errors);
-            warn!(%message, "invalid spec");
-            publish(
-                ctx,
-                &tc,
-                EventType::Warning,
-                "InvalidSpec",
-                "Validate",
-                &message,
-            )
-            .await;
-            conditions::set(
-                &mut status.conditions,
-                condition::STALLED,
-                true,
-                "InvalidSpec",
-                message.clone(),
-                generation,
-            );
-            conditions::set(
-                &mut status.conditions,
-                condition::RECONCILING,
-                false,
-                "InvalidSpec",
-                "waiting for the spec to be fixed",
-                generation,
-            );
-            conditions::set(
-                &mut status.conditions,
-                condition::READY,
-                false,
-                "InvalidSpec",
-                message,
-                generation,
-            );
+    // 1. Admit: an invalid spec, a restore or a pause stops the pass here.
+    let valid = match admit(&tc, ctx, &mut status).await? {
+        Admission::Proceed(valid) => valid,
+        Admission::Hold(action) => {
             patch_status(ctx, &tc, &old_status, status).await?;
-            return Ok(Action::await_change());
+            return Ok(action);
         }
     };
-    conditions::set(
-        &mut status.conditions,
-        condition::STALLED,
-        false,
-        "SpecValid",
-        "the spec is valid",
-        generation,
-    );
-
-    if let Some(restore) = tc.annotations().get(kok_crds::RESTORE_ANNOTATION) {
-        if let Some((reason, message)) = restore_problem(ctx, &ns, restore).await? {
-            publish(ctx, &tc, EventType::Warning, reason, "Restore", &message).await;
-            let c = &mut status.conditions;
-            conditions::set(
-                c,
-                condition::STALLED,
-                true,
-                reason,
-                message.clone(),
-                generation,
-            );
-            conditions::set(c, condition::READY, false, reason, message, generation);
-            conditions::set(
-                c,
-                condition::RECONCILING,
-                false,
-                reason,
-                "the control plane is stopped until someone acts",
-                generation,
-            );
-            patch_status(ctx, &tc, &old_status, status).await?;
-            return Ok(Action::requeue(STALLED_RECHECK));
-        }
-        conditions::set(
-            &mut status.conditions,
-            condition::RECONCILING,
-            true,
-            "RestoreInProgress",
-            format!("EtcdRestore {restore} is restoring etcd; the control plane is left to it"),
-            generation,
-        );
-        // The control plane is (being) stopped: not Ready until the restore hands it back.
-        conditions::set(
-            &mut status.conditions,
-            condition::READY,
-            false,
-            "RestoreInProgress",
-            format!("EtcdRestore {restore} is restoring etcd"),
-            generation,
-        );
-        patch_status(ctx, &tc, &old_status, status).await?;
-        return Ok(Action::await_change());
-    }
-
-    if tc.spec.paused {
-        conditions::set(
-            &mut status.conditions,
-            condition::RECONCILING,
-            false,
-            "Paused",
-            "spec.paused is true: kok leaves the control plane as it is",
-            generation,
-        );
-        patch_status(ctx, &tc, &old_status, status).await?;
-        return Ok(Action::await_change());
-    }
-
+    let name = tc.name_any();
     let owner = tc
         .controller_owner_ref(&())
         .ok_or_else(|| Error::IncompleteObject(name.clone()))?;
     let uid = owner.uid.clone();
     let p = Placement {
         names: Names::new(&name),
-        namespace: ns.clone(),
+        namespace: tc.namespace().unwrap_or_default(),
         owner,
     };
-    let client = &ctx.client;
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
 
-    // 2. Services first: their ClusterIPs pin every name the components dial.
-    //    A Service deleted by hand is recreated on the address the workloads
-    //    still pin, so certificates and kubeconfigs stay valid.
-    let existing_etcd = statefulsets.get_opt(&p.names.etcd()).await?;
-    if existing_etcd.is_none() && status.etcd_replicas.is_none() && !tc.spec.etcd.storage.ephemeral
-    {
-        check_kept_volumes(ctx, &tc, &p.names, valid.etcd_replicas).await?;
+    // 2. Volumes kept from an earlier tenant of this name, then the Services:
+    //    their ClusterIPs pin every name the components dial.
+    if status.etcd_replicas.is_none() && !tc.spec.etcd.storage.ephemeral {
+        let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &p.namespace);
+        if statefulsets.get_opt(&p.names.etcd()).await?.is_none() {
+            check_kept_volumes(ctx, &tc, &p.names, valid.etcd_replicas).await?;
+        }
     }
-    let mut pinned = pinned_addresses(
-        existing_etcd
-            .and_then(|s| s.spec)
-            .and_then(|s| s.template.spec),
-    );
-    pinned.extend(pinned_addresses(
-        deployments
-            .get_opt(&p.names.apiserver())
-            .await?
-            .and_then(|d| d.spec)
-            .and_then(|d| d.template.spec),
-    ));
-    let mut etcd_member_ips = Vec::new();
-    for i in 0..valid.etcd_replicas {
-        let svc = apply_service(&services, cp::etcd_member_service(&p, i), &pinned, &uid).await?;
-        etcd_member_ips
-            .push(cluster_ip(&svc).ok_or_else(|| Error::IncompleteObject(p.names.etcd_member(i)))?);
-    }
-    let apiserver_svc = apply_service(
-        &services,
-        cp::apiserver_service(&p, tc.spec.control_plane.service.type_),
-        &pinned,
-        &uid,
-    )
-    .await?;
-    let apiserver_ip =
-        cluster_ip(&apiserver_svc).ok_or_else(|| Error::IncompleteObject(p.names.apiserver()))?;
-    let endpoint = endpoint(ctx, &tc, &apiserver_svc, &apiserver_ip).await?;
+    let net = services::ensure(ctx, &tc, &p, &valid, &uid).await?;
 
-    // 3. PKI.
-    let pki_inputs = pki_inputs(
-        &p,
-        &tc,
-        &valid,
-        &apiserver_ip,
-        endpoint.as_ref().map(|e| e.host.as_str()),
-    );
-    let pki = match tenant_pki::ensure(&secrets_api, &p, &pki_inputs).await {
+    // 3. PKI. A CA that does not parse is never replaced: it stops here.
+    let host = net.endpoint.as_ref().map(|e| e.host.as_str());
+    let inputs = pki_inputs(&p, &tc, &valid, &net.apiserver_ip, host);
+    let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &p.namespace);
+    let pki = match tenant_pki::ensure(&secrets_api, &p, &inputs).await {
         Ok(pki) => pki,
         Err(e @ Error::CorruptCa { .. }) => {
             let message = e.to_string();
@@ -374,22 +224,10 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
                 &message,
             )
             .await;
-            conditions::set(
-                &mut status.conditions,
-                condition::CERTIFICATES,
-                false,
-                "CorruptCA",
-                message.clone(),
-                generation,
-            );
-            conditions::set(
-                &mut status.conditions,
-                condition::STALLED,
-                true,
-                "CorruptCA",
-                message,
-                generation,
-            );
+            let c = &mut status.conditions;
+            let g = generation;
+            conditions::set(c, condition::CERTIFICATES, false, "CorruptCA", &message, g);
+            conditions::set(c, condition::STALLED, true, "CorruptCA", message, g);
             patch_status(ctx, &tc, &old_status, status).await?;
             return Ok(Action::await_change());
         }
@@ -402,342 +240,51 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
             .map(|(n, why)| format!("{n} ({why})"))
             .collect::<Vec<_>>()
             .join(", ");
-        publish(
-            ctx,
-            &tc,
-            EventType::Normal,
-            "CertificatesIssued",
-            "EnsurePKI",
-            &issued,
-        )
-        .await;
+        let (t, r) = (EventType::Normal, "CertificatesIssued");
+        publish(ctx, &tc, t, r, "EnsurePKI", &issued).await;
     }
 
-    // 4. Kubeconfigs: the admin one for users (the endpoint), the components'
-    //    through the pinned apiserver name.
-    let internal_url = format!("https://{}:{APISERVER_PORT}", p.names.apiserver());
-    let cluster_ca = &pki.ca(CaKind::Cluster).cert_pem;
-    let cm_kubeconfig = kubeconfig(
-        &name,
-        &internal_url,
-        cluster_ca,
-        "system:kube-controller-manager",
-        &pki.leaves["controller-manager"],
-    );
-    let sched_kubeconfig = kubeconfig(
-        &name,
-        &internal_url,
-        cluster_ca,
-        "system:kube-scheduler",
-        &pki.leaves["scheduler"],
-    );
-    apply_child(
-        &secrets_api,
-        &secrets::kubeconfig_secret(
-            &p,
-            p.names.component_kubeconfig_secret("controller-manager"),
-            cm_kubeconfig.clone(),
-        ),
-        &uid,
-    )
-    .await?;
-    apply_child(
-        &secrets_api,
-        &secrets::kubeconfig_secret(
-            &p,
-            p.names.component_kubeconfig_secret("scheduler"),
-            sched_kubeconfig.clone(),
-        ),
-        &uid,
-    )
-    .await?;
-    let admin_kubeconfig = endpoint.as_ref().map(|e| {
-        kubeconfig(
-            &name,
-            &e.url(),
-            cluster_ca,
-            "kok-admin",
-            &pki.leaves["admin"],
-        )
-    });
-    if let Some(kc) = &admin_kubeconfig {
-        apply_child(
-            &secrets_api,
-            &secrets::kubeconfig_secret(&p, p.names.admin_kubeconfig_secret(), kc.clone()),
-            &uid,
-        )
-        .await?;
+    // 4. Kubeconfigs.
+    let kubeconfigs = kubeconfigs::ensure(ctx, &p, &uid, &pki, net.endpoint.as_ref()).await?;
+    if kubeconfigs.admin.is_some() {
         status.kubeconfig_secret_name = Some(p.names.admin_kubeconfig_secret());
-        status.endpoint = endpoint.as_ref().map(|e| e.url());
+        status.endpoint = net.endpoint.as_ref().map(|e| e.url());
     }
 
-    // 5. Workloads, in dependency order on first creation; afterwards every
-    //    one is applied on every pass so drift is put back.
+    // 5. Plan: which version each component renders in this pass. An upgrade
+    //    walks one step at a time, etcd first, then the apiservers, then the
+    //    controllers.
+    let pass = upgrade::plan_pass(ctx, &tc, &p, &valid, &old_status).await?;
+
+    // 6. Act on the workloads.
     let resolved = Resolved {
-        etcd_member_ips,
-        apiserver_ip,
+        etcd_member_ips: net.etcd_member_ips,
+        apiserver_ip: net.apiserver_ip,
         etcd_cluster_token: tc.uid().unwrap_or_default(),
-        hashes: config_hashes(&pki, &cm_kubeconfig, &sched_kubeconfig),
-    };
-    apply_child(
-        &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
-        &cp::etcd_network_policy(
-            &p,
-            ctx.operator_pod_labels.clone(),
-            &ctx.operator_namespace,
-            ctx.operator_namespace_labels.clone(),
+        hashes: config_hashes(
+            &pki,
+            &kubeconfigs.controller_manager,
+            &kubeconfigs.scheduler,
         ),
-        &uid,
-    )
-    .await?;
-    // Which version each component runs in this pass: an upgrade walks one
-    // step at a time, etcd first, then the apiservers, then the controllers.
-    let target_etcd_tag = image_tag(&cp::etcd_image(&tc.spec, &valid));
-
-    let live_etcd = statefulsets.get_opt(&p.names.etcd()).await?;
-    let live_apiserver = deployments.get_opt(&p.names.apiserver()).await?;
-    let live_cm = deployments.get_opt(&p.names.controller_manager()).await?;
-    let template_version = |d: &Option<Deployment>| {
-        d.as_ref()
-            .and_then(|d| first_image(d.spec.clone().map(|s| s.template)))
-            .and_then(|i| image_tag(&i).parse().ok())
     };
-    let rolled = Rolled {
-        etcd_tag: live_etcd
-            .as_ref()
-            .filter(|s| WorkloadRollout::from_statefulset(s).rolled())
-            .and_then(|s| first_image(s.spec.clone().map(|s| s.template)))
-            .map(|i| image_tag(&i)),
-        apiserver: live_apiserver
-            .as_ref()
-            .filter(|d| WorkloadRollout::from_deployment(d).rolled())
-            .and(template_version(&live_apiserver)),
-        apiserver_template: template_version(&live_apiserver),
-        controllers_template: template_version(&live_cm),
-    };
-    // What runs: recorded after complete rollouts; for tenants from a kok
-    // that did not record etcd, what the etcd StatefulSet has fully rolled.
-    let running_kube = status.version.as_deref().and_then(|v| v.parse().ok());
-    let running_etcd = status
-        .etcd_version
-        .clone()
-        .or_else(|| rolled.etcd_tag.clone());
-    let running = running_kube.zip(running_etcd.as_deref());
-    let rendering = upgrade_plan::rendering(
-        running,
-        valid.version,
-        &target_etcd_tag,
-        tc.spec.etcd.version.is_some(),
-        &rolled,
-    )
-    .map_err(|e| Error::Upgrade(e.to_string()))?;
-    // Until the preflight of this upgrade passed, everything stays on what runs.
-    let desired = Running {
-        kube: valid.version.to_string(),
-        etcd: rendering.target_etcd_tag.clone(),
-    };
-    let preflight_passed = old_status.upgrade.as_ref().is_some_and(|u| {
-        u.phase != PHASE_COMPLETED && u.to == desired.to_string() && u.preflight_passed
-    });
-    let holding = !rendering.at_target() && !preflight_passed;
-    let rendering = match running {
-        Some((kube, etcd)) if holding => {
-            upgrade_plan::rendering(Some((kube, etcd)), kube, etcd, true, &rolled)
-                .map_err(|e| Error::Upgrade(e.to_string()))?
-        }
-        _ => rendering,
-    };
-    let mut etcd_spec = tc.spec.clone();
-    if etcd_spec.etcd.image.is_none() {
-        etcd_spec.etcd.version = Some(rendering.etcd_tag.clone());
-    }
-    let valid_at = |version| ValidSpec {
-        version,
-        ..valid.clone()
-    };
-    let etcd = apply_child(
-        &statefulsets,
-        &cp::etcd_statefulset(&p, &etcd_spec, &valid, &resolved),
-        &uid,
-    )
-    .await?;
+    let live = workloads::apply(ctx, &tc, &p, &valid, &resolved, &pass.rendering).await?;
     status.etcd_replicas = Some(valid.etcd_replicas);
-    // Members on an older template are replaced one at a time, the leader last.
-    let etcd_rolling = match etcd_roll::roll(ctx, &tc, &etcd).await? {
-        EtcdRoll::Current => None,
-        EtcdRoll::Rolling(why) => Some(why),
-    };
-    let etcd_ready = etcd
-        .status
-        .as_ref()
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
-    let etcd_quorum = valid.etcd_replicas / 2 + 1;
 
-    let apiserver = if etcd_ready >= etcd_quorum
-        || deployments.get_opt(&p.names.apiserver()).await?.is_some()
-    {
-        Some(
-            apply_child(
-                &deployments,
-                &cp::apiserver_deployment(&p, &tc.spec, &valid_at(rendering.apiserver), &resolved),
-                &uid,
-            )
-            .await?,
-        )
-    } else {
-        None
-    };
-    let apiserver_available = apiserver.as_ref().map(available_replicas).unwrap_or(0);
-    let mut controllers_applied = Vec::new();
-    for (dname, build) in [
-        (
-            p.names.controller_manager(),
-            cp::controller_manager_deployment as fn(&_, &_, &_, &_) -> Deployment,
-        ),
-        (p.names.scheduler(), cp::scheduler_deployment),
-    ] {
-        if apiserver_available > 0 || deployments.get_opt(&dname).await?.is_some() {
-            controllers_applied.push(Some(
-                apply_child(
-                    &deployments,
-                    &build(&p, &tc.spec, &valid_at(rendering.controllers), &resolved),
-                    &uid,
-                )
-                .await?,
-            ));
-        } else {
-            controllers_applied.push(None);
-        }
-    }
-
-    // 6. Observe and report: Ready only when every component has rolled out
-    //    its current template (kstatus), so GitOps tools see a rollout as one.
-    let tenant_ready = match &admin_kubeconfig {
-        Some(kc) if apiserver_available > 0 => tenant_health::readyz(kc).await,
+    // 7. Observe: Ready only when every component has rolled out its current
+    //    template (kstatus), so GitOps tools see a rollout as one.
+    let readyz = match &kubeconfigs.admin {
+        Some(kc) if live.apiserver_available() > 0 => tenant_health::readyz(kc).await,
         _ => Err("the apiserver has no available replica yet".to_string()),
     };
-    let observed = Observed {
-        etcd: Some(WorkloadRollout::from_statefulset(&etcd)),
-        apiserver: apiserver.as_ref().map(WorkloadRollout::from_deployment),
-        controller_manager: controllers_applied[0]
-            .as_ref()
-            .map(WorkloadRollout::from_deployment),
-        scheduler: controllers_applied[1]
-            .as_ref()
-            .map(WorkloadRollout::from_deployment),
-        etcd_rolling,
-        readyz: tenant_ready,
-        endpoint_known: endpoint.is_some(),
-    };
-    let verdict = tenant_status::verdict(&observed);
-    // What every component runs once this pass's rollout is complete; the
-    // upgrade record compares it with what the spec asks for.
-    // etcd is recorded as soon as every member runs its step's version (the
-    // cluster version may move then: no going back below it).
-    if verdict.components[0].ok {
-        status.etcd_version = Some(rendering.etcd_tag.clone());
-    }
-    if verdict.ready && rendering.apiserver == rendering.controllers {
-        status.version = Some(rendering.controllers.to_string());
-    }
-    if verdict.components[0].ok && !etcd_cluster_version_settled(&status) {
-        // Read back once per change: the moment etcd cannot go back.
-        match etcd_roll::cluster_version(ctx, &tc).await {
-            Ok(v) => status.etcd_cluster_version = Some(v),
-            Err(why) => warn!(%why, "etcd cluster version not readable yet"),
-        }
-    }
-    let running_now = match (&status.version, &status.etcd_version) {
-        (Some(kube), Some(etcd)) => Some(Running {
-            kube: kube.clone(),
-            etcd: etcd.clone(),
-        }),
-        _ => None,
-    };
-    let was = status.upgrade.clone();
-    let now =
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
-    status.upgrade = track_upgrade(
-        status.upgrade.as_ref(),
-        running_now.as_ref(),
-        &desired,
-        now.clone(),
-    );
-    if let (Some(u), Some(phase)) = (status.upgrade.as_mut(), rendering.phase) {
-        if u.phase != PHASE_COMPLETED {
-            let step = (u.plan.len().saturating_sub(rendering.steps_left)) as u32;
-            if (u.phase.as_str(), u.step) != (phase, step) {
-                u.last_progress_time = Some(now.clone());
-            }
-            u.phase = phase.into();
-            u.step = step;
-            u.message = rendering.step.as_ref().map(|s| {
-                format!(
-                    "step {}/{}: {s}; etcd {}, apiservers {}, controllers {}",
-                    u.step + 1,
-                    u.plan.len().max(1),
-                    rendering.etcd_tag,
-                    rendering.apiserver,
-                    rendering.controllers
-                )
-            });
-        }
-    }
-    let mut preflight_failed = None;
-    if let Some(u) = status
-        .upgrade
-        .as_mut()
-        .filter(|u| holding && u.phase != PHASE_COMPLETED)
-    {
-        let (state, backup) = upgrade::preflight(ctx, &tc, u, verdict.ready).await?;
-        if u.phase != PHASE_PREFLIGHT {
-            u.phase = PHASE_PREFLIGHT.into();
-            u.last_progress_time = Some(now.clone());
-        }
-        if backup.is_some() {
-            u.preflight_backup = backup;
-        }
-        let note = match state {
-            Preflight::Passed(note) => {
-                u.preflight_passed = true;
-                u.last_progress_time = Some(now.clone());
-                note
-            }
-            Preflight::Waiting(note) => note,
-            Preflight::Failed(note) => {
-                preflight_failed = Some(note.clone());
-                note
-            }
-        };
-        u.message = Some(format!("preflight: {note}"));
-        u.preflight = Some(note);
-    }
-    let upgrade_open = status
-        .upgrade
-        .as_ref()
-        .filter(|u| u.phase != PHASE_COMPLETED)
-        .cloned();
-    if was.as_ref().map(|w| (&w.to, &w.phase, w.step))
-        != status.upgrade.as_ref().map(|u| (&u.to, &u.phase, u.step))
-    {
-        if let Some(u) = &status.upgrade {
-            let note = match u.phase.as_str() {
-                PHASE_COMPLETED => format!("upgrade to {} completed", u.to),
-                phase => format!(
-                    "upgrade from {} to {}: {phase}, step {}/{}",
-                    u.from,
-                    u.to,
-                    u.step + 1,
-                    u.plan.len().max(1)
-                ),
-            };
-            publish(ctx, &tc, EventType::Normal, "Upgrade", "Upgrade", &note).await;
-        }
-    }
+    let verdict = tenant_status::verdict(&live.observed(readyz, net.endpoint.is_some()));
+
+    // 8. Record: versions, the upgrade, the conditions.
+    upgrade::record_versions(ctx, &tc, &mut status, &pass.rendering, &verdict).await;
+    let open_upgrade = upgrade::record(ctx, &tc, &mut status, &pass, verdict.ready).await?;
     let g = generation;
     let c = &mut status.conditions;
-    for cc in &verdict.components {
+    let summary = tenant_status::summary(&verdict, open_upgrade.as_ref());
+    for cc in verdict.components.iter().chain(&summary) {
         conditions::set(c, cc.type_, cc.ok, cc.reason, cc.message.clone(), g);
     }
     let expiry = pki
@@ -747,82 +294,23 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
                 .ok()
         })
         .unwrap_or_default();
-    conditions::set(
-        c,
-        condition::CERTIFICATES,
-        true,
-        "Valid",
-        format!("all certificates valid; the first expires at {expiry}"),
-        g,
-    );
+    let valid_until = format!("all certificates valid; the first expires at {expiry}");
+    conditions::set(c, condition::CERTIFICATES, true, "Valid", valid_until, g);
 
-    // Ready only when every component runs what the spec asks for: a step
-    // of an upgrade that rolled out completely is not the end of it.
-    let waiting_for = verdict.waiting_for.clone().or_else(|| {
-        upgrade_open.as_ref().map(|u| {
-            format!(
-                "upgrading from {} to {}: {}",
-                u.from,
-                u.to,
-                u.message.clone().unwrap_or_else(|| u.phase.clone())
-            )
-        })
-    });
-    let ready = waiting_for.is_none();
-    match &waiting_for {
-        None => {
-            conditions::set(
-                c,
-                condition::READY,
-                true,
-                "Ready",
-                "the tenant control plane is serving",
-                g,
-            );
-            conditions::set(
-                c,
-                condition::RECONCILING,
-                false,
-                "Ready",
-                "the control plane matches the spec",
-                g,
-            );
-        }
-        Some(msg) => {
-            // An upgrade that has not moved for long is stuck: it keeps
-            // serving on what runs, and says so instead of just "progressing".
-            let stuck = upgrade_open.as_ref().is_some_and(upgrade_stuck);
-            let reason = if stuck { "UpgradeStuck" } else { "Progressing" };
-            conditions::set(c, condition::READY, false, reason, msg.clone(), g);
-            conditions::set(c, condition::RECONCILING, true, reason, msg.clone(), g);
-            if stuck {
-                // kstatus: it will not finish on its own; it keeps serving.
-                conditions::set(c, condition::STALLED, true, reason, msg.clone(), g);
-            }
-            if let Some(why) = &preflight_failed {
-                conditions::set(
-                    c,
-                    condition::STALLED,
-                    true,
-                    "PreflightFailed",
-                    why.clone(),
-                    g,
-                );
-            }
-        }
-    }
+    let ready = conditions::is_true(&status.conditions, condition::READY);
     let became_ready = ready && !conditions::is_true(&old_status.conditions, condition::READY);
     // etcd settles its cluster version a moment after the members agree:
     // look again soon until it is read.
-    let cluster_version_known = etcd_cluster_version_settled(&status);
+    let cluster_version_known = upgrade::etcd_cluster_version_settled(&status);
     patch_status(ctx, &tc, &old_status, status).await?;
     if became_ready {
         info!("tenant control plane ready");
+        let (t, r) = (EventType::Normal, "Ready");
         publish(
             ctx,
             &tc,
-            EventType::Normal,
-            "Ready",
+            t,
+            r,
             "Reconcile",
             "the tenant control plane is serving",
         )
@@ -835,97 +323,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     }))
 }
 
-/// Why a TenantCluster held by a restore is stuck, if it is: the EtcdRestore
-/// named by the annotation was deleted or failed, leaving etcd stopped.
-async fn restore_problem(
-    ctx: &Context,
-    ns: &str,
-    restore: &str,
-) -> Result<Option<(&'static str, String)>> {
-    let api: Api<Lenient<EtcdRestore>> = Api::namespaced(ctx.client.clone(), ns);
-    let resume = format!(
-        "to start the control plane on the data its members have now, remove annotation {} (see docs/runbooks/backup-restore.md)",
-        kok_crds::RESTORE_ANNOTATION
-    );
-    Ok(match api.get_opt(restore).await? {
-        None => Some((
-            "RestoreAbandoned",
-            format!("EtcdRestore {restore} was deleted before it finished; the control plane is stopped; {resume}"),
-        )),
-        Some(r) => match &r.object {
-            Ok(er) if er.status.as_ref().and_then(|s| s.phase) == Some(RestorePhase::Failed) => Some((
-                "RestoreFailed",
-                format!(
-                    "EtcdRestore {restore} failed: {}; the control plane is stopped; {resume}",
-                    er.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default()
-                ),
-            )),
-            _ => None,
-        },
-    })
-}
-
-/// Patches status only when it differs from what is stored.
-/// The status as validation should see it: `version` raised to what the
-/// apiserver template already runs, when that is newer.
-fn newest_running(
-    status: Option<&TenantClusterStatus>,
-    apiserver_template: Option<KubeVersion>,
-) -> Option<TenantClusterStatus> {
-    let mut s = status.cloned()?;
-    let recorded = s
-        .version
-        .as_deref()
-        .and_then(|v| v.parse::<KubeVersion>().ok());
-    if let (Some(t), Some(r)) = (apiserver_template, recorded) {
-        if t > r {
-            s.version = Some(t.to_string());
-        }
-    }
-    Some(s)
-}
-
-/// How long an upgrade step may go without moving before it is reported as stuck.
-const UPGRADE_STUCK_AFTER: Duration = Duration::from_secs(30 * 60);
-
-fn upgrade_stuck(u: &kok_crds::UpgradeStatus) -> bool {
-    u.last_progress_time
-        .as_ref()
-        .or(u.start_time.as_ref())
-        .is_some_and(|t| {
-            let age = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
-            age.as_secs() > UPGRADE_STUCK_AFTER.as_secs() as i64
-        })
-}
-
-/// The tag of an image reference (`repo/etcd:3.5.16` -> `3.5.16`).
-fn image_tag(image: &str) -> String {
-    image
-        .rsplit_once(':')
-        .filter(|(_, tag)| !tag.contains('/'))
-        .map(|(_, tag)| tag.to_string())
-        .unwrap_or_default()
-}
-
-/// The image of a pod template's first container.
-fn first_image(t: Option<k8s_openapi::api::core::v1::PodTemplateSpec>) -> Option<String> {
-    t?.spec?.containers.into_iter().next()?.image
-}
-
-/// Whether the recorded etcd cluster version is the minor every member runs.
-fn etcd_cluster_version_settled(status: &TenantClusterStatus) -> bool {
-    // A tag that is not a version (an image by digest): nothing to compare.
-    let Some(running) = status
-        .etcd_version
-        .as_deref()
-        .and_then(|v| v.parse::<upgrade_plan::EtcdVersion>().ok())
-    else {
-        return true;
-    };
-    let minor = format!("{}.{}", running.major, running.minor);
-    status.etcd_cluster_version.as_deref() == Some(minor.as_str())
-}
-
+/// Writes the reconciler's view of status when it differs from what is stored.
 async fn patch_status(
     ctx: &Context,
     tc: &TenantCluster,
@@ -937,17 +335,11 @@ async fn patch_status(
     }
     let api: Api<TenantCluster> =
         Api::namespaced(ctx.client.clone(), &tc.namespace().unwrap_or_default());
-    // `status.backup` belongs to the backup schedule: leaving it out of the
-    // merge patch keeps a stale copy from this reconcile from rolling it back.
+    // `status.backup` belongs to the backup schedule's field manager: left
+    // out, a stale copy from this reconcile cannot roll it back.
     let mut new = new;
     new.backup = None;
-    api.patch_status(
-        &tc.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": new })),
-    )
-    .await?;
-    Ok(())
+    apply_status(&api, tc, manager::TENANT, &new).await
 }
 
 async fn publish(

@@ -3,6 +3,64 @@
 
 use super::*;
 
+/// The addresses the rest of the control plane is built on.
+pub(super) struct Network {
+    pub etcd_member_ips: Vec<String>,
+    pub apiserver_ip: String,
+    /// `None` until users have an address to reach the apiserver at.
+    pub endpoint: Option<Endpoint>,
+}
+
+/// Applies every Service. A Service deleted by hand is recreated on the
+/// address the workloads still pin, so certificates and kubeconfigs stay valid.
+pub(super) async fn ensure(
+    ctx: &Context,
+    tc: &TenantCluster,
+    p: &Placement,
+    valid: &ValidSpec,
+    uid: &str,
+) -> Result<Network> {
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &p.namespace);
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &p.namespace);
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &p.namespace);
+    let pod_spec = |t: Option<k8s_openapi::api::core::v1::PodTemplateSpec>| t.and_then(|t| t.spec);
+    let mut pinned = pinned_addresses(pod_spec(
+        statefulsets
+            .get_opt(&p.names.etcd())
+            .await?
+            .and_then(|s| s.spec)
+            .map(|s| s.template),
+    ));
+    pinned.extend(pinned_addresses(pod_spec(
+        deployments
+            .get_opt(&p.names.apiserver())
+            .await?
+            .and_then(|d| d.spec)
+            .map(|d| d.template),
+    )));
+    let mut etcd_member_ips = Vec::new();
+    for i in 0..valid.etcd_replicas {
+        let svc = apply_service(&services, cp::etcd_member_service(p, i), &pinned, uid).await?;
+        etcd_member_ips
+            .push(cluster_ip(&svc).ok_or_else(|| Error::IncompleteObject(p.names.etcd_member(i)))?);
+    }
+    let apiserver_svc = apply_service(
+        &services,
+        cp::apiserver_service(p, tc.spec.control_plane.service.type_),
+        &pinned,
+        uid,
+    )
+    .await?;
+    let apiserver_ip =
+        cluster_ip(&apiserver_svc).ok_or_else(|| Error::IncompleteObject(p.names.apiserver()))?;
+    let endpoint = endpoint(ctx, tc, &apiserver_svc, &apiserver_ip).await?;
+    Ok(Network {
+        etcd_member_ips,
+        apiserver_ip,
+        endpoint,
+    })
+}
+
 /// Hostname -> IP pins (`hostAliases`) of a running workload.
 pub(super) fn pinned_addresses(
     pod: Option<k8s_openapi::api::core::v1::PodSpec>,

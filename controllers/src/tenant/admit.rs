@@ -1,0 +1,136 @@
+//! Admission of a pass: an invalid spec, a restore that holds the control
+//! plane, or a pause stop the pass before it touches anything.
+
+use super::*;
+
+/// Whether this pass may act.
+pub(super) enum Admission {
+    Proceed(ValidSpec),
+    /// Stop here; the conditions are set, `Action` says when to look again.
+    Hold(Action),
+}
+
+pub(super) async fn admit(
+    tc: &TenantCluster,
+    ctx: &Context,
+    status: &mut TenantClusterStatus,
+) -> Result<Admission> {
+    let ns = tc.namespace().unwrap_or_default();
+    let name = tc.name_any();
+    let generation = tc.metadata.generation;
+    let c = &mut status.conditions;
+
+    // An invalid spec touches nothing and waits for the next edit. Versions
+    // are checked against the newest that runs anywhere: in the middle of a
+    // step the apiservers are ahead of `status.version`.
+    let name_errors = validate_name(&name);
+    let apiserver_template = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&Names::new(&name).apiserver())
+        .await?
+        .and_then(|d| first_image(d.spec.map(|s| s.template)))
+        .and_then(|i| image_tag(&i).parse::<KubeVersion>().ok());
+    let newest = newest_running(tc.status.as_ref(), apiserver_template);
+    let validated = match validate(&tc.spec, newest.as_ref(), &ctx.policy) {
+        Ok(v) if name_errors.is_empty() => Ok(v),
+        Ok(_) => Err(name_errors),
+        Err(errors) => Err(name_errors.into_iter().chain(errors).collect()),
+    };
+    let valid = match validated {
+        Ok(v) => v,
+        Err(errors) => {
+            let message = describe(&errors);
+            warn!(%message, "invalid spec");
+            publish(
+                ctx,
+                tc,
+                EventType::Warning,
+                "InvalidSpec",
+                "Validate",
+                &message,
+            )
+            .await;
+            let (s, r) = ("InvalidSpec", "waiting for the spec to be fixed");
+            conditions::set(c, condition::STALLED, true, s, message.clone(), generation);
+            conditions::set(c, condition::RECONCILING, false, s, r, generation);
+            conditions::set(c, condition::READY, false, s, message, generation);
+            return Ok(Admission::Hold(Action::await_change()));
+        }
+    };
+    let why = "the spec is valid";
+    conditions::set(c, condition::STALLED, false, "SpecValid", why, generation);
+
+    if let Some(restore) = tc.annotations().get(kok_crds::RESTORE_ANNOTATION) {
+        if let Some((reason, message)) = restore_problem(ctx, &ns, restore).await? {
+            publish(ctx, tc, EventType::Warning, reason, "Restore", &message).await;
+            conditions::set(c, condition::STALLED, true, reason, &message, generation);
+            conditions::set(c, condition::READY, false, reason, message, generation);
+            let r = "the control plane is stopped until someone acts";
+            conditions::set(c, condition::RECONCILING, false, reason, r, generation);
+            return Ok(Admission::Hold(Action::requeue(STALLED_RECHECK)));
+        }
+        let r = "RestoreInProgress";
+        let doing =
+            format!("EtcdRestore {restore} is restoring etcd; the control plane is left to it");
+        conditions::set(c, condition::RECONCILING, true, r, doing, generation);
+        // The control plane is (being) stopped: not Ready until the restore hands it back.
+        let doing = format!("EtcdRestore {restore} is restoring etcd");
+        conditions::set(c, condition::READY, false, r, doing, generation);
+        return Ok(Admission::Hold(Action::await_change()));
+    }
+
+    if tc.spec.paused {
+        let why = "spec.paused is true: kok leaves the control plane as it is";
+        conditions::set(c, condition::RECONCILING, false, "Paused", why, generation);
+        return Ok(Admission::Hold(Action::await_change()));
+    }
+    Ok(Admission::Proceed(valid))
+}
+
+/// Why a TenantCluster held by a restore is stuck, if it is: the EtcdRestore
+/// named by the annotation was deleted or failed, leaving etcd stopped.
+async fn restore_problem(
+    ctx: &Context,
+    ns: &str,
+    restore: &str,
+) -> Result<Option<(&'static str, String)>> {
+    let api: Api<Lenient<EtcdRestore>> = Api::namespaced(ctx.client.clone(), ns);
+    let resume = format!(
+        "to start the control plane on the data its members have now, remove annotation {} (see docs/runbooks/backup-restore.md)",
+        kok_crds::RESTORE_ANNOTATION
+    );
+    Ok(match api.get_opt(restore).await? {
+        None => Some((
+            "RestoreAbandoned",
+            format!("EtcdRestore {restore} was deleted before it finished; the control plane is stopped; {resume}"),
+        )),
+        Some(r) => match &r.object {
+            Ok(er) if er.status.as_ref().and_then(|s| s.phase) == Some(RestorePhase::Failed) => Some((
+                "RestoreFailed",
+                format!(
+                    "EtcdRestore {restore} failed: {}; the control plane is stopped; {resume}",
+                    er.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default()
+                ),
+            )),
+            _ => None,
+        },
+    })
+}
+
+/// The status as validation should see it: `version` raised to what the
+/// apiserver template already runs, when that is newer.
+fn newest_running(
+    status: Option<&TenantClusterStatus>,
+    apiserver_template: Option<KubeVersion>,
+) -> Option<TenantClusterStatus> {
+    let mut s = status.cloned()?;
+    let recorded = s
+        .version
+        .as_deref()
+        .and_then(|v| v.parse::<KubeVersion>().ok());
+    if let (Some(t), Some(r)) = (apiserver_template, recorded) {
+        if t > r {
+            s.version = Some(t.to_string());
+        }
+    }
+    Some(s)
+}
