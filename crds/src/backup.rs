@@ -233,6 +233,17 @@ pub struct EtcdBackupStatus {
     /// so a restore with another key is refused before anything is stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_key_id: Option<String>,
+    /// The etcd member the snapshot streamed from (a healthy follower when
+    /// there is one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_member: Option<String>,
+    /// Members that served a quorum read when the backup started; fewer than
+    /// `members` means the backup was taken while etcd was degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_members: Option<i32>,
+    /// Members of the tenant's etcd when the backup started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// kstatus: `Ready` (Succeeded), `Reconciling` (Pending, Running,

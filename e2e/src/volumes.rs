@@ -53,3 +53,25 @@ pub async fn remove_volumes(client: &Client, ns: &str, members: i32) {
         let _ = std::fs::remove_dir_all(pv_dir(ns, i));
     }
 }
+
+/// The directory on the node that holds member `i`'s volume: PVs bind to
+/// claims in any order, so it is read from the claim's binding.
+pub async fn member_dir(client: &Client, ns: &str, tc: &str, i: i32) -> String {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let claim = format!("data-{tc}-etcd-{i}");
+    let volume = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .get(&claim)
+        .await
+        .unwrap_or_else(|e| panic!("claim {claim}: {e}"))
+        .spec
+        .and_then(|s| s.volume_name)
+        .unwrap_or_else(|| panic!("claim {claim} is not bound"));
+    Api::<PersistentVolume>::all(client.clone())
+        .get(&volume)
+        .await
+        .unwrap_or_else(|e| panic!("volume {volume}: {e}"))
+        .spec
+        .and_then(|s| s.host_path)
+        .map(|h| h.path)
+        .unwrap_or_else(|| panic!("volume {volume} is not a hostPath"))
+}

@@ -93,3 +93,76 @@ pub async fn pod_finished(client: &Client, ns: &str, name: &str, timeout: Durati
     })
     .await
 }
+
+/// The name of the ResourceQuota that keeps stopped members from coming back.
+const STOP_QUOTA: &str = "e2e-stop-members";
+
+/// Stops etcd members `indices` of tenant `tc` and keeps them stopped: a pod
+/// quota at what will be left makes the StatefulSet unable to recreate them
+/// (nothing else in the namespace may start a pod until [`restart_members`]).
+pub async fn stop_members(client: &Client, ns: &str, tc: &str, indices: &[i32]) {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    use kube::api::{DeleteParams, ListParams, PostParams};
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let running = pods
+        .list(&ListParams::default())
+        .await
+        .expect("listing pods")
+        .items
+        .len();
+    let quota: ResourceQuota = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": STOP_QUOTA},
+        "spec": {"hard": {"pods": (running - indices.len()).to_string()}},
+    }))
+    .unwrap();
+    Api::<ResourceQuota>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &quota)
+        .await
+        .expect("creating the quota");
+    // The quota is enforced once its usage is computed.
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        "the pod quota to count",
+        Duration::from_secs(30),
+        || async {
+            match quotas.get(STOP_QUOTA).await.ok().and_then(|q| q.status) {
+                Some(s) if s.used.as_ref().is_some_and(|u| u.contains_key("pods")) => {
+                    Poll::Ready(())
+                }
+                s => Poll::Pending(format!("{s:?}")),
+            }
+        },
+    )
+    .await;
+    for i in indices {
+        pods.delete(
+            &format!("{tc}-etcd-{i}"),
+            &DeleteParams::default().grace_period(0),
+        )
+        .await
+        .expect("deleting a member pod");
+    }
+    wait_for("the members to stop", Duration::from_secs(60), || async {
+        let mut left = Vec::new();
+        for i in indices {
+            if let Ok(Some(_)) = pods.get_opt(&format!("{tc}-etcd-{i}")).await {
+                left.push(*i);
+            }
+        }
+        if left.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("still there: {left:?}"))
+        }
+    })
+    .await;
+}
+
+/// Lets members stopped by [`stop_members`] start again.
+pub async fn restart_members(client: &Client, ns: &str) {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    Api::<ResourceQuota>::namespaced(client.clone(), ns)
+        .delete(STOP_QUOTA, &Default::default())
+        .await
+        .expect("deleting the quota");
+}

@@ -273,3 +273,52 @@ async fn a_schedule_every_minute_makes_backups_and_retention_trims_them() {
     })
     .await;
 }
+
+/// Two of three members stopped: no quorum, so no consistent snapshot. The
+/// backup fails at once with a reason naming quorum and writes nothing.
+#[tokio::test]
+async fn without_quorum_a_backup_fails_naming_quorum_and_leaves_no_artifact() {
+    with_namespace("bk-noquorum", |client, ns| async move {
+        let dest = format!("/var/lib/kok/backups/e2e-{ns}");
+        let tc = with_backup(
+            tenant::dev_tenant("nq", 3),
+            json!({"destination": {"filesystem": {"path": dest}}, "verify": true}),
+        );
+        tenant::create(&client, &ns, &tc).await;
+        tenant::wait_ready(&client, &ns, "nq", READY_TIMEOUT).await;
+        kok_e2e::workloads::stop_members(&client, &ns, "nq", &[1, 2]).await;
+
+        let asked = std::time::Instant::now();
+        create_backup(&client, &ns, "no-quorum", "nq").await;
+        let s = wait_finished(&client, &ns, "no-quorum")
+            .await
+            .status
+            .unwrap();
+        let took = asked.elapsed();
+        eprintln!("refused after {took:?}: {:?}", s.message);
+        assert_eq!(s.phase, Some(BackupPhase::Failed), "{s:?}");
+        assert!(
+            took <= Duration::from_secs(30),
+            "refused within 30 s, took {took:?}"
+        );
+        let message = s.message.clone().unwrap_or_default();
+        assert!(message.contains("quorum"), "{message}");
+        assert_eq!(condition(&s, "Stalled"), Some("True".into()), "{s:?}");
+        assert_eq!(s.location, None, "nothing was written: {s:?}");
+        let dir = host_backup_dir()
+            .join(format!("e2e-{ns}"))
+            .join(&ns)
+            .join("nq");
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.contains("no-quorum"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "no artifact left behind: {left:?}");
+        kok_e2e::workloads::restart_members(&client, &ns).await;
+    })
+    .await;
+}

@@ -9,7 +9,7 @@ use kok_crds::{
     BackupPhase, EtcdBackup, EtcdBackupStatus, EtcdRestore, RestorePhase, TenantCluster,
     RESTORE_ANNOTATION,
 };
-use kok_e2e::volumes::{make_volumes, pv_dir, remove_volumes};
+use kok_e2e::volumes::{make_volumes, member_dir, pv_dir, remove_volumes};
 use kok_e2e::{tenant, wait_for, with_namespace, workloads, Poll};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -395,6 +395,132 @@ async fn a_deleted_etcd_restore_mid_run_leaves_the_tenant_running_again_or_clear
         })
         .await;
         remove_volumes(&client, &ns, 1).await;
+    })
+    .await;
+}
+
+/// A member down (its pod gone, its volume wiped, kept from coming back) with
+/// quorum left: the tenant still takes writes, a backup is taken from a
+/// healthy member and verified, and a restore from it brings every object
+/// back on all three members.
+#[tokio::test]
+async fn a_backup_taken_with_one_member_down_restores_every_object() {
+    with_namespace("rs-degraded", |client, ns| async move {
+        make_volumes(&client, &ns, 3).await;
+        let mut tc = tenant::dev_tenant("rs", 3);
+        tc.spec.etcd.storage =
+            serde_json::from_value(json!({"size": "1Gi", "storageClassName": ns})).unwrap();
+        tc.spec.backup = Some(
+            serde_json::from_value(json!({
+                "destination": {"filesystem": {"path": format!("/var/lib/kok/backups/e2e-{ns}")}},
+                "verify": true,
+            }))
+            .unwrap(),
+        );
+        tenant::create(&client, &ns, &tc).await;
+        tenant::wait_ready(&client, &ns, "rs", READY_TIMEOUT).await;
+
+        let member_2 = member_dir(&client, &ns, "rs", 2).await;
+        workloads::stop_members(&client, &ns, "rs", &[2]).await;
+        match std::fs::remove_dir_all(std::path::Path::new(&member_2).join("data")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("wiping member 2: {e}"),
+            _ => {}
+        }
+
+        // Two of three members: the tenant API serves and is writable.
+        let cms: Api<ConfigMap> =
+            Api::namespaced(tenant::tenant_client(&client, &ns, "rs").await, "default");
+        for i in 0..10 {
+            let cm: ConfigMap = serde_json::from_value(
+                json!({"metadata": {"name": format!("degraded-{i}")}, "data": {"i": i.to_string()}}),
+            )
+            .unwrap();
+            cms.create(&PostParams::default(), &cm)
+                .await
+                .expect("a write with one member down");
+        }
+        let b = take_backup(&client, &ns, "while-degraded").await;
+        assert_eq!(b.verified, Some(true), "{b:?}");
+        assert_eq!(
+            (b.healthy_members, b.members),
+            (Some(2), Some(3)),
+            "the backup records that it was taken with a member down: {b:?}"
+        );
+        let source = b.source_member.clone().expect("sourceMember");
+        assert!(
+            source == "rs-etcd-0" || source == "rs-etcd-1",
+            "streamed from a healthy member, not {source}"
+        );
+
+        for i in 0..10 {
+            cms.delete(&format!("degraded-{i}"), &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+        workloads::restart_members(&client, &ns).await;
+        let restores: Api<EtcdRestore> = Api::namespaced(client.clone(), &ns);
+        let er: EtcdRestore = serde_json::from_value(json!({
+            "metadata": {"name": "r1"},
+            "spec": {"tenantCluster": "rs", "backup": "while-degraded"}
+        }))
+        .unwrap();
+        restores.create(&PostParams::default(), &er).await.unwrap();
+        let done = wait_for("restore r1 to finish", Duration::from_secs(400), || {
+            let restores = restores.clone();
+            async move {
+                match restores.get("r1").await.ok().and_then(|r| r.status) {
+                    Some(s)
+                        if matches!(
+                            s.phase,
+                            Some(RestorePhase::Completed) | Some(RestorePhase::Failed)
+                        ) =>
+                    {
+                        Poll::Ready(s)
+                    }
+                    s => Poll::Pending(format!("{s:?}")),
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            done.phase,
+            Some(RestorePhase::Completed),
+            "{:?}",
+            done.message
+        );
+        // All three members again (Ready needs every member available).
+        tenant::wait_ready(&client, &ns, "rs", READY_TIMEOUT).await;
+        let cms: Api<ConfigMap> =
+            Api::namespaced(tenant::tenant_client(&client, &ns, "rs").await, "default");
+        let names: Vec<String> = cms
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|c| c.name_any())
+            .collect();
+        for i in 0..10 {
+            assert!(
+                names.contains(&format!("degraded-{i}")),
+                "degraded-{i} missing: {names:?}"
+            );
+        }
+        let hash = etcd_hash_at(&client, &ns, "rs", b.revision.unwrap()).await;
+        assert_eq!(Some(hash), b.kv_hash);
+        let tcs = Api::<TenantCluster>::namespaced(client.clone(), &ns);
+        tcs.delete("rs", &DeleteParams::default()).await.unwrap();
+        wait_for("the TenantCluster to be gone", Duration::from_secs(120), || {
+            let tcs = tcs.clone();
+            async move {
+                match tcs.get_opt("rs").await {
+                    Ok(None) => Poll::Ready(()),
+                    other => Poll::Pending(format!("{:?}", other.map(|t| t.is_some()))),
+                }
+            }
+        })
+        .await;
+        remove_volumes(&client, &ns, 3).await;
     })
     .await;
 }

@@ -6,12 +6,16 @@ pub mod verify;
 
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kok_crds::TenantCluster;
+use kok_templates::backup_source::MemberProbe;
 use kok_templates::names::Names;
 use kok_templates::secrets::string_data;
 use kube::{Api, ResourceExt};
+
+/// How long a member may take to answer a health probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// One member's address and the name its certificate carries.
 #[derive(Clone, Debug)]
@@ -70,6 +74,44 @@ impl EtcdAccess {
         Client::connect([m.url.as_str()], Some(options))
             .await
             .map_err(|e| EtcdError::Unreachable(format!("{}: {e}", m.url)))
+    }
+
+    /// Asks every member, in parallel, whether it serves a quorum read: a
+    /// linearizable get through that member alone succeeds only when a
+    /// leader and a quorum exist and the member has applied everything
+    /// committed before it. Bounded: a member that does not answer within
+    /// a few seconds counts as down.
+    pub async fn probe(&self) -> Vec<MemberProbe> {
+        let probes = self.members.iter().map(|m| async move {
+            let name = m.tls_name.clone().unwrap_or_else(|| m.url.clone());
+            let answer = tokio::time::timeout(PROBE_TIMEOUT, async {
+                let mut c = self.connect_member(m).await?;
+                let status = c.status().await?;
+                // Any key: etcdctl's endpoint health reads "health" the same way.
+                c.get("health", Some(GetOptions::new().with_count_only()))
+                    .await?;
+                let id = status.header().map(|h| h.member_id()).unwrap_or_default();
+                Ok::<_, EtcdError>((status.leader() == id, status.raft_applied_index()))
+            })
+            .await;
+            let (is_leader, applied_index, error) = match answer {
+                Ok(Ok((leader, applied))) => (leader, applied, None),
+                Ok(Err(e)) => (false, 0, Some(e.to_string())),
+                Err(_) => (
+                    false,
+                    0,
+                    Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+                ),
+            };
+            MemberProbe {
+                name,
+                serves_quorum_reads: error.is_none(),
+                is_leader,
+                applied_index,
+                error,
+            }
+        });
+        futures::future::join_all(probes).await
     }
 
     /// Connection options for member `m`: TLS with kok's client certificate
