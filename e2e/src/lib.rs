@@ -123,6 +123,7 @@ pub async fn kill_operator(client: &Client) {
     }
 }
 
+pub mod bench;
 pub mod http;
 pub mod tenant;
 pub mod volumes;

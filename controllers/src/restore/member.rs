@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use kok_crds::Destination;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::etcd::verify::{download, restore_data_dir, RestoreMember, Tools};
+use crate::etcd::verify::{check_in_place, download, restore_data_dir, RestoreMember, Tools};
 use crate::storage::encryption::ArtifactKey;
 use crate::storage::s3_credentials;
 use crate::storage::Store;
@@ -70,14 +70,22 @@ async fn prepare_and_swap() -> anyhow::Result<()> {
     let snapshot = root.join(format!("restore-{id}.db"));
     let staged = root.join(format!("restore-{id}.data"));
     remove_if_exists(&staged)?;
-    let size = download(
-        &store,
-        &var("KOK_RESTORE_KEY")?,
-        &var("KOK_RESTORE_SHA256")?,
-        &snapshot,
-    )
-    .await?;
-    println!("fetched {size} bytes; sha256 and etcd trailer verified");
+    let artifact = var("KOK_RESTORE_KEY")?;
+    let sha256 = var("KOK_RESTORE_SHA256")?;
+    // A plain artifact on the filesystem is checked and restored where it
+    // lies (read-only); otherwise it is fetched (and opened) into a copy.
+    let (snapshot, copied) = match store.plain_local_file(&artifact) {
+        Some(file) => {
+            let size = check_in_place(&file, &sha256).await?;
+            println!("checked {size} bytes in place; sha256 and etcd trailer verified");
+            (file, false)
+        }
+        None => {
+            let size = download(&store, &artifact, &sha256, &snapshot).await?;
+            println!("fetched {size} bytes; sha256 and etcd trailer verified");
+            (snapshot, true)
+        }
+    };
     let member = var("KOK_RESTORE_MEMBER")?;
     restore_data_dir(
         &Tools::from_env(),
@@ -94,7 +102,9 @@ async fn prepare_and_swap() -> anyhow::Result<()> {
     // The swap: synchronous, no await point, so the select in `run` cannot
     // abandon it midway; a SIGTERM arriving now waits until it is done.
     swap(&root, &id, &staged, &marker)?;
-    std::fs::remove_file(&snapshot)?;
+    if copied {
+        std::fs::remove_file(&snapshot)?;
+    }
     println!("member {member} rebuilt from the snapshot");
     Ok(())
 }

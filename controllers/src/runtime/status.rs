@@ -104,7 +104,12 @@ fn stale_status_writers(
         .iter()
         .enumerate()
         .filter(|(_, e)| {
-            e.operation.as_deref() == Some("Update") && e.subresource.as_deref() == Some("status")
+            // Servers before 1.22 record no subresource: the fields tell.
+            let writes_status = e.subresource.as_deref() == Some("status")
+                || e.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.get("f:status").is_some());
+            e.operation.as_deref() == Some("Update") && writes_status
         })
         .map(|(i, _)| i)
         .collect()
@@ -148,6 +153,15 @@ mod tests {
         ];
         assert_eq!(stale_status_writers(&entries), vec![1]);
         assert!(stale_status_writers(&entries[2..]).is_empty());
+        // v1.20 records no subresource; the owned fields show the status write.
+        let mut old_server = entry("unknown", "Update", None);
+        old_server.fields_v1 = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
+            json!({"f:metadata": {"f:finalizers": {}}, "f:status": {"f:version": {}}}),
+        ));
+        assert_eq!(
+            stale_status_writers(&[entries[0].clone(), old_server]),
+            vec![1]
+        );
     }
 
     #[test]

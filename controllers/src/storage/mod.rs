@@ -155,6 +155,19 @@ impl Store {
         }
     }
 
+    /// The artifact's file, when it can be restored where it lies: a
+    /// filesystem destination and no key (a sealed artifact is opened into a
+    /// copy first). Reading it in place saves writing the whole database once.
+    pub fn plain_local_file(&self, key: &str) -> Option<std::path::PathBuf> {
+        if self.key.is_some() {
+            return None;
+        }
+        self.local
+            .as_ref()?
+            .path_to_filesystem(&self.path(key))
+            .ok()
+    }
+
     /// The location of `key` as shown to users (`file:///…`, `s3://bucket/…`).
     pub fn location(&self, key: &str) -> String {
         format!("{}/{}", self.base_url, self.path(key))
@@ -332,4 +345,25 @@ fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_filesystem_artifacts_are_restored_in_place() {
+        let dir = std::env::temp_dir().join(format!("kok-store-{}", std::process::id()));
+        let store = Store::filesystem(dir.to_str().unwrap()).unwrap();
+        let file = store.plain_local_file("ns/t/b1.db").unwrap();
+        assert_eq!(file, dir.join("ns/t/b1.db"));
+        // A key means the artifact is sealed: it is opened into a copy.
+        let key =
+            ArtifactKey::from_base64(b"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").unwrap();
+        let sealed = Store::filesystem(dir.to_str().unwrap())
+            .unwrap()
+            .with_key(Some(Arc::new(key)));
+        assert_eq!(sealed.plain_local_file("ns/t/b1.db"), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

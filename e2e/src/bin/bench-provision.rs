@@ -8,9 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kok_crds::TenantCluster;
+use kok_e2e::bench::{num_cpus, sample_leader};
 use kok_e2e::{client, tenant};
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
@@ -47,8 +47,12 @@ async fn main() {
         let mut times = Vec::new();
         for run in 0..runs {
             let name = format!("p{members}-{run}");
-            let t = apply_to_readyz(&client, &ns, &name, members).await;
+            let timeline = apply_to_readyz(&client, &ns, &name, members).await;
+            let t = timeline.readyz;
             println!("  {members} member(s), run {run}: {:.1}s", t.as_secs_f64());
+            for (what, at) in &timeline.milestones {
+                println!("    {:>5.1}s  {what}", at.as_secs_f64());
+            }
             times.push(t);
             delete_and_wait(&client, &ns, &name).await;
         }
@@ -97,10 +101,20 @@ fn small_tenant(name: &str) -> TenantCluster {
     tc
 }
 
-async fn apply_to_readyz(client: &Client, ns: &str, name: &str, members: i32) -> Duration {
+/// Applies a tenant and polls its `/readyz` until `ok`, while a watcher
+/// notes when each milestone of the start was first seen (100 ms polls).
+async fn apply_to_readyz(client: &Client, ns: &str, name: &str, members: i32) -> Timeline {
     let start = Instant::now();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Duration)>::new()));
+    let watcher = tokio::spawn(watch_milestones(
+        client.clone(),
+        ns.to_string(),
+        name.to_string(),
+        start,
+        seen.clone(),
+    ));
     tenant::create(client, ns, &tenant::dev_tenant(name, members)).await;
-    loop {
+    let readyz = loop {
         if start.elapsed() > READY_TIMEOUT {
             panic!("{ns}/{name} did not answer /readyz within {READY_TIMEOUT:?}");
         }
@@ -108,11 +122,132 @@ async fn apply_to_readyz(client: &Client, ns: &str, name: &str, members: i32) ->
             let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
             if let Ok(body) = tenant_client.request_text(req).await {
                 if body.trim() == "ok" {
-                    return start.elapsed();
+                    break start.elapsed();
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Wait for kok to report Ready too (the watcher stops on it).
+    let _ = tokio::time::timeout(READY_TIMEOUT, watcher).await;
+    let mut milestones = seen.lock().unwrap().clone();
+    milestones.push(("tenant /readyz ok (bench)".into(), readyz));
+    milestones.sort_by_key(|(_, t)| *t);
+    Timeline { readyz, milestones }
+}
+
+struct Timeline {
+    readyz: Duration,
+    milestones: Vec<(String, Duration)>,
+}
+
+/// Notes the first time each milestone is seen, until kok reports Ready.
+async fn watch_milestones(
+    client: Client,
+    ns: String,
+    name: String,
+    start: Instant,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Duration)>>>,
+) {
+    use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let tcs: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
+    let note = |what: String| {
+        let mut s = seen.lock().unwrap();
+        if !s.iter().any(|(w, _)| *w == what) {
+            s.push((what, start.elapsed()));
+        }
+    };
+    let prefix = format!("{name}-");
+    while start.elapsed() < READY_TIMEOUT {
+        if let Ok(list) = services.list(&Default::default()).await {
+            if list
+                .items
+                .iter()
+                .any(|s| s.metadata.name.as_deref() == Some(&format!("{name}-apiserver")))
+            {
+                note("Services applied".into());
+            }
+        }
+        if let Ok(list) = secrets.list(&Default::default()).await {
+            let has = |n: String| {
+                list.items
+                    .iter()
+                    .any(|s| s.metadata.name.as_deref() == Some(&n))
+            };
+            if has(format!("{name}-certs")) {
+                note("PKI written".into());
+            }
+            if has(format!("{name}-kubeconfig")) {
+                note("admin kubeconfig written".into());
+            }
+        }
+        if let Ok(list) = pods.list(&Default::default()).await {
+            for p in list.items.iter().filter(|p| {
+                p.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(&prefix))
+            }) {
+                let pod = p.metadata.name.clone().unwrap_or_default();
+                // One line per component: the first member / replica.
+                let component = pod
+                    .strip_prefix(&prefix)
+                    .map(|rest| match rest.split('-').next() {
+                        Some("etcd") => format!("etcd {rest}"),
+                        Some("controller") => "controller-manager".to_string(),
+                        Some(c) => c.to_string(),
+                        None => rest.to_string(),
+                    })
+                    .unwrap_or_default();
+                note(format!("{component}: pod created"));
+                let status = p.status.clone().unwrap_or_default();
+                let cond = |t: &str| {
+                    status
+                        .conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == t && c.status == "True")
+                };
+                if cond("PodScheduled") {
+                    note(format!("{component}: scheduled"));
+                }
+                let running = status
+                    .container_statuses
+                    .iter()
+                    .flatten()
+                    .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
+                if running {
+                    note(format!("{component}: container running"));
+                }
+                if cond("Ready") {
+                    note(format!("{component}: ready"));
+                }
+                let restarts: i32 = status
+                    .container_statuses
+                    .iter()
+                    .flatten()
+                    .map(|c| c.restart_count)
+                    .sum();
+                if restarts > 0 {
+                    note(format!("{component}: container restarted"));
+                }
+            }
+        }
+        if let Ok(Some(tc)) = tcs.get_opt(&name).await {
+            let ready = tc
+                .status
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if ready {
+                note("Ready seen by kok".into());
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -137,93 +272,45 @@ async fn delete_and_wait(client: &Client, ns: &str, name: &str) {
         assert!(start.elapsed() < READY_TIMEOUT, "{name} was not deleted");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-struct Sample {
-    rss_kib: u64,
-    cpu_percent: f64,
-    reconciles_per_min: f64,
-}
-
-/// Sum of `kok_reconcile_total` over every controller, from `/metrics`.
-async fn reconciles(addr: &str) -> f64 {
-    let (_, body) = kok_e2e::http::get(addr, "/metrics")
-        .await
-        .expect("scraping the operator's /metrics");
-    body.lines()
-        .filter(|l| l.starts_with("kok_reconcile_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// RSS and CPU of the operator replica holding the Lease, read from /proc on
-/// this node (the local cluster is one node, so the pod's process is visible).
-async fn sample_leader(client: &Client, window: Duration) -> Sample {
-    let lease = Api::<Lease>::namespaced(client.clone(), "kok-system")
-        .get("kok-operator")
-        .await
-        .expect("reading the leader Lease");
-    let holder = lease
-        .spec
-        .and_then(|s| s.holder_identity)
-        .expect("the Lease has a holder");
-    let pid = operator_pid(&holder).unwrap_or_else(|| panic!("no process for pod {holder}"));
-    let pod_ip = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "kok-system")
-        .get(&holder)
-        .await
-        .ok()
-        .and_then(|p| p.status?.pod_ip)
-        .expect("the leader pod has an IP");
-    let metrics = format!("{pod_ip}:8080");
-    let ticks = || cpu_ticks(pid).expect("reading /proc/<pid>/stat");
-    let (t0, c0, r0) = (Instant::now(), ticks(), reconciles(&metrics).await);
-    tokio::time::sleep(window).await;
-    let (elapsed, c1, r1) = (t0.elapsed(), ticks(), reconciles(&metrics).await);
-    let hz = 100.0; // USER_HZ on Linux
-    Sample {
-        rss_kib: rss_kib(pid).expect("reading /proc/<pid>/status"),
-        cpu_percent: (c1 - c0) as f64 / hz / elapsed.as_secs_f64() * 100.0,
-        reconciles_per_min: (r1 - r0) * 60.0 / elapsed.as_secs_f64(),
-    }
-}
-
-fn operator_pid(pod: &str) -> Option<u32> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if !String::from_utf8_lossy(&cmdline).contains("kok-operator") {
-            continue;
+    // The next run starts on a quiet node: a stopping apiserver (its
+    // shutdown delay and grace) would otherwise share the CPU with it.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let prefix = format!("{name}-");
+    loop {
+        let left = pods
+            .list(&Default::default())
+            .await
+            .expect("listing pods")
+            .items
+            .into_iter()
+            .filter(|p| {
+                p.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+            .count();
+        if left == 0 {
+            break;
         }
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let wanted = format!("POD_NAME={pod}");
-        if environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes()) {
-            return Some(pid);
+        // An apiserver whose etcd went with it takes its whole grace period
+        // to stop; this benchmark measures starts, not stops.
+        for p in pods
+            .list(&Default::default())
+            .await
+            .expect("listing pods")
+            .items
+        {
+            if let Some(n) = p.metadata.name.filter(|n| n.starts_with(&prefix)) {
+                let _ = pods
+                    .delete(&n, &DeleteParams::default().grace_period(0))
+                    .await;
+            }
         }
+        assert!(
+            start.elapsed() < READY_TIMEOUT,
+            "{name}'s pods were not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    None
-}
-
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn num_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
