@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
     group = "kok.dev",
     version = "v1alpha1",
     kind = "TenantCluster",
+    doc = "A tenant Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) that kok runs as pods in this cluster, with its own PKI and an admin kubeconfig Secret; upgraded, backed up and restored by kok.",
     namespaced,
     shortname = "tc",
     status = "TenantClusterStatus",

@@ -725,4 +725,37 @@ mod tests {
         let released = LeaseRecord::of(server.lease.lock().unwrap().as_ref().unwrap());
         assert_eq!(released.holder, None);
     }
+
+    #[tokio::test]
+    async fn a_leader_that_lost_its_lease_campaigns_again_as_a_standby() {
+        // The operator no longer exits on a lost lease: the same elector
+        // must be usable for the next term.
+        let (server, addr) = fake_api::start().await;
+        let (a, b) = (elector(addr, "a"), elector(addr, "b"));
+        a.acquire().await.unwrap();
+        server.hung.lock().unwrap().insert("a".into());
+        let lost = tokio::time::timeout(3 * fast().lease_duration, a.hold())
+            .await
+            .expect("a hung leader gives up");
+        assert!(matches!(lost, LeaderError::RenewalFailed { .. }), "{lost}");
+        b.acquire().await.unwrap();
+        // a's API answers again: it waits as a standby while b renews...
+        server.hung.lock().unwrap().clear();
+        let waited = tokio::time::timeout(fast().lease_duration + SEC, async {
+            tokio::select! {
+                lost = b.hold() => panic!("b lost the lease: {lost}"),
+                _ = a.acquire() => panic!("a took a held lease"),
+            }
+        })
+        .await;
+        assert!(waited.is_err());
+        // ...and leads again once b is gone.
+        b.release().await;
+        tokio::time::timeout(2 * fast().retry_period, a.acquire())
+            .await
+            .expect("a takes the released lease")
+            .unwrap();
+        let holder = LeaseRecord::of(server.lease.lock().unwrap().as_ref().unwrap());
+        assert_eq!(holder.holder.as_deref(), Some("a"));
+    }
 }
