@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use kok_crds::Destination;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::etcd::verify::{check_in_place, download, restore_data_dir, RestoreMember, Tools};
+use crate::etcd::verify::{download, restore_data_dir, restore_in_place, RestoreMember, Tools};
 use crate::storage::encryption::ArtifactKey;
 use crate::storage::s3_credentials;
 use crate::storage::Store;
@@ -72,33 +72,35 @@ async fn prepare_and_swap() -> anyhow::Result<()> {
     remove_if_exists(&staged)?;
     let artifact = var("KOK_RESTORE_KEY")?;
     let sha256 = var("KOK_RESTORE_SHA256")?;
-    // A plain artifact on the filesystem is checked and restored where it
-    // lies (read-only); otherwise it is fetched (and opened) into a copy.
-    let (snapshot, copied) = match store.plain_local_file(&artifact) {
+    let member = var("KOK_RESTORE_MEMBER")?;
+    let (peer_url, initial_cluster, cluster_token) = (
+        var("KOK_RESTORE_PEER_URL")?,
+        var("KOK_RESTORE_INITIAL_CLUSTER")?,
+        var("KOK_RESTORE_TOKEN")?,
+    );
+    let restore_member = RestoreMember {
+        name: &member,
+        peer_url: &peer_url,
+        initial_cluster: &initial_cluster,
+        cluster_token: &cluster_token,
+    };
+    let tools = Tools::from_env();
+    // A plain artifact on the filesystem is restored where it lies
+    // (read-only) while its sha256 is checked; otherwise it is fetched (and
+    // opened) into a copy first. Either way nothing is swapped in unchecked.
+    let copied = match store.plain_local_file(&artifact) {
         Some(file) => {
-            let size = check_in_place(&file, &sha256).await?;
-            println!("checked {size} bytes in place; sha256 and etcd trailer verified");
-            (file, false)
+            let size = restore_in_place(&tools, &file, &sha256, &staged, &restore_member).await?;
+            println!("restored {size} bytes in place; sha256 verified");
+            false
         }
         None => {
             let size = download(&store, &artifact, &sha256, &snapshot).await?;
             println!("fetched {size} bytes; sha256 and etcd trailer verified");
-            (snapshot, true)
+            restore_data_dir(&tools, &snapshot, &staged, &restore_member).await?;
+            true
         }
     };
-    let member = var("KOK_RESTORE_MEMBER")?;
-    restore_data_dir(
-        &Tools::from_env(),
-        &snapshot,
-        &staged,
-        &RestoreMember {
-            name: &member,
-            peer_url: &var("KOK_RESTORE_PEER_URL")?,
-            initial_cluster: &var("KOK_RESTORE_INITIAL_CLUSTER")?,
-            cluster_token: &var("KOK_RESTORE_TOKEN")?,
-        },
-    )
-    .await?;
     // The swap: synchronous, no await point, so the select in `run` cannot
     // abandon it midway; a SIGTERM arriving now waits until it is done.
     swap(&root, &id, &staged, &marker)?;
