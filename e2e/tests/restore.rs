@@ -97,6 +97,51 @@ async fn take_backup(client: &Client, ns: &str, name: &str) -> EtcdBackupStatus 
     .await
 }
 
+/// Waits until EtcdRestore `name` is Completed or Failed.
+async fn restore_finished(restores: &Api<EtcdRestore>, name: &str) -> kok_crds::EtcdRestoreStatus {
+    wait_for(
+        &format!("restore {name} to finish"),
+        Duration::from_secs(400),
+        || {
+            let restores = restores.clone();
+            async move {
+                match restores.get(name).await.ok().and_then(|r| r.status) {
+                    Some(s)
+                        if matches!(
+                            s.phase,
+                            Some(RestorePhase::Completed) | Some(RestorePhase::Failed)
+                        ) =>
+                    {
+                        Poll::Ready(s)
+                    }
+                    s => Poll::Pending(format!("{s:?}")),
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Deletes TenantCluster `rs` and waits until it is gone.
+async fn delete_tenant(client: &Client, ns: &str) {
+    let tcs = Api::<TenantCluster>::namespaced(client.clone(), ns);
+    tcs.delete("rs", &DeleteParams::default()).await.unwrap();
+    wait_for(
+        "the TenantCluster to be gone",
+        Duration::from_secs(120),
+        || {
+            let tcs = tcs.clone();
+            async move {
+                match tcs.get_opt("rs").await {
+                    Ok(None) => Poll::Ready(()),
+                    other => Poll::Pending(format!("{:?}", other.map(|t| t.is_some()))),
+                }
+            }
+        },
+    )
+    .await;
+}
+
 /// `restart_operator`: delete the operator pods while the restore runs; the
 /// restore must resume from the phase recorded in its status.
 /// `encrypted`: the backup is sealed at rest and the restore Jobs open it.
@@ -180,23 +225,7 @@ async fn restore_round_trip(prefix: &str, members: i32, restart_operator: bool, 
             .await
             .expect("deleting the operator pods");
         }
-        let done = wait_for("restore r1 to finish", Duration::from_secs(400), || {
-            let restores = restores.clone();
-            async move {
-                match restores.get("r1").await.ok().and_then(|r| r.status) {
-                    Some(s)
-                        if matches!(
-                            s.phase,
-                            Some(RestorePhase::Completed) | Some(RestorePhase::Failed)
-                        ) =>
-                    {
-                        Poll::Ready(s)
-                    }
-                    s => Poll::Pending(format!("{s:?}")),
-                }
-            }
-        })
-        .await;
+        let done = restore_finished(&restores, "r1").await;
         assert_eq!(
             done.phase,
             Some(RestorePhase::Completed),
@@ -242,22 +271,7 @@ async fn restore_round_trip(prefix: &str, members: i32, restart_operator: bool, 
         assert_eq!(after.phase, Some(BackupPhase::Succeeded));
 
         // Deleting the tenant keeps its backups (deletionPolicy defaults to Retain).
-        let tcs = Api::<TenantCluster>::namespaced(client.clone(), &ns);
-        tcs.delete("rs", &DeleteParams::default()).await.unwrap();
-        wait_for(
-            "the TenantCluster to be gone",
-            Duration::from_secs(120),
-            || {
-                let tcs = tcs.clone();
-                async move {
-                    match tcs.get_opt("rs").await {
-                        Ok(None) => Poll::Ready(()),
-                        other => Poll::Pending(format!("{:?}", other.map(|t| t.is_some()))),
-                    }
-                }
-            },
-        )
-        .await;
+        delete_tenant(&client, &ns).await;
         assert!(
             backups.get_opt("b1").await.unwrap().is_some(),
             "the backup outlives its cluster"
@@ -465,23 +479,7 @@ async fn a_backup_taken_with_one_member_down_restores_every_object() {
         }))
         .unwrap();
         restores.create(&PostParams::default(), &er).await.unwrap();
-        let done = wait_for("restore r1 to finish", Duration::from_secs(400), || {
-            let restores = restores.clone();
-            async move {
-                match restores.get("r1").await.ok().and_then(|r| r.status) {
-                    Some(s)
-                        if matches!(
-                            s.phase,
-                            Some(RestorePhase::Completed) | Some(RestorePhase::Failed)
-                        ) =>
-                    {
-                        Poll::Ready(s)
-                    }
-                    s => Poll::Pending(format!("{s:?}")),
-                }
-            }
-        })
-        .await;
+        let done = restore_finished(&restores, "r1").await;
         assert_eq!(
             done.phase,
             Some(RestorePhase::Completed),
@@ -508,18 +506,7 @@ async fn a_backup_taken_with_one_member_down_restores_every_object() {
         }
         let hash = etcd_hash_at(&client, &ns, "rs", b.revision.unwrap()).await;
         assert_eq!(Some(hash), b.kv_hash);
-        let tcs = Api::<TenantCluster>::namespaced(client.clone(), &ns);
-        tcs.delete("rs", &DeleteParams::default()).await.unwrap();
-        wait_for("the TenantCluster to be gone", Duration::from_secs(120), || {
-            let tcs = tcs.clone();
-            async move {
-                match tcs.get_opt("rs").await {
-                    Ok(None) => Poll::Ready(()),
-                    other => Poll::Pending(format!("{:?}", other.map(|t| t.is_some()))),
-                }
-            }
-        })
-        .await;
+        delete_tenant(&client, &ns).await;
         remove_volumes(&client, &ns, 3).await;
     })
     .await;
