@@ -251,6 +251,10 @@ pub struct TenantClusterStatus {
     /// The etcd member count the cluster was created with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_replicas: Option<i32>,
+    /// While etcd members are replaced one at a time: the member the
+    /// apiservers were moved off before it is stopped (they dial the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_drained_member: Option<i32>,
     /// The etcd version every member runs (image tag), once a rollout is complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_version: Option<String>,

@@ -17,6 +17,9 @@ use kube::{Api, Client};
 use serde_json::json;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// An etcd roll of 3 members: 4 apiserver rolls (off each member, then back
+/// to all) and 3 member replacements, on a node that runs other tests too.
+const ETCD_ROLL_TIMEOUT: Duration = Duration::from_secs(600);
 /// The load: one write and one read every `LOAD_PERIOD`, at most `LOAD_MAX` writes.
 const LOAD_PERIOD: Duration = Duration::from_millis(100);
 const LOAD_MAX: usize = 5000;
@@ -103,6 +106,93 @@ async fn members_on(client: &Client, ns: &str, tenant: &str, tag: &str) -> usize
 }
 
 /// Waits until `status.etcdClusterVersion` of `up` is `version`.
+/// What the drain watch saw: the members it saw stop, and every apiserver
+/// pod that still dialled a member at that moment.
+#[derive(Debug, Default)]
+struct DrainWatch {
+    stopped: Vec<String>,
+    violations: Vec<String>,
+}
+
+/// Polls the tenant's pods every 250 ms: when an etcd member's pod is
+/// terminating, gone or replaced (a new uid), no apiserver pod may have it in
+/// its `--etcd-servers`. The apiservers take tens of seconds to roll, the new
+/// member seconds to start, so a poll this frequent sees every stop.
+async fn start_drain_watch(
+    client: Client,
+    ns: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<DrainWatch> {
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    let uid_of = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
+    let mut first_uid = Vec::new();
+    for m in 0..3 {
+        let pod = pods.get(&format!("up-etcd-{m}")).await.unwrap();
+        first_uid.push(uid_of(&pod));
+    }
+    tokio::spawn(async move {
+        let mut seen = DrainWatch::default();
+        while !stop.load(Ordering::Relaxed) {
+            for (m, uid) in first_uid.iter().enumerate() {
+                let member = format!("up-etcd-{m}");
+                if seen.stopped.contains(&member) {
+                    continue;
+                }
+                let Ok(pod) = pods.get_opt(&member).await else {
+                    continue;
+                };
+                let stopping = match &pod {
+                    None => true,
+                    Some(p) => uid_of(p) != *uid || p.metadata.deletion_timestamp.is_some(),
+                };
+                if !stopping {
+                    continue;
+                }
+                let url = format!("https://{member}:2379");
+                let lp = ListParams::default()
+                    .labels("kok.dev/tenant-cluster=up,kok.dev/component=kube-apiserver");
+                let Ok(apiservers) = pods.list(&lp).await else {
+                    continue;
+                };
+                for a in apiservers.items {
+                    let dials = a
+                        .spec
+                        .iter()
+                        .flat_map(|s| s.containers.iter())
+                        .flat_map(|c| c.args.iter().flatten())
+                        .filter_map(|arg| arg.strip_prefix("--etcd-servers="))
+                        .any(|servers| servers.split(',').any(|u| u == url));
+                    if dials {
+                        seen.violations.push(format!(
+                            "{} dials {member}",
+                            a.metadata.name.unwrap_or_default()
+                        ));
+                    }
+                }
+                seen.stopped.push(member);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        seen
+    })
+}
+
+/// The `--etcd-servers` the apiserver Deployment renders.
+async fn apiserver_etcd_servers(client: &Client, ns: &str) -> String {
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get("up-apiserver")
+        .await
+        .unwrap();
+    d.spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().next())
+        .and_then(|c| c.args)
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|a| a.strip_prefix("--etcd-servers=").map(str::to_string))
+        .expect("the apiserver has --etcd-servers")
+}
+
 async fn cluster_version_recorded(client: &Client, ns: &str, version: &str) -> TenantClusterStatus {
     let api: Api<TenantCluster> = Api::namespaced(client.clone(), ns);
     wait_for(
@@ -146,6 +236,8 @@ async fn etcd_3_4_to_3_5_member_by_member_under_load_survives_an_operator_kill()
         let (load_task, load) = start_load(tenant_api.clone(), stop.clone());
         tokio::time::sleep(Duration::from_secs(3)).await;
 
+        let stop_watch = Arc::new(AtomicBool::new(false));
+        let drain_watch = start_drain_watch(client.clone(), ns.clone(), stop_watch.clone()).await;
         let started = Instant::now();
         tenant::patch_spec(&client, &ns, "up", json!({"etcd": {"version": target}})).await;
         let rolling = wait_for("the upgrade to pass its preflight", Duration::from_secs(90), || {
@@ -173,7 +265,7 @@ async fn etcd_3_4_to_3_5_member_by_member_under_load_survives_an_operator_kill()
 
         // Kill the operator once the first member was replaced: the new
         // leader must go on from the pods' revisions.
-        wait_for("a first member on the new template", Duration::from_secs(120), || {
+        wait_for("a first member on the new template", Duration::from_secs(300), || {
             let client = client.clone();
             let ns = ns.clone();
             let target = target.clone();
@@ -187,7 +279,7 @@ async fn etcd_3_4_to_3_5_member_by_member_under_load_survives_an_operator_kill()
         .await;
         kill_operator(&client).await;
 
-        let done = wait_for("the upgrade to complete", READY_TIMEOUT, || {
+        let done = wait_for("the upgrade to complete", ETCD_ROLL_TIMEOUT, || {
             let api: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
             async move {
                 let tc = api.get("up").await.unwrap();
@@ -204,6 +296,24 @@ async fn etcd_3_4_to_3_5_member_by_member_under_load_survives_an_operator_kill()
         .await;
         let took = started.elapsed();
         assert_eq!(done.etcd_version.as_deref(), Some(target.as_str()));
+        // Each member was stopped only after the apiservers had left it, and
+        // they dial every member again at the end.
+        assert_eq!(done.etcd_drained_member, None, "{done:?}");
+        stop_watch.store(true, Ordering::Relaxed);
+        let watch = drain_watch.await.unwrap();
+        assert_eq!(
+            watch.stopped.len(),
+            3,
+            "the watch saw these members stop: {:?}",
+            watch.stopped
+        );
+        assert!(
+            watch.violations.is_empty(),
+            "members stopped while apiservers dialled them: {:?}",
+            watch.violations
+        );
+        let servers = apiserver_etcd_servers(&client, &ns).await;
+        assert_eq!(servers.split(',').count(), 3, "{servers}");
         // The cluster version moved: the point of no return is recorded.
         cluster_version_recorded(&client, &ns, "3.5").await;
         let ready = tenant::wait_ready(&client, &ns, "up", READY_TIMEOUT).await;

@@ -78,6 +78,9 @@ pub struct Resolved {
     /// clusters can never join each other.
     pub etcd_cluster_token: String,
     pub hashes: ConfigHashes,
+    /// The etcd member the apiservers are kept off while it is replaced
+    /// (see [`crate::etcd_roll::replace_gate`]).
+    pub etcd_drained_member: Option<i32>,
 }
 
 /// Hash of what each component mounts; a change rolls its pods.
@@ -245,6 +248,21 @@ pub fn etcd_client_urls(names: &Names, replicas: i32) -> Vec<String> {
     (0..replicas)
         .map(|i| format!("https://{}:{ETCD_CLIENT_PORT}", names.etcd_member(i)))
         .collect()
+}
+
+/// The members the apiservers dial: all of them, except one being drained
+/// before its replacement (never the last one left).
+pub fn apiserver_etcd_servers(names: &Names, replicas: i32, drained: Option<i32>) -> Vec<String> {
+    let all = etcd_client_urls(names, replicas);
+    match drained {
+        Some(d) if replicas > 1 && (0..replicas).contains(&d) => all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| *i as i32 != d)
+            .map(|(_, url)| url)
+            .collect(),
+        _ => all,
+    }
 }
 
 fn etcd_args(
@@ -530,7 +548,7 @@ pub fn flag_inputs(
     FlagInputs {
         version: valid.version,
         tenant: p.names.tenant.clone(),
-        etcd_servers: etcd_client_urls(&p.names, valid.etcd_replicas),
+        etcd_servers: apiserver_etcd_servers(&p.names, valid.etcd_replicas, r.etcd_drained_member),
         advertise_address: Some(r.apiserver_ip.clone()),
         service_cidr: valid.service_cidr.to_string(),
         pod_cidr: valid.pod_cidr.to_string(),
@@ -916,5 +934,19 @@ mod tests {
             selected(&[]),
             labels(&[(NAMESPACE_NAME_LABEL, "kok-system")])
         );
+    }
+
+    #[test]
+    fn the_apiservers_dial_every_member_but_a_drained_one() {
+        let names = Names::new("t");
+        let urls = |d| apiserver_etcd_servers(&names, 3, d);
+        assert_eq!(urls(None).len(), 3);
+        assert_eq!(
+            urls(Some(1)),
+            ["https://t-etcd-0:2379", "https://t-etcd-2:2379"]
+        );
+        // Never an empty list, never an ordinal that does not exist.
+        assert_eq!(apiserver_etcd_servers(&names, 1, Some(0)).len(), 1);
+        assert_eq!(urls(Some(7)).len(), 3);
     }
 }

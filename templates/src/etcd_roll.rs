@@ -125,6 +125,45 @@ pub fn next_action(update_revision: &str, members: &[MemberObservation]) -> Roll
     }
 }
 
+/// Whether a member chosen by [`next_action`] may be stopped now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaceGate {
+    /// Delete its pod.
+    Go,
+    /// First roll the apiservers onto the other members (record the member as
+    /// drained; the apiservers render without it).
+    Drain,
+    /// The apiservers are rolling off it: old pods may still dial it.
+    WaitForApiservers,
+}
+
+/// etcd 3.4 with TLS serves gRPC inside its HTTP server and stops it
+/// abruptly on SIGTERM (etcd#8916): a request in flight on a stopping member
+/// fails with an empty HTTP 200 ("missing content-type field"), which the
+/// apiserver's etcd client does not retry. So a member that serves is
+/// stopped only once no apiserver dials it: the apiservers are first rolled
+/// (one surge pod, none unavailable) onto the other members, and every old
+/// apiserver pod is gone. `apiservers_off` says the live apiservers run a
+/// template without the member and no other pod exists.
+pub fn replace_gate(
+    target: &MemberObservation,
+    members: usize,
+    drained: Option<i32>,
+    apiservers_off: bool,
+) -> ReplaceGate {
+    let serving = target.pod_ready && target.status.is_some();
+    if members < 2 || !serving {
+        // Alone it cannot be avoided; down it serves nothing to drain.
+        ReplaceGate::Go
+    } else if drained != Some(target.ordinal) {
+        ReplaceGate::Drain
+    } else if !apiservers_off {
+        ReplaceGate::WaitForApiservers
+    } else {
+        ReplaceGate::Go
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +280,32 @@ mod tests {
     fn an_up_to_date_cluster_is_done() {
         let m = vec![member(0, NEW, 2), member(1, NEW, 2), member(2, NEW, 2)];
         assert_eq!(next_action(NEW, &m), RollAction::Done);
+    }
+
+    #[test]
+    fn a_serving_member_is_stopped_only_after_the_apiservers_left_it() {
+        let m = member(2, OLD, 0);
+        assert_eq!(replace_gate(&m, 3, None, true), ReplaceGate::Drain);
+        // Drained for another member: this one must be drained itself.
+        assert_eq!(replace_gate(&m, 3, Some(1), true), ReplaceGate::Drain);
+        assert_eq!(
+            replace_gate(&m, 3, Some(2), false),
+            ReplaceGate::WaitForApiservers
+        );
+        assert_eq!(replace_gate(&m, 3, Some(2), true), ReplaceGate::Go);
+    }
+
+    #[test]
+    fn a_lone_or_down_member_is_stopped_without_draining() {
+        assert_eq!(
+            replace_gate(&member(0, OLD, 0), 1, None, false),
+            ReplaceGate::Go
+        );
+        let mut down = member(1, OLD, 0);
+        down.pod_ready = false;
+        assert_eq!(replace_gate(&down, 3, None, false), ReplaceGate::Go);
+        let mut silent = member(1, OLD, 0);
+        silent.status = None;
+        assert_eq!(replace_gate(&silent, 3, None, false), ReplaceGate::Go);
     }
 }

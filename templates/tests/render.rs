@@ -40,6 +40,7 @@ fn render(tc: TenantCluster) -> Rendered {
             .collect(),
         apiserver_ip: "10.202.0.50".into(),
         etcd_cluster_token: "token-1".into(),
+        etcd_drained_member: None,
         hashes: ConfigHashes {
             etcd: "e1".into(),
             apiserver: "a1".into(),

@@ -7,11 +7,15 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kok_crds::TenantCluster;
-use kok_templates::etcd_roll::{next_action, MemberObservation, MemberStatus, RollAction};
-use kok_templates::names::{component_labels, Names, ETCD};
+use kok_templates::controlplane::ETCD_CLIENT_PORT;
+use kok_templates::etcd_roll::{
+    next_action, replace_gate, MemberObservation, MemberStatus, ReplaceGate, RollAction,
+};
+use kok_templates::names::{component_labels, Names, APISERVER, ETCD};
 use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -31,13 +35,58 @@ pub(super) enum EtcdRoll {
     Rolling(String),
 }
 
+/// This pass's roll, and the member the apiservers must stay off (recorded
+/// in status, rendered into their `--etcd-servers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RollOutcome {
+    pub state: EtcdRoll,
+    pub drained: Option<i32>,
+}
+
 const REVISION_LABEL: &str = "controller-revision-hash";
 
-pub(super) async fn roll(ctx: &Context, tc: &TenantCluster, sts: &StatefulSet) -> Result<EtcdRoll> {
+/// `drained` is the member the apiservers were moved off in an earlier pass.
+pub(super) async fn roll(
+    ctx: &Context,
+    tc: &TenantCluster,
+    sts: &StatefulSet,
+    drained: Option<i32>,
+) -> Result<RollOutcome> {
+    let state = roll_members(ctx, tc, sts, drained).await?;
+    Ok(match state {
+        // Done: the apiservers go back to every member.
+        MemberRoll::Current => RollOutcome {
+            state: EtcdRoll::Current,
+            drained: None,
+        },
+        MemberRoll::Rolling(why) => RollOutcome {
+            state: EtcdRoll::Rolling(why),
+            drained,
+        },
+        MemberRoll::Draining(i, why) => RollOutcome {
+            state: EtcdRoll::Rolling(why),
+            drained: Some(i),
+        },
+    })
+}
+
+enum MemberRoll {
+    Current,
+    Rolling(String),
+    /// The apiservers must be moved off this member.
+    Draining(i32, String),
+}
+
+async fn roll_members(
+    ctx: &Context,
+    tc: &TenantCluster,
+    sts: &StatefulSet,
+    drained: Option<i32>,
+) -> Result<MemberRoll> {
     let ns = tc.namespace().unwrap_or_default();
     let names = Names::new(&tc.name_any());
     let Some(update_revision) = sts.status.as_ref().and_then(|s| s.update_revision.clone()) else {
-        return Ok(EtcdRoll::Rolling(
+        return Ok(MemberRoll::Rolling(
             "the StatefulSet has no revision yet".into(),
         ));
     };
@@ -48,7 +97,7 @@ pub(super) async fn roll(ctx: &Context, tc: &TenantCluster, sts: &StatefulSet) -
         (Some(g), Some(o)) if o >= g
     );
     if !seen {
-        return Ok(EtcdRoll::Rolling(
+        return Ok(MemberRoll::Rolling(
             "waiting for the StatefulSet controller to see the template".into(),
         ));
     }
@@ -75,7 +124,7 @@ pub(super) async fn roll(ctx: &Context, tc: &TenantCluster, sts: &StatefulSet) -
         })
         .collect();
     if stale.is_empty() {
-        return Ok(EtcdRoll::Current);
+        return Ok(MemberRoll::Current);
     }
 
     let access = EtcdAccess::for_tenant(&ctx.client, tc)
@@ -114,8 +163,8 @@ pub(super) async fn roll(ctx: &Context, tc: &TenantCluster, sts: &StatefulSet) -
         replicas as usize - stale.len()
     );
     match next_action(&update_revision, &observed) {
-        RollAction::Done => Ok(EtcdRoll::Current),
-        RollAction::Wait(why) => Ok(EtcdRoll::Rolling(format!("{progress}; waiting: {why}"))),
+        RollAction::Done => Ok(MemberRoll::Current),
+        RollAction::Wait(why) => Ok(MemberRoll::Rolling(format!("{progress}; waiting: {why}"))),
         RollAction::MoveLeader {
             from,
             to_member_id,
@@ -149,12 +198,52 @@ pub(super) async fn roll(ctx: &Context, tc: &TenantCluster, sts: &StatefulSet) -
                 &note,
             )
             .await;
-            Ok(EtcdRoll::Rolling(format!(
+            Ok(MemberRoll::Rolling(format!(
                 "{progress}; leadership moved to member {to}"
             )))
         }
         RollAction::Replace(i) => {
             let name = names.etcd_member(i);
+            let target =
+                observed
+                    .iter()
+                    .find(|m| m.ordinal == i)
+                    .cloned()
+                    .unwrap_or(MemberObservation {
+                        ordinal: i,
+                        revision: None,
+                        pod_ready: false,
+                        status: None,
+                    });
+            let off = drained == Some(i) && apiservers_off(ctx, &ns, &names, i).await?;
+            match replace_gate(&target, observed.len(), drained, off) {
+                ReplaceGate::Go => {}
+                ReplaceGate::Drain => {
+                    let note = format!(
+                        "moving the apiservers off etcd member {name} before it is replaced \
+                         (a stopping etcd 3.4 member fails the requests it is serving)"
+                    );
+                    info!("{note}");
+                    super::publish(
+                        ctx,
+                        tc,
+                        EventType::Normal,
+                        "EtcdMemberDrained",
+                        "RollEtcd",
+                        &note,
+                    )
+                    .await;
+                    return Ok(MemberRoll::Draining(
+                        i,
+                        format!("{progress}; moving the apiservers off member {i}"),
+                    ));
+                }
+                ReplaceGate::WaitForApiservers => {
+                    return Ok(MemberRoll::Rolling(format!(
+                        "{progress}; waiting for every apiserver to leave member {i}"
+                    )));
+                }
+            }
             // Only the pod observed: a pod recreated meanwhile is not deleted.
             let uid = pod_of(i).and_then(|p| p.uid());
             let dp = DeleteParams {
@@ -180,11 +269,63 @@ pub(super) async fn roll(ctx: &Context, tc: &TenantCluster, sts: &StatefulSet) -
                 &note,
             )
             .await;
-            Ok(EtcdRoll::Rolling(format!(
+            Ok(MemberRoll::Rolling(format!(
                 "{progress}; replacing member {i}"
             )))
         }
     }
+}
+
+/// Whether no apiserver dials member `i`: the Deployment's template leaves
+/// it out, that template is rolled out, and no other pod (an old one still
+/// terminating, with open etcd connections) is left.
+async fn apiservers_off(ctx: &Context, ns: &str, names: &Names, i: i32) -> Result<bool> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(d) = deployments.get_opt(&names.apiserver()).await? else {
+        return Ok(true);
+    };
+    let member_url = format!("https://{}:{ETCD_CLIENT_PORT}", names.etcd_member(i));
+    if !rolled_out_without(&d, &member_url) {
+        return Ok(false);
+    }
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let selector = component_labels(&names.tenant, APISERVER)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let pods = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    Ok(pods.len() as i32 == want && pods.iter().all(|p| p.metadata.deletion_timestamp.is_none()))
+}
+
+/// The Deployment's template does not dial `member_url`, and the Deployment
+/// controller reports that template on every replica, all available.
+fn rolled_out_without(d: &Deployment, member_url: &str) -> bool {
+    let dials = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.args.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.strip_prefix("--etcd-servers="))
+        .any(|servers| servers.split(',').any(|u| u == member_url));
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let seen = matches!(
+        (d.metadata.generation, d.status.as_ref().and_then(|s| s.observed_generation)),
+        (Some(g), Some(o)) if o >= g
+    );
+    let s = d.status.clone().unwrap_or_default();
+    !dials
+        && seen
+        && s.replicas == Some(want)
+        && s.updated_replicas == Some(want)
+        && s.available_replicas == Some(want)
 }
 
 async fn member_status(access: &EtcdAccess, m: &crate::etcd::Member) -> Option<MemberStatus> {
@@ -250,7 +391,59 @@ pub(super) fn parse_cluster_version(metrics: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_cluster_version;
+    use super::{parse_cluster_version, rolled_out_without};
+    use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+
+    fn apiservers(servers: &str, generation: i64, observed: i64, updated: i32) -> Deployment {
+        Deployment {
+            metadata: kube::api::ObjectMeta {
+                generation: Some(generation),
+                ..Default::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(3),
+                template: PodTemplateSpec {
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            args: Some(vec![
+                                "--allow-privileged=false".into(),
+                                format!("--etcd-servers={servers}"),
+                            ]),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            status: Some(DeploymentStatus {
+                observed_generation: Some(observed),
+                replicas: Some(3),
+                updated_replicas: Some(updated),
+                available_replicas: Some(3),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn apiservers_are_off_a_member_once_a_template_without_it_rolled_out() {
+        let m1 = "https://t-etcd-1:2379";
+        let without = "https://t-etcd-0:2379,https://t-etcd-2:2379";
+        let with = "https://t-etcd-0:2379,https://t-etcd-1:2379,https://t-etcd-2:2379";
+        assert!(rolled_out_without(&apiservers(without, 4, 4, 3), m1));
+        assert!(!rolled_out_without(&apiservers(with, 4, 4, 3), m1));
+        // The controller has not seen the new template, or is mid-roll.
+        assert!(!rolled_out_without(&apiservers(without, 5, 4, 3), m1));
+        assert!(!rolled_out_without(&apiservers(without, 4, 4, 2), m1));
+        // A prefix of another member's URL is not that member.
+        assert!(rolled_out_without(
+            &apiservers("https://t-etcd-10:2379", 1, 1, 3),
+            m1
+        ));
+    }
 
     #[test]
     fn the_cluster_version_is_read_from_etcd_metrics() {

@@ -261,6 +261,8 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         etcd_member_ips: net.etcd_member_ips,
         apiserver_ip: net.apiserver_ip,
         etcd_cluster_token: tc.uid().unwrap_or_default(),
+        // Decided by the etcd roll in this pass (see workloads::apply).
+        etcd_drained_member: None,
         hashes: config_hashes(
             &pki,
             &kubeconfigs.controller_manager,
@@ -269,6 +271,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     };
     let live = workloads::apply(ctx, &tc, &p, &valid, &resolved, &pass.rendering).await?;
     status.etcd_replicas = Some(valid.etcd_replicas);
+    status.etcd_drained_member = live.etcd_drained_member;
 
     // 7. Observe: Ready only when every component has rolled out its current
     //    template (kstatus), so GitOps tools see a rollout as one.

@@ -11,6 +11,8 @@ pub(super) struct Live {
     pub etcd: StatefulSet,
     /// Set while etcd members are being replaced one at a time: what and why.
     pub etcd_rolling: Option<String>,
+    /// The member the apiservers were rendered without (to record in status).
+    pub etcd_drained_member: Option<i32>,
     pub apiserver: Option<Deployment>,
     pub controller_manager: Option<Deployment>,
     pub scheduler: Option<Deployment>,
@@ -81,10 +83,17 @@ pub(super) async fn apply(
         uid,
     )
     .await?;
-    // Members on an older template are replaced one at a time, the leader last.
-    let etcd_rolling = match etcd_roll::roll(ctx, tc, &etcd).await? {
+    // Members on an older template are replaced one at a time, the leader
+    // last, each once the apiservers no longer dial it.
+    let drained = tc.status.as_ref().and_then(|s| s.etcd_drained_member);
+    let outcome = etcd_roll::roll(ctx, tc, &etcd, drained).await?;
+    let etcd_rolling = match outcome.state {
         EtcdRoll::Current => None,
         EtcdRoll::Rolling(why) => Some(why),
+    };
+    let resolved = &Resolved {
+        etcd_drained_member: outcome.drained,
+        ..resolved.clone()
     };
     // The apiservers are created once etcd has quorum. Not earlier: their
     // etcd client gives up after 20 s without a serving member and exits,
@@ -129,6 +138,7 @@ pub(super) async fn apply(
     Ok(Live {
         etcd,
         etcd_rolling,
+        etcd_drained_member: outcome.drained,
         apiserver,
         controller_manager,
         scheduler,
