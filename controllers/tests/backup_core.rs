@@ -99,6 +99,7 @@ async fn restore_and_read(
             peer_url: &peer,
             initial_cluster: &initial,
             cluster_token: "restored-cluster",
+            bump_revision: None,
         },
     )
     .await
@@ -406,6 +407,7 @@ async fn an_in_place_restore_is_identical_and_refuses_corruption() {
         peer_url: &peer,
         initial_cluster: &initial,
         cluster_token: "restored-cluster",
+        bump_revision: None,
     };
 
     let data = dir.path().join("in-place");

@@ -251,6 +251,14 @@ pub struct TenantClusterStatus {
     /// The etcd member count the cluster was created with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_replicas: Option<i32>,
+    /// Which of the tenant's etcd clusters serves: 0 is `<name>-etcd`, a
+    /// data migration's target is `<name>-etcd-g<n>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_generation: Option<u32>,
+    /// A data migration (`spec.upgrade.strategy: Migrate`), recorded before
+    /// each step acts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationStatus>,
     /// While etcd members are replaced one at a time: the member the
     /// apiservers were moved off before it is stopped (they dial the others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -315,12 +323,28 @@ pub struct UpgradePolicy {
     /// `status.upgrade.preflight` says the backup was skipped.
     #[serde(default = "default_true")]
     pub backup_first: bool,
+    /// `InPlace` (default): roll the running control plane one step at a
+    /// time. `Migrate`: build a new etcd at the target next to the running
+    /// one, copy the data into it while the apiservers are stopped, verify,
+    /// cut over, and keep the old etcd stopped (see docs/upgrades.md).
+    #[serde(default)]
+    pub strategy: UpgradeStrategy,
 }
 
 impl Default for UpgradePolicy {
     fn default() -> Self {
-        Self { backup_first: true }
+        Self {
+            backup_first: true,
+            strategy: UpgradeStrategy::InPlace,
+        }
     }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum UpgradeStrategy {
+    #[default]
+    InPlace,
+    Migrate,
 }
 
 fn default_true() -> bool {
@@ -364,6 +388,85 @@ pub struct UpgradeStatus {
     pub completion_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// The etcd cluster and control plane a migration moves from or to.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationShape {
+    /// Kubernetes version of the apiservers, controller-manager and scheduler.
+    pub version: String,
+    /// etcd image tag.
+    pub etcd_version: String,
+    pub etcd_replicas: i32,
+    /// etcd generation: 0 is `<name>-etcd`, n is `<name>-etcd-g<n>`.
+    pub etcd_generation: u32,
+}
+
+/// Progress of a data migration. Every step is recorded here before it
+/// acts, so a restarted operator resumes it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationStatus {
+    pub source: MigrationShape,
+    pub target: MigrationShape,
+    /// `Preflight`, `CreatingTarget`, `Frozen`, `Copying`, `Verifying`,
+    /// `CuttingOver`, `Completed`, `RollingBack`, `RolledBack`.
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The TenantCluster generation the migration was opened for: a
+    /// migration that failed is tried again only after the spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// When the phase began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Objects written back unchanged through the source apiserver in the
+    /// preflight, so every one is stored in its current storage version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects_rewritten: Option<u64>,
+    /// Objects of APIs the target version no longer serves (the preflight
+    /// refuses to go on while there are any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_apis: Vec<String>,
+    /// When the source apiservers were stopped: no write is accepted from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// The EtcdBackup the copy is taken from (after the freeze).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// The source's revision in that snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_revision: Option<i64>,
+    /// Bytes copied (the snapshot's size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_copied: Option<u64>,
+    /// How far the target's revision was raised above the source's, so
+    /// watchers relist rather than trust an old resourceVersion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_bump: Option<u64>,
+    /// Keys found identical in the target (per key prefix: count and hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_verified: Option<u64>,
+    /// Key prefixes compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefixes_verified: Option<u64>,
+    /// The point of no return: the first write the target accepted. Before
+    /// it, reverting the spec rolls back to the untouched source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_write_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// From the freeze to the first write: how long the tenant accepted no writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// What is kept of the source (its StatefulSet and claims, stopped),
+    /// for the user to delete once satisfied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<String>,
 }
 
 pub mod condition {

@@ -434,7 +434,7 @@ async fn bad_specs_stall_with_the_field_named_and_touch_nothing() {
             (
                 json!({"etcd": {"replicas": 3}}),
                 "spec.etcd.replicas",
-                "changing the member count",
+                "only by a data migration",
             ),
         ] {
             tenant::patch_spec(&client, &ns, "bad", patch.clone()).await;

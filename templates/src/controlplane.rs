@@ -399,7 +399,73 @@ fn pod_template(p: &Placement, component: &str, hash: &str, spec: PodSpec) -> Po
     }
 }
 
+/// Label on the pods, claims and selector of etcd generations after the
+/// first, so two generations' StatefulSets never select each other's pods.
+pub const ETCD_GENERATION_LABEL: &str = "kok.dev/etcd-generation";
+
 pub fn etcd_statefulset(
+    p: &Placement,
+    spec: &TenantClusterSpec,
+    valid: &ValidSpec,
+    r: &Resolved,
+) -> StatefulSet {
+    let mut sts = etcd_statefulset_of_generation(p, spec, valid, r);
+    let g = p.names.etcd_generation;
+    if g > 0 {
+        let label = |m: &mut Option<BTreeMap<String, String>>| {
+            m.get_or_insert_with(Default::default)
+                .insert(ETCD_GENERATION_LABEL.to_string(), g.to_string());
+        };
+        if let Some(spec) = sts.spec.as_mut() {
+            label(&mut spec.selector.match_labels);
+            label(
+                &mut spec
+                    .template
+                    .metadata
+                    .get_or_insert_with(Default::default)
+                    .labels,
+            );
+            for claim in spec.volume_claim_templates.iter_mut().flatten() {
+                label(&mut claim.metadata.labels);
+            }
+        }
+    }
+    sts
+}
+
+/// The certs Secret's keys of this generation's etcd leaves, and the file
+/// names etcd reads them from (always `etcd-server.crt`, ...).
+fn etcd_leaf_keys(names: &Names) -> Vec<(String, &'static str)> {
+    mounts::ETCD
+        .iter()
+        .map(|file| {
+            let (base, ext) = file.rsplit_once('.').unwrap_or((file, ""));
+            (format!("{}.{ext}", names.etcd_leaf(base)), *file)
+        })
+        .collect()
+}
+
+fn etcd_leaf_items<'a>(keys: &'a [(String, &'static str)]) -> Vec<(&'a str, &'a str)> {
+    keys.iter().map(|(k, f)| (k.as_str(), *f)).collect()
+}
+
+/// The claim of member `i` as the StatefulSet's template would make it,
+/// for a migration to create (and fill) before the StatefulSet exists.
+pub fn etcd_member_claim(
+    p: &Placement,
+    spec: &TenantClusterSpec,
+    valid: &ValidSpec,
+    r: &Resolved,
+    i: i32,
+) -> Option<PersistentVolumeClaim> {
+    let sts = etcd_statefulset(p, spec, valid, r);
+    let mut claim = sts.spec?.volume_claim_templates?.into_iter().next()?;
+    claim.metadata.name = Some(format!("data-{}", p.names.etcd_member(i)));
+    claim.metadata.namespace = Some(p.namespace.clone());
+    Some(claim)
+}
+
+fn etcd_statefulset_of_generation(
     p: &Placement,
     spec: &TenantClusterSpec,
     valid: &ValidSpec,
@@ -407,12 +473,13 @@ pub fn etcd_statefulset(
 ) -> StatefulSet {
     let storage = &spec.etcd.storage;
     let data_volume_name = "data".to_string();
+    let leaf_keys = etcd_leaf_keys(&p.names);
     let mut volumes = vec![pki_volume(vec![
         (
             p.names.ca_secret("etcd-ca"),
             vec![("tls.crt", "etcd-ca.crt")],
         ),
-        (p.names.certs_secret(), same_name(mounts::ETCD)),
+        (p.names.certs_secret(), etcd_leaf_items(&leaf_keys)),
     ])];
     let claim_templates = if storage.ephemeral {
         volumes.push(Volume {

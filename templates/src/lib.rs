@@ -7,6 +7,7 @@ pub mod controlplane;
 pub mod etcd_roll;
 pub mod field_error;
 pub mod flags;
+pub mod migration;
 pub mod names;
 pub mod pki;
 pub mod quantity;

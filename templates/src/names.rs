@@ -21,6 +21,8 @@ pub const SCHEDULER: &str = "kube-scheduler";
 pub const CHILD_SUFFIXES: &[&str] = &[
     "etcd",
     "etcd-{i}",
+    "etcd-g{n}",
+    "etcd-g{n}-{i}",
     "apiserver",
     "controller-manager",
     "scheduler",
@@ -63,21 +65,45 @@ pub fn reserved_ending(name: &str) -> Option<String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     pub tenant: String,
+    /// Which etcd cluster of the tenant the etcd names refer to: 0 is the
+    /// one it was created with; a data migration builds generation n+1
+    /// next to generation n (see `crate::migration`).
+    pub etcd_generation: u32,
 }
 
 impl Names {
     pub fn new(tenant: &str) -> Self {
         Self {
             tenant: tenant.to_string(),
+            etcd_generation: 0,
         }
     }
-    /// The etcd StatefulSet and its client Service.
+    /// The same tenant's names for etcd generation `g`.
+    pub fn at_etcd_generation(&self, g: u32) -> Self {
+        Self {
+            tenant: self.tenant.clone(),
+            etcd_generation: g,
+        }
+    }
+    /// The etcd StatefulSet and its client Service: `<t>-etcd`, and
+    /// `<t>-etcd-g<n>` for later generations.
     pub fn etcd(&self) -> String {
-        format!("{}-etcd", self.tenant)
+        match self.etcd_generation {
+            0 => format!("{}-etcd", self.tenant),
+            g => format!("{}-etcd-g{g}", self.tenant),
+        }
     }
     /// Member `i`: its pod, its own Service, and the hostname peers use.
     pub fn etcd_member(&self, i: i32) -> String {
-        format!("{}-etcd-{i}", self.tenant)
+        format!("{}-{i}", self.etcd())
+    }
+    /// The name of a per-generation leaf certificate (`etcd-server`,
+    /// `etcd-peer`) in the certs Secret: generation 0 keeps the plain name.
+    pub fn etcd_leaf(&self, base: &str) -> String {
+        match self.etcd_generation {
+            0 => base.to_string(),
+            g => format!("{base}-g{g}"),
+        }
     }
     pub fn apiserver(&self) -> String {
         format!("{}-apiserver", self.tenant)
@@ -110,6 +136,17 @@ impl Names {
     pub fn component_kubeconfig_secret(&self, component: &str) -> String {
         format!("{}-{component}-kubeconfig", self.tenant)
     }
+}
+
+/// The names of a TenantCluster's children, etcd at the generation that serves.
+pub fn tenant_names(tc: &kok_crds::TenantCluster) -> Names {
+    let name = tc.metadata.name.as_deref().unwrap_or_default();
+    let g = tc
+        .status
+        .as_ref()
+        .and_then(|s| s.etcd_generation)
+        .unwrap_or(0);
+    Names::new(name).at_etcd_generation(g)
 }
 
 /// Labels on every child of the tenant.
@@ -151,6 +188,11 @@ mod tests {
         ];
         all.extend((0..5).map(|i| n.etcd_member(i)));
         all.extend(["ca", "front-proxy-ca", "etcd-ca"].map(|ca| n.ca_secret(ca)));
+        for g in 1..4 {
+            let later = n.at_etcd_generation(g);
+            all.push(later.etcd());
+            all.extend((0..5).map(|i| later.etcd_member(i)));
+        }
         all
     }
 
@@ -159,11 +201,16 @@ mod tests {
         let n = Names::new("t");
         for child in children(&n) {
             let suffix = child.strip_prefix("t-").unwrap();
-            let generic = suffix
-                .strip_prefix("etcd-")
-                .filter(|i| i.parse::<i32>().is_ok())
-                .map(|_| "etcd-{i}")
-                .unwrap_or(suffix);
+            let number = |s: &str| s.parse::<u32>().is_ok();
+            let generic = match suffix.strip_prefix("etcd-") {
+                Some(i) if number(i) => "etcd-{i}",
+                Some(rest) => match rest.strip_prefix('g').map(|r| r.split_once('-')) {
+                    Some(Some((g, i))) if number(g) && number(i) => "etcd-g{n}-{i}",
+                    Some(None) if number(&rest[1..]) => "etcd-g{n}",
+                    _ => suffix,
+                },
+                None => suffix,
+            };
             assert!(CHILD_SUFFIXES.contains(&generic), "{child} not catalogued");
         }
     }
@@ -191,6 +238,8 @@ mod tests {
             "a",
             "a-b",
             "a-etcd-0",
+            "a-etcd-g1",
+            "a-etcd-g1-0",
             "a-sa",
             "a-certs",
             "a-ca",

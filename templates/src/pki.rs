@@ -276,6 +276,12 @@ pub struct TenantPkiInputs {
     pub apiserver_sans: Vec<San>,
     /// Every etcd member, the etcd client service, localhost, 127.0.0.1.
     pub etcd_sans: Vec<San>,
+    /// The etcd generation `etcd_sans` names (its leaves are
+    /// `Names::etcd_leaf`: `etcd-server`, `etcd-server-g1`, ...).
+    pub etcd_generation: u32,
+    /// A data migration's target etcd: its generation and names, which get
+    /// leaves of their own so the running etcd's certificates never change.
+    pub etcd_target: Option<(u32, Vec<San>)>,
 }
 
 /// The three CAs of a tenant control plane.
@@ -307,7 +313,7 @@ impl CaKind {
 /// One leaf of the catalogue: a stable name, its CA and what to issue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeafCert {
-    pub name: &'static str,
+    pub name: String,
     pub ca: CaKind,
     pub spec: LeafSpec,
 }
@@ -329,11 +335,23 @@ pub fn tenant_leaf_certs(inputs: &TenantPkiInputs) -> Vec<LeafCert> {
             .cloned()
             .chain(service_names.into_iter().map(San::Dns)),
     );
-    let etcd_sans = dedup(inputs.etcd_sans.iter().cloned());
     let masters = &["system:masters"][..];
     use CaKind::{Cluster, Etcd, FrontProxy};
     use Usage::{Client, Server, ServerAndClient};
-    vec![
+    let names = crate::names::Names::new(&inputs.cluster_name);
+    let generations = std::iter::once((inputs.etcd_generation, &inputs.etcd_sans))
+        .chain(inputs.etcd_target.iter().map(|(g, sans)| (*g, sans)));
+    let mut etcd_leaves = Vec::new();
+    for (g, sans) in generations {
+        let sans = dedup(sans.iter().cloned());
+        let n = names.at_etcd_generation(g);
+        for base in ["etcd-server", "etcd-peer"] {
+            let mut l = leaf(base, Etcd, base, &[], sans.clone(), ServerAndClient);
+            l.name = n.etcd_leaf(base);
+            etcd_leaves.push(l);
+        }
+    }
+    let mut leaves = vec![
         leaf(
             "apiserver",
             Cluster,
@@ -367,22 +385,6 @@ pub fn tenant_leaf_certs(inputs: &TenantPkiInputs) -> Vec<LeafCert> {
             Client,
         ),
         leaf(
-            "etcd-server",
-            Etcd,
-            "etcd-server",
-            &[],
-            etcd_sans.clone(),
-            ServerAndClient,
-        ),
-        leaf(
-            "etcd-peer",
-            Etcd,
-            "etcd-peer",
-            &[],
-            etcd_sans,
-            ServerAndClient,
-        ),
-        leaf(
             "etcd-operator-client",
             Etcd,
             "kok-etcd-client",
@@ -407,11 +409,13 @@ pub fn tenant_leaf_certs(inputs: &TenantPkiInputs) -> Vec<LeafCert> {
             vec![],
             Client,
         ),
-    ]
+    ];
+    leaves.extend(etcd_leaves);
+    leaves
 }
 
 fn leaf(
-    name: &'static str,
+    name: &str,
     ca: CaKind,
     common_name: &str,
     organizations: &[&str],
@@ -419,7 +423,7 @@ fn leaf(
     usage: Usage,
 ) -> LeafCert {
     LeafCert {
-        name,
+        name: name.to_string(),
         ca,
         spec: LeafSpec {
             common_name: common_name.to_string(),
@@ -1103,13 +1107,34 @@ mod tests {
                 dns("localhost"),
                 ip4(127, 0, 0, 1),
             ],
+            etcd_generation: 0,
+            etcd_target: None,
         }
+    }
+
+    #[test]
+    fn a_migration_target_gets_etcd_leaves_of_its_own() {
+        let mut i = inputs();
+        i.etcd_target = Some((1, vec![dns("demo-etcd-g1-0")]));
+        let leaves = tenant_leaf_certs(&i);
+        let get = |n: &str| leaves.iter().find(|l| l.name == n).expect(n);
+        // The running etcd's leaves are unchanged: nothing of it rolls.
+        assert_eq!(get("etcd-server").spec.sans, inputs().etcd_sans);
+        assert_eq!(get("etcd-server-g1").spec.sans, vec![dns("demo-etcd-g1-0")]);
+        assert_eq!(get("etcd-peer-g1").spec.sans, vec![dns("demo-etcd-g1-0")]);
+        // Once the target is the active generation, its leaves keep their names.
+        i.etcd_generation = 1;
+        i.etcd_sans = vec![dns("demo-etcd-g1-0")];
+        i.etcd_target = None;
+        let after = tenant_leaf_certs(&i);
+        assert!(after.iter().any(|l| l.name == "etcd-server-g1"));
+        assert!(!after.iter().any(|l| l.name == "etcd-server"));
     }
 
     #[test]
     fn catalogue_shape() {
         let leaves = tenant_leaf_certs(&inputs());
-        let names: Vec<_> = leaves.iter().map(|l| l.name).collect();
+        let names: Vec<_> = leaves.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(
             names,
             [
@@ -1117,12 +1142,12 @@ mod tests {
                 "apiserver-kubelet-client",
                 "front-proxy-client",
                 "apiserver-etcd-client",
-                "etcd-server",
-                "etcd-peer",
                 "etcd-operator-client",
                 "admin",
                 "controller-manager",
                 "scheduler",
+                "etcd-server",
+                "etcd-peer",
             ]
         );
         let get = |n: &str| leaves.iter().find(|l| l.name == n).expect(n);
@@ -1185,7 +1210,7 @@ mod tests {
         let ca_for = |k: CaKind| &cas.iter().find(|(kind, _)| *kind == k).expect("CA").1;
         for leaf in tenant_leaf_certs(&inputs()) {
             let ca = ca_for(leaf.ca);
-            let issued = issue_leaf(ca, &leaf.spec, now()).expect(leaf.name);
+            let issued = issue_leaf(ca, &leaf.spec, now()).expect(&leaf.name);
             assert_leaf(ca, &issued, &leaf.spec);
             assert_eq!(
                 leaf_renewal_reason(&issued, ca, &leaf.spec, now(), RENEW_BEFORE),

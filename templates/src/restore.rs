@@ -66,7 +66,14 @@ pub struct MemberRestore<'a> {
     pub sha256: &'a str,
     /// The restored cluster's token: a new cluster ID for every restore.
     pub cluster_token: &'a str,
+    /// Raise the restored revision by this much and mark it compacted (a
+    /// migration's copy: clients relist instead of trusting old watches).
+    /// Needs etcdutl 3.5+, which the operator image carries at [`ETCDUTL_IN_IMAGE`].
+    pub bump_revision: Option<u64>,
 }
+
+/// Where the kok-operator image keeps etcdutl 3.5 (off PATH).
+pub const ETCDUTL_IN_IMAGE: &str = "/usr/local/lib/kok/etcdutl";
 
 /// The claim the etcd StatefulSet made for member `i` (template `data`).
 pub fn member_claim(names: &Names, i: i32) -> String {
@@ -174,6 +181,10 @@ pub fn member_restore_job(r: &MemberRestore<'_>) -> Result<Job, RestoreJobError>
         ),
         env("TMPDIR", SCRATCH_DIR.into()),
     ];
+    if let Some(bump) = r.bump_revision {
+        envs.push(env("KOK_RESTORE_BUMP_REVISION", bump.to_string()));
+        envs.push(env("KOK_ETCDUTL", ETCDUTL_IN_IMAGE.into()));
+    }
     let mut mounts = vec![
         VolumeMount {
             name: "data".into(),
@@ -413,6 +424,7 @@ mod tests {
             artifact_key: "tenants/demo/b1.db",
             sha256: "ab",
             cluster_token: "demo-restore-1",
+            bump_revision: None,
         })
         .unwrap()
     }
@@ -725,6 +737,7 @@ mod tests {
             artifact_key: "tenants/demo/b1.db",
             sha256: "ab",
             cluster_token: "t",
+            bump_revision: None,
         });
         assert!(built.is_err());
     }

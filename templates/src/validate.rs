@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use kok_crds::{TenantClusterSpec, TenantClusterStatus};
+use kok_crds::{TenantClusterSpec, TenantClusterStatus, UpgradeStrategy};
 
 pub use crate::field_error::{describe, FieldError, Policy};
 use crate::flags::{Component, PROTECTED_FLAGS};
@@ -76,10 +76,26 @@ pub fn validate(
             format!("must be 1, 3 or 5 (an odd quorum size), got {etcd_replicas}"),
         );
     } else if let Some(created) = status.and_then(|s| s.etcd_replicas) {
-        if created != etcd_replicas {
+        if created != etcd_replicas && spec.upgrade.strategy != UpgradeStrategy::Migrate {
             err(
                 "spec.etcd.replicas",
-                format!("the etcd cluster was created with {created} members; changing the member count is not supported yet"),
+                format!("the etcd cluster runs {created} members; the member count changes only by a data migration (spec.upgrade.strategy: Migrate)"),
+            );
+        }
+    }
+    if spec.upgrade.strategy == UpgradeStrategy::Migrate {
+        // The copy goes through a snapshot in the backup destination, into
+        // new claims: both must exist.
+        if spec.backup.is_none() {
+            err(
+                "spec.backup",
+                "spec.upgrade.strategy Migrate copies etcd through a snapshot in spec.backup's destination: set spec.backup".into(),
+            );
+        }
+        if spec.etcd.storage.ephemeral {
+            err(
+                "spec.etcd.storage.ephemeral",
+                "spec.upgrade.strategy Migrate restores into new persistent volumes: it cannot be used with ephemeral etcd".into(),
             );
         }
     }

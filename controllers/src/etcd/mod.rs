@@ -10,7 +10,7 @@ use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, Tls
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kok_crds::TenantCluster;
 use kok_templates::backup_source::MemberProbe;
-use kok_templates::names::Names;
+use kok_templates::names::{tenant_names, Names};
 use kok_templates::secrets::string_data;
 use kube::{Api, ResourceExt};
 
@@ -133,8 +133,23 @@ impl EtcdAccess {
 
     /// The members of a running tenant, by their Services' ClusterIPs.
     pub async fn for_tenant(client: &kube::Client, tc: &TenantCluster) -> Result<Self, EtcdError> {
+        let replicas = tc
+            .status
+            .as_ref()
+            .and_then(|s| s.etcd_replicas)
+            .unwrap_or(tc.spec.etcd.replicas);
+        Self::for_generation(client, tc, &tenant_names(tc), replicas).await
+    }
+
+    /// The `replicas` members of the etcd generation `names` refers to (a
+    /// migration reaches its source and its target this way).
+    pub async fn for_generation(
+        client: &kube::Client,
+        tc: &TenantCluster,
+        names: &Names,
+        replicas: i32,
+    ) -> Result<Self, EtcdError> {
         let ns = tc.namespace().unwrap_or_default();
-        let names = Names::new(&tc.name_any());
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let services: Api<Service> = Api::namespaced(client.clone(), &ns);
         let read = |s: Option<Secret>, what: &str| {
@@ -159,11 +174,6 @@ impl EtcdAccess {
             cert_pem: field(&certs, "etcd-operator-client.crt")?,
             key_pem: field(&certs, "etcd-operator-client.key")?,
         };
-        let replicas = tc
-            .status
-            .as_ref()
-            .and_then(|s| s.etcd_replicas)
-            .unwrap_or(tc.spec.etcd.replicas);
         let mut members = Vec::new();
         for i in 0..replicas {
             let name = names.etcd_member(i);

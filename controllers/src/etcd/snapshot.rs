@@ -97,6 +97,51 @@ pub async fn fingerprint_at(
     })
 }
 
+/// Keys per range call when digesting a keyspace: memory stays at one page.
+const DIGEST_PAGE: i64 = 1000;
+
+/// The keyspace at `revision` (0: the current one), digested per key prefix
+/// page by page (see `kok_templates::migration::Digester`). Returns the
+/// digests, the number of leased keys left out, and the revision read.
+pub async fn digest_keyspace(
+    etcd: &mut Client,
+    revision: i64,
+) -> Result<
+    (
+        std::collections::BTreeMap<String, kok_templates::migration::PrefixDigest>,
+        u64,
+        i64,
+    ),
+    etcd_client::Error,
+> {
+    let mut digester = kok_templates::migration::Digester::default();
+    let mut revision = revision;
+    let mut start = vec![0u8];
+    loop {
+        let mut options = GetOptions::new().with_from_key().with_limit(DIGEST_PAGE);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let page = etcd.get(start.clone(), Some(options)).await?;
+        // Every later page reads the revision the first one saw.
+        if revision == 0 {
+            revision = page.header().map(|h| h.revision()).unwrap_or(0);
+        }
+        for kv in page.kvs() {
+            digester.add(kv.key(), kv.value(), kv.lease());
+        }
+        match page.kvs().last() {
+            Some(last) if page.more() => {
+                start = last.key().to_vec();
+                start.push(0);
+            }
+            _ => break,
+        }
+    }
+    let leased = digester.leased;
+    Ok((digester.finish(), leased, revision))
+}
+
 /// Streams a snapshot of the member `etcd` is connected to into `key` of
 /// `store`. Memory: one etcd chunk plus the destination's bounded parts.
 /// On any failure the partial upload is aborted: nothing is left under `key`.

@@ -162,6 +162,8 @@ pub struct RestoreMember<'a> {
     /// `name=peer_url,...` of every member.
     pub initial_cluster: &'a str,
     pub cluster_token: &'a str,
+    /// `--bump-revision` (with `--mark-compacted`): etcdutl only.
+    pub bump_revision: Option<u64>,
 }
 
 /// Runs `etcdutl snapshot restore` (or etcdctl's) into `data_dir`, which must not exist.
@@ -182,6 +184,16 @@ pub async fn restore_data_dir(
         .arg(format!("--initial-advertise-peer-urls={}", member.peer_url));
     if !tools.restore_is_etcdutl {
         cmd.env("ETCDCTL_API", "3");
+    }
+    if let Some(bump) = member.bump_revision {
+        if !tools.restore_is_etcdutl {
+            return Err(VerifyError::Tool {
+                tool: tools.restore.display().to_string(),
+                output: "a revision bump needs etcdutl (etcd 3.5 or newer)".into(),
+            });
+        }
+        cmd.arg(format!("--bump-revision={bump}"))
+            .arg("--mark-compacted");
     }
     // A restore abandoned halfway (its check failed) must not go on writing.
     cmd.kill_on_drop(true);
@@ -307,6 +319,7 @@ async fn verify_in(
             peer_url: &peer_url,
             initial_cluster: &initial_cluster,
             cluster_token: "kok-verify",
+            bump_revision: None,
         },
     )
     .await?;

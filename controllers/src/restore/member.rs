@@ -83,6 +83,10 @@ async fn prepare_and_swap() -> anyhow::Result<()> {
         peer_url: &peer_url,
         initial_cluster: &initial_cluster,
         cluster_token: &cluster_token,
+        bump_revision: std::env::var("KOK_RESTORE_BUMP_REVISION")
+            .ok()
+            .map(|b| b.parse())
+            .transpose()?,
     };
     let tools = Tools::from_env();
     // A plain artifact on the filesystem is restored where it lies

@@ -26,7 +26,7 @@ use kok_crds::{
     TenantCluster, RESTORE_ANNOTATION,
 };
 use kok_templates::backup::artifact_key;
-use kok_templates::names::{Names, TENANT_LABEL};
+use kok_templates::names::{tenant_names, Names, TENANT_LABEL};
 use kok_templates::restore::{
     check_incarnation, member_restore_job, member_restore_job_name, on_delete, overdue,
     restore_label_value, MemberRestore, OnDelete, RESTORE_LABEL,
@@ -639,7 +639,10 @@ async fn holds_tenant(ctx: &Context, er: &EtcdRestore, other: &str) -> Result<bo
 }
 
 async fn stop_control_plane(er: &EtcdRestore, ctx: &Context) -> Result<Step> {
-    let names = Names::new(&er.spec.tenant_cluster);
+    let names = match tenant(ctx, er).await? {
+        Some(tc) => tenant_names(&tc),
+        None => Names::new(&er.spec.tenant_cluster),
+    };
     let zero = Patch::Merge(json!({"spec": {"replicas": 0}}));
     let pp = PatchParams::default();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns(er));
@@ -707,7 +710,7 @@ async fn restore_members(
         .as_ref()
         .and_then(|s| s.etcd_replicas)
         .unwrap_or(tc.spec.etcd.replicas);
-    let names = Names::new(&tc.name_any());
+    let names = tenant_names(&tc);
     let key = artifact_key(&ns(er), &tc.name_any(), &er.spec.backup);
     let token = status.cluster_token.clone().unwrap_or_default();
     let uid = er.uid().unwrap_or_default();
@@ -742,6 +745,7 @@ async fn restore_members(
             artifact_key: &key,
             sha256: &sha256,
             cluster_token: &token,
+            bump_revision: None,
         });
         let job = match job {
             Ok(job) => job,

@@ -15,7 +15,7 @@ use kok_templates::controlplane::ETCD_CLIENT_PORT;
 use kok_templates::etcd_roll::{
     next_action, replace_gate, MemberObservation, MemberStatus, ReplaceGate, RollAction,
 };
-use kok_templates::names::{component_labels, Names, APISERVER, ETCD};
+use kok_templates::names::{component_labels, tenant_names, Names, APISERVER, ETCD};
 use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -84,7 +84,7 @@ async fn roll_members(
     drained: Option<i32>,
 ) -> Result<MemberRoll> {
     let ns = tc.namespace().unwrap_or_default();
-    let names = Names::new(&tc.name_any());
+    let names = tenant_names(tc);
     let Some(update_revision) = sts.status.as_ref().and_then(|s| s.update_revision.clone()) else {
         return Ok(MemberRoll::Rolling(
             "the StatefulSet has no revision yet".into(),
@@ -346,7 +346,7 @@ pub(super) async fn cluster_version(
     tc: &TenantCluster,
 ) -> std::result::Result<String, String> {
     let ns = tc.namespace().unwrap_or_default();
-    let names = Names::new(&tc.name_any());
+    let names = tenant_names(tc);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pod = pods
         .get_opt(&names.etcd_member(0))

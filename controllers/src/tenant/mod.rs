@@ -9,10 +9,11 @@ use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kok_crds::{
     condition, EtcdRestore, RestorePhase, ServiceType, TenantCluster, TenantClusterStatus,
+    UpgradeStrategy,
 };
 use kok_templates::controlplane::{self as cp, Placement, Resolved};
 use kok_templates::flags::APISERVER_PORT;
-use kok_templates::names::{tenant_selector, Names};
+use kok_templates::names::{tenant_names, tenant_selector, Names};
 use kok_templates::pki::{kubeconfig, CaKind};
 use kok_templates::secrets;
 use kok_templates::tenant_status::{self, Observed, WorkloadRollout};
@@ -38,6 +39,7 @@ mod cleanup;
 mod etcd_roll;
 pub mod health;
 mod kubeconfigs;
+mod migrate;
 pub mod pki;
 mod services;
 mod upgrade;
@@ -186,13 +188,19 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
             return Ok(action);
         }
     };
+    // Everything below renders the etcd that serves, whose member count the
+    // spec may already have changed for a migration.
+    let valid = ValidSpec {
+        etcd_replicas: old_status.etcd_replicas.unwrap_or(valid.etcd_replicas),
+        ..valid
+    };
     let name = tc.name_any();
     let owner = tc
         .controller_owner_ref(&())
         .ok_or_else(|| Error::IncompleteObject(name.clone()))?;
     let uid = owner.uid.clone();
     let p = Placement {
-        names: Names::new(&name),
+        names: tenant_names(&tc),
         namespace: tc.namespace().unwrap_or_default(),
         owner,
     };
@@ -251,12 +259,37 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         status.endpoint = net.endpoint.as_ref().map(|e| e.url());
     }
 
-    // 5. Plan: which version each component renders in this pass. An upgrade
+    // 5. A data migration (spec.upgrade.strategy: Migrate), when one is due
+    //    or on record, drives the pass itself until it finishes.
+    let migration = migrate::pass(
+        ctx,
+        &tc,
+        &migrate::Pass {
+            p: &p,
+            valid: &valid,
+            pki: &pki,
+            kubeconfigs: &kubeconfigs,
+            apiserver_ip: &net.apiserver_ip,
+        },
+        &mut status,
+    )
+    .await?;
+    let migration_refused = match migration {
+        migrate::Outcome::Drove(action) => {
+            patch_status(ctx, &tc, &old_status, status).await?;
+            return Ok(action);
+        }
+        migrate::Outcome::Refused(why) => Some(why),
+        migrate::Outcome::None => None,
+    };
+
+    // 6. Plan: which version each component renders in this pass. An upgrade
     //    walks one step at a time, etcd first, then the apiservers, then the
     //    controllers.
-    let pass = upgrade::plan_pass(ctx, &tc, &p, &valid, &old_status).await?;
+    let in_place = tc.spec.upgrade.strategy == UpgradeStrategy::InPlace;
+    let pass = upgrade::plan_pass(ctx, &tc, &p, &valid, &old_status, in_place).await?;
 
-    // 6. Act on the workloads.
+    // 7. Act on the workloads.
     let resolved = Resolved {
         etcd_member_ips: net.etcd_member_ips,
         apiserver_ip: net.apiserver_ip,
@@ -265,6 +298,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         etcd_drained_member: None,
         hashes: config_hashes(
             &pki,
+            &p.names,
             &kubeconfigs.controller_manager,
             &kubeconfigs.scheduler,
         ),
@@ -273,7 +307,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     status.etcd_replicas = Some(valid.etcd_replicas);
     status.etcd_drained_member = live.etcd_drained_member;
 
-    // 7. Observe: Ready only when every component has rolled out its current
+    // 8. Observe: Ready only when every component has rolled out its current
     //    template (kstatus), so GitOps tools see a rollout as one.
     let readyz = match &kubeconfigs.admin {
         Some(kc) if live.apiserver_available() > 0 => tenant_health::readyz(kc).await,
@@ -281,9 +315,13 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     };
     let verdict = tenant_status::verdict(&live.observed(readyz, net.endpoint.is_some()));
 
-    // 8. Record: versions, the upgrade, the conditions.
+    // 9. Record: versions, the upgrade, the conditions.
     upgrade::record_versions(ctx, &tc, &mut status, &pass.rendering, &verdict).await;
-    let open_upgrade = upgrade::record(ctx, &tc, &mut status, &pass, verdict.ready).await?;
+    let open_upgrade = if in_place {
+        upgrade::record(ctx, &tc, &mut status, &pass, verdict.ready).await?
+    } else {
+        None
+    };
     let g = generation;
     let c = &mut status.conditions;
     let summary = tenant_status::summary(&verdict, open_upgrade.as_ref());
@@ -299,6 +337,13 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         .unwrap_or_default();
     let valid_until = format!("all certificates valid; the first expires at {expiry}");
     conditions::set(c, condition::CERTIFICATES, true, "Valid", valid_until, g);
+    if let Some(why) = migration_refused {
+        // Serving, but not what the spec asks for, until the spec changes.
+        conditions::set(c, condition::READY, false, "MigrationFailed", &why, g);
+        conditions::set(c, condition::STALLED, true, "MigrationFailed", &why, g);
+        let r = "waiting for a spec change";
+        conditions::set(c, condition::RECONCILING, false, "MigrationFailed", r, g);
+    }
 
     let ready = conditions::is_true(&status.conditions, condition::READY);
     let became_ready = ready && !conditions::is_true(&old_status.conditions, condition::READY);

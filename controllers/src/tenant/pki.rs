@@ -66,7 +66,7 @@ pub async fn ensure(
     let mut issued = Vec::new();
     for leaf in pki::tenant_leaf_certs(inputs) {
         let ca = &cas[&leaf.ca];
-        let existing = cert_key_pair(&stored, leaf.name);
+        let existing = cert_key_pair(&stored, &leaf.name);
         let reason = match &existing {
             None => Some("missing".to_string()),
             Some(l) => pki::leaf_renewal_reason(l, ca, &leaf.spec, now, RENEW_BEFORE)
@@ -76,12 +76,12 @@ pub async fn ensure(
             (Some(pair), None) => pair,
             (_, reason) => {
                 let reason = reason.unwrap_or_else(|| "missing".into());
-                info!(leaf = leaf.name, %reason, "issuing certificate");
-                issued.push((leaf.name.to_string(), reason));
+                info!(leaf = %leaf.name, %reason, "issuing certificate");
+                issued.push((leaf.name.clone(), reason));
                 pki::issue_leaf(ca, &leaf.spec, now)?
             }
         };
-        leaves.insert(leaf.name.to_string(), pair);
+        leaves.insert(leaf.name.clone(), pair);
     }
     if !issued.is_empty() {
         let data = leaves
@@ -233,18 +233,46 @@ pub(super) fn pki_inputs(
         });
     }
     apiserver_sans.extend(valid.extra_sans.iter().cloned());
-    let mut etcd_sans: Vec<San> = (0..valid.etcd_replicas)
-        .map(|i| San::Dns(p.names.etcd_member(i)))
-        .collect();
-    etcd_sans.push(San::Dns(p.names.etcd()));
-    etcd_sans.push(San::Dns("localhost".into()));
-    etcd_sans.push(San::Ip([127, 0, 0, 1].into()));
+    // The active etcd's size: during a migration the spec may already ask
+    // for the target's.
+    let active_replicas = tc
+        .status
+        .as_ref()
+        .and_then(|s| s.etcd_replicas)
+        .unwrap_or(valid.etcd_replicas);
+    let etcd_sans = etcd_sans_of(&p.names, active_replicas);
     TenantPkiInputs {
         cluster_name: p.names.tenant.clone(),
         cluster_domain: tc.spec.networking.cluster_domain.clone(),
         apiserver_sans: dedup(apiserver_sans),
         etcd_sans,
+        etcd_generation: p.names.etcd_generation,
+        // A migration's target etcd, from the moment it is opened until it
+        // serves (then it is the active generation above).
+        etcd_target: tc
+            .status
+            .as_ref()
+            .and_then(|s| s.migration.as_ref())
+            .filter(|m| kok_templates::migration::builds_target(&m.phase))
+            .map(|m| {
+                let target = p.names.at_etcd_generation(m.target.etcd_generation);
+                (
+                    m.target.etcd_generation,
+                    etcd_sans_of(&target, m.target.etcd_replicas),
+                )
+            }),
     }
+}
+
+/// Every member of one etcd generation, its client Service name, localhost.
+fn etcd_sans_of(names: &kok_templates::names::Names, replicas: i32) -> Vec<San> {
+    let mut sans: Vec<San> = (0..replicas)
+        .map(|i| San::Dns(names.etcd_member(i)))
+        .collect();
+    sans.push(San::Dns(names.etcd()));
+    sans.push(San::Dns("localhost".into()));
+    sans.push(San::Ip([127, 0, 0, 1].into()));
+    sans
 }
 
 pub(super) fn dedup(mut sans: Vec<San>) -> Vec<San> {
@@ -253,8 +281,28 @@ pub(super) fn dedup(mut sans: Vec<San>) -> Vec<San> {
     sans
 }
 
+/// The hash of what an etcd generation's pods mount.
+pub(super) fn etcd_config_hash(pki: &TenantPki, names: &kok_templates::names::Names) -> String {
+    let leaf = |n: String| {
+        pki.leaves
+            .get(&n)
+            .map(|l| l.cert_pem.clone())
+            .unwrap_or_default()
+    };
+    let (server, peer) = (
+        leaf(names.etcd_leaf("etcd-server")),
+        leaf(names.etcd_leaf("etcd-peer")),
+    );
+    config_hash([
+        ("etcd-ca", pki.ca(CaKind::Etcd).cert_pem.as_str()),
+        ("etcd-server", server.as_str()),
+        ("etcd-peer", peer.as_str()),
+    ])
+}
+
 pub(super) fn config_hashes(
     pki: &TenantPki,
+    names: &kok_templates::names::Names,
     cm_kubeconfig: &str,
     sched_kubeconfig: &str,
 ) -> ConfigHashes {
@@ -266,11 +314,7 @@ pub(super) fn config_hashes(
     };
     let ca = |k: CaKind| pki.ca(k).cert_pem.as_str();
     ConfigHashes {
-        etcd: config_hash([
-            ("etcd-ca", ca(CaKind::Etcd)),
-            ("etcd-server", leaf("etcd-server")),
-            ("etcd-peer", leaf("etcd-peer")),
-        ]),
+        etcd: etcd_config_hash(pki, names),
         apiserver: config_hash(
             [
                 ("ca", ca(CaKind::Cluster)),

@@ -38,6 +38,7 @@ pub(super) async fn plan_pass(
     p: &Placement,
     valid: &ValidSpec,
     status: &TenantClusterStatus,
+    in_place: bool,
 ) -> Result<Pass> {
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &p.namespace);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &p.namespace);
@@ -83,7 +84,9 @@ pub(super) async fn plan_pass(
     let preflight_passed = status.upgrade.as_ref().is_some_and(|u| {
         u.phase != PHASE_COMPLETED && u.to == desired.to_string() && u.preflight_passed
     });
-    let holding = !rendering.at_target() && !preflight_passed;
+    // With the Migrate strategy nothing is upgraded in place: a migration
+    // moves the tenant, and until it does everything stays on what runs.
+    let holding = !rendering.at_target() && (!preflight_passed || !in_place);
     let rendering = match running {
         Some((kube, etcd)) if holding => {
             upgrade_plan::rendering(Some((kube, etcd)), kube, etcd, true, &rolled)
