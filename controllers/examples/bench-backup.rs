@@ -178,6 +178,7 @@ async fn main() {
             peer_url: &peer,
             initial_cluster: &initial,
             cluster_token: "bench",
+            bump_revision: None,
         },
     )
     .await
@@ -205,6 +206,7 @@ async fn main() {
             peer_url: &peer,
             initial_cluster: &initial,
             cluster_token: "bench",
+            bump_revision: None,
         },
     )
     .await

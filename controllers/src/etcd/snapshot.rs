@@ -97,8 +97,12 @@ pub async fn fingerprint_at(
     })
 }
 
-/// Keys per range call when digesting a keyspace: memory stays at one page.
+/// Keys per range call when digesting a keyspace, at most.
 const DIGEST_PAGE: i64 = 1000;
+/// The largest page accepted: memory stays at one page of this size. A
+/// page of large values that does not fit is asked again with fewer keys
+/// (one etcd value is at most 1.5 MiB by default).
+const DIGEST_PAGE_BYTES: usize = 64 << 20;
 
 /// The keyspace at `revision` (0: the current one), digested per key prefix
 /// page by page (see `kok_templates::migration::Digester`). Returns the
@@ -114,15 +118,26 @@ pub async fn digest_keyspace(
     ),
     etcd_client::Error,
 > {
+    let mut kv = etcd
+        .kv_client()
+        .max_decoding_message_size(DIGEST_PAGE_BYTES);
     let mut digester = kok_templates::migration::Digester::default();
     let mut revision = revision;
     let mut start = vec![0u8];
+    let mut limit = DIGEST_PAGE;
     loop {
-        let mut options = GetOptions::new().with_from_key().with_limit(DIGEST_PAGE);
+        let mut options = GetOptions::new().with_from_key().with_limit(limit);
         if revision > 0 {
             options = options.with_revision(revision);
         }
-        let page = etcd.get(start.clone(), Some(options)).await?;
+        let page = match kv.get(start.clone(), Some(options)).await {
+            Ok(page) => page,
+            Err(e) if limit > 1 && e.to_string().contains("message length too large") => {
+                limit = (limit / 4).max(1);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         // Every later page reads the revision the first one saw.
         if revision == 0 {
             revision = page.header().map(|h| h.revision()).unwrap_or(0);

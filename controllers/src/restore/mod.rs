@@ -538,6 +538,17 @@ async fn begin(er: &EtcdRestore, ctx: &Context, status: &mut EtcdRestoreStatus) 
         Ok(accepted) => accepted,
         Err(why) => return Ok(invalid(why)),
     };
+    if let Some(m) = tc
+        .status
+        .as_ref()
+        .and_then(|s| s.migration.as_ref())
+        .filter(|m| !kok_templates::migration::finished(&m.phase))
+    {
+        return Ok(invalid(format!(
+            "TenantCluster {name} is being migrated (status.migration.phase {}): restore once the migration has finished or been rolled back",
+            m.phase
+        )));
+    }
     if tc.spec.etcd.storage.ephemeral {
         return Ok(invalid(
             "spec.etcd.storage.ephemeral is true: member data does not outlive the pods, \

@@ -55,8 +55,11 @@ const STEP_POLL: Duration = Duration::from_secs(2);
 /// Marks claims a migration created, with the migration's id: only those are
 /// deleted by a rollback.
 const CREATED_BY: &str = "kok.dev/created-by-migration";
-/// Objects per list call in the preflight's rewrite and the cut over's check.
+/// Objects per list call in the cut over's check (metadata only).
 const LIST_PAGE: u32 = 250;
+/// Objects per list call in the preflight's rewrite: whole objects, up to
+/// 1.5 MiB each, so a page stays within a few tens of MiB.
+const REWRITE_PAGE: u32 = 20;
 
 /// What the migration made of this pass.
 pub(super) enum Outcome {
@@ -442,7 +445,7 @@ async fn rewrite_all(
                 continue;
             }
             let all: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-            let mut lp = ListParams::default().limit(LIST_PAGE);
+            let mut lp = ListParams::default().limit(REWRITE_PAGE);
             loop {
                 let page = all
                     .list(&lp)
@@ -595,6 +598,31 @@ async fn freeze(ctx: &Context, x: &Pass<'_>, m: &mut MigrationStatus) -> Result<
         0,
     )
     .await?;
+    // No new request reaches them now; the shutdown delay that lets load
+    // balancers catch up while clients keep writing is of no use in a
+    // freeze, and it is downtime. A write cut short here failed for its
+    // client or committed before the snapshot, which is taken once they are gone.
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &x.p.namespace);
+    let selector = component_labels(&names.tenant, APISERVER)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    for pod in pods
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await?
+        .items
+    {
+        let name = pod.metadata.name.unwrap_or_default();
+        match pods
+            .delete(&name, &DeleteParams::default().grace_period(2))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let left = component_pods(ctx, &x.p.namespace, &names.tenant, APISERVER).await?;
     if left > 0 {
         return Ok(Step::Stay(format!(
@@ -776,28 +804,40 @@ async fn verify(
             "the snapshot's revision was not recorded".into(),
         ));
     };
-    let etcd_err = |e: crate::etcd::EtcdError| Error::Etcd(e.to_string());
+    // Errors here are waited out at the migration's pace (writes are
+    // frozen), not with the reconciler's growing backoff.
+    let source_names = x.p.names.at_etcd_generation(m.source.etcd_generation);
     let source = crate::etcd::EtcdAccess::for_generation(
         &ctx.client,
         tc,
-        &x.p.names.at_etcd_generation(m.source.etcd_generation),
+        &source_names,
         m.source.etcd_replicas,
     )
-    .await
-    .map_err(etcd_err)?;
+    .await;
     let target =
         crate::etcd::EtcdAccess::for_generation(&ctx.client, tc, &tp.names, m.target.etcd_replicas)
-            .await
-            .map_err(etcd_err)?;
-    let mut s = source.connect().await.map_err(etcd_err)?;
-    let mut t = target.connect().await.map_err(etcd_err)?;
+            .await;
+    let (source, target) = match (source, target) {
+        (Ok(s), Ok(t)) => (s, t),
+        (Err(e), _) | (_, Err(e)) => return Ok(Step::Stay(format!("reaching etcd: {e}"))),
+    };
+    let (mut s, mut t) = match (source.connect().await, target.connect().await) {
+        (Ok(s), Ok(t)) => (s, t),
+        (Err(e), _) | (_, Err(e)) => return Ok(Step::Stay(format!("connecting to etcd: {e}"))),
+    };
     let digest = crate::etcd::snapshot::digest_keyspace;
-    let (source_digest, source_leased, _) = digest(&mut s, revision)
-        .await
-        .map_err(|e| Error::Etcd(format!("reading the source at revision {revision}: {e}")))?;
-    let (target_digest, target_leased, target_revision) = digest(&mut t, 0)
-        .await
-        .map_err(|e| Error::Etcd(format!("reading the target: {e}")))?;
+    let (source_digest, source_leased, _) = match digest(&mut s, revision).await {
+        Ok(d) => d,
+        Err(e) => {
+            return Ok(Step::Stay(format!(
+                "reading the source at revision {revision}: {e}"
+            )))
+        }
+    };
+    let (target_digest, target_leased, target_revision) = match digest(&mut t, 0).await {
+        Ok(d) => d,
+        Err(e) => return Ok(Step::Stay(format!("reading the target: {e}"))),
+    };
     let bump = m.revision_bump.unwrap_or(0) as i64;
     if target_revision < revision + bump {
         return Ok(Step::Abort(format!(
