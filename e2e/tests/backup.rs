@@ -287,6 +287,27 @@ async fn without_quorum_a_backup_fails_naming_quorum_and_leaves_no_artifact() {
         tenant::create(&client, &ns, &tc).await;
         tenant::wait_ready(&client, &ns, "nq", READY_TIMEOUT).await;
         kok_e2e::workloads::stop_members(&client, &ns, "nq", &[1, 2]).await;
+        // Pods deleted with grace 0 leave the API at once, but the kubelet
+        // kills their containers a moment later: until then member 0 still
+        // has quorum (a fresh clone once took a backup in that window). Its
+        // own /health says when it has lost it.
+        let ip = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &ns)
+            .get("nq-etcd-0")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.pod_ip)
+            .expect("member 0 has an IP");
+        wait_for("member 0 to lose quorum", Duration::from_secs(60), || {
+            let addr = format!("{ip}:2381");
+            async move {
+                match kok_e2e::http::get(&addr, "/health").await {
+                    Ok((_, body)) if body.contains("\"health\":\"false\"") => Poll::Ready(()),
+                    other => Poll::Pending(format!("{other:?}")),
+                }
+            }
+        })
+        .await;
 
         let asked = std::time::Instant::now();
         create_backup(&client, &ns, "no-quorum", "nq").await;
