@@ -19,12 +19,15 @@ use serde::{Deserialize, Serialize};
     doc = "A tenant Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) that kok runs as pods in this cluster, with its own PKI and an admin kubeconfig Secret; upgraded, backed up and restored by kok.",
     namespaced,
     shortname = "tc",
+    category = "kok",
     status = "TenantClusterStatus",
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.version"}"#,
     printcolumn = r#"{"name":"Running","type":"string","jsonPath":".status.version"}"#,
     printcolumn = r#"{"name":"Etcd","type":"string","jsonPath":".status.etcdVersion"}"#,
     printcolumn = r#"{"name":"Upgrade","type":"string","jsonPath":".status.upgrade.phase"}"#,
+    printcolumn = r#"{"name":"Migration","type":"string","jsonPath":".status.migration.phase","priority":1}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -494,4 +497,37 @@ fn default_pod_cidr() -> String {
 }
 fn default_cluster_domain() -> String {
     "cluster.local".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TenantCluster;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn kubectl_get_shows_why_a_tenant_is_not_ready_and_kok_lists_every_kind() {
+        let crd = TenantCluster::crd();
+        let columns: Vec<(String, i32)> = crd.spec.versions[0]
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| (c.name.clone(), c.priority.unwrap_or(0)))
+            .collect();
+        let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["Version", "Running", "Etcd", "Upgrade", "Migration", "Ready", "Reason", "Endpoint", "Age"]
+        );
+        // The migration phase only in `-o wide`.
+        assert!(columns.contains(&("Migration".to_string(), 1)));
+        assert_eq!(crd.spec.names.categories, Some(vec!["kok".to_string()]));
+        assert_eq!(
+            crate::EtcdBackup::crd().spec.names.categories,
+            Some(vec!["kok".to_string()])
+        );
+        assert_eq!(
+            crate::EtcdRestore::crd().spec.names.categories,
+            Some(vec!["kok".to_string()])
+        );
+    }
 }
