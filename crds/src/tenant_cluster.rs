@@ -457,8 +457,13 @@ pub struct MigrationStatus {
     /// Key prefixes compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefixes_verified: Option<u64>,
-    /// The point of no return: the first write the target accepted. Before
-    /// it, reverting the spec rolls back to the untouched source.
+    /// When the control plane was started on the target: the point of no
+    /// return (recorded before it starts). Before it, reverting the spec
+    /// rolls back to the untouched source; from it on, the target may hold
+    /// writes and the migration always finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_over_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// The first write the target accepted (the end of the downtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_write_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// From the freeze to the first write: how long the tenant accepted no writes.
@@ -516,7 +521,17 @@ mod tests {
         let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            ["Version", "Running", "Etcd", "Upgrade", "Migration", "Ready", "Reason", "Endpoint", "Age"]
+            [
+                "Version",
+                "Running",
+                "Etcd",
+                "Upgrade",
+                "Migration",
+                "Ready",
+                "Reason",
+                "Endpoint",
+                "Age"
+            ]
         );
         // The migration phase only in `-o wide`.
         assert!(columns.contains(&("Migration".to_string(), 1)));

@@ -245,6 +245,9 @@ async fn one_etcd_3_4_member_migrates_to_three_3_5_members_with_every_object_ide
             done.objects_rewritten.unwrap_or(0),
         );
         assert!(done.first_write_time.is_some(), "{done:?}");
+        // The point of no return was recorded before the target could take a write.
+        let (cut, written) = (done.cut_over_time.clone(), done.first_write_time.clone());
+        assert!(cut.is_some() && cut <= written, "{done:?}");
         assert!(done.downtime_seconds.is_some_and(|d| d > 0.0), "{done:?}");
         assert!(done.keys_verified.is_some_and(|k| k > 50), "{done:?}");
         assert!(done.objects_rewritten.is_some_and(|n| n >= 50), "{done:?}");
@@ -344,7 +347,10 @@ async fn a_migration_reverted_before_the_point_of_no_return_gives_the_source_bac
         )
         .await;
         let rolled = wait_finished(&client, &ns, "RolledBack").await;
-        assert!(rolled.first_write_time.is_none(), "{rolled:?}");
+        assert!(
+            rolled.first_write_time.is_none() && rolled.cut_over_time.is_none(),
+            "{rolled:?}"
+        );
 
         let tc = tenant::wait_ready(&client, &ns, "mig", READY_TIMEOUT).await;
         let s = tc.status.unwrap();

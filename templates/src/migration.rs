@@ -72,10 +72,29 @@ pub fn frozen(phase: &str) -> bool {
     [FROZEN, COPYING, VERIFYING].contains(&phase)
 }
 
-/// Before the first write the target accepted, the source is untouched and
-/// a rollback gives it back exactly.
+/// Before the control plane is started on the target (recorded first), no
+/// client can have written to the target, the source is untouched, and a
+/// rollback gives it back exactly.
 pub fn before_point_of_no_return(m: &MigrationStatus) -> bool {
-    m.first_write_time.is_none() && m.phase != COMPLETED
+    m.cut_over_time.is_none() && m.first_write_time.is_none() && m.phase != COMPLETED
+}
+
+/// Why the target cannot be reached from what runs in one migration: the
+/// apiserver reads what the source's wrote, and Kubernetes supports that
+/// across one minor only.
+pub fn skew_problem(running: &MigrationShape, desired: &MigrationShape) -> Option<String> {
+    let (Ok(from), Ok(to)) = (
+        running.version.parse::<KubeVersion>(),
+        desired.version.parse::<KubeVersion>(),
+    ) else {
+        return None;
+    };
+    (to.minor > from.minor + 1).then(|| {
+        format!(
+            "a migration moves at most one Kubernetes minor ({from} runs, {to} asked): go to 1.{} first",
+            from.minor + 1
+        )
+    })
 }
 
 /// The same cluster apart from which generation serves it.
@@ -480,8 +499,8 @@ mod tests {
             assert_eq!(decide(&m, &desired, Some(4)), Decision::Continue, "{phase}");
             assert_eq!(decide(&m, &running, Some(5)), Decision::RollBack, "{phase}");
         }
-        // The target accepted a write: from here the migration finishes.
-        m.first_write_time = Some(t(2));
+        // The control plane was started on the target: from here it finishes.
+        m.cut_over_time = Some(t(2));
         assert_eq!(decide(&m, &running, Some(5)), Decision::Continue);
         enter(&mut m, COMPLETED, "done", t(3));
         assert_eq!(decide(&m, &running, Some(5)), Decision::Done);
@@ -509,6 +528,15 @@ mod tests {
         let write =
             Time(k8s_openapi::jiff::Timestamp::from_millisecond(1_800_000_012_345).unwrap());
         assert_eq!(downtime_seconds(&freeze, &write), 12.345);
+    }
+
+    #[test]
+    fn a_migration_moves_one_kubernetes_minor_at_most() {
+        let running = shape("v1.30.4", "3.5.16", 3, 0);
+        assert!(skew_problem(&running, &shape("v1.31.0", "3.5.16", 3, 0)).is_none());
+        assert!(skew_problem(&running, &shape("v1.30.9", "3.5.16", 3, 0)).is_none());
+        let why = skew_problem(&running, &shape("v1.33.0", "3.5.16", 3, 0)).unwrap();
+        assert!(why.contains("go to 1.31 first"), "{why}");
     }
 
     #[test]

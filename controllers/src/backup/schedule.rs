@@ -248,12 +248,22 @@ async fn apply_retention(
         warn!("an EtcdRestore in {ns} cannot be read: retention waits");
         return Ok(());
     };
-    let in_use: Vec<String> = restores
+    let mut in_use: Vec<String> = restores
         .into_iter()
         // A failed restore keeps its backup too: it is the one to retry with.
         .filter(|r| r.status.as_ref().and_then(|s| s.phase) != Some(RestorePhase::Completed))
         .map(|r| r.spec.backup)
         .collect();
+    // The snapshot a running migration copies from.
+    if let Some(snapshot) = tc
+        .status
+        .as_ref()
+        .and_then(|s| s.migration.as_ref())
+        .filter(|m| !kok_templates::migration::finished(&m.phase))
+        .and_then(|m| m.snapshot.clone())
+    {
+        in_use.push(snapshot);
+    }
     let records: Vec<BackupRecord> = backups
         .iter()
         .map(|b| BackupRecord {

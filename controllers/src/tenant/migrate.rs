@@ -240,6 +240,9 @@ async fn open(
     if let Some((field, why)) = mig::target_problem(desired) {
         return Err(Error::Upgrade(format!("{field}: {why}")));
     }
+    if let Some(why) = mig::skew_problem(running, desired) {
+        return Err(Error::Upgrade(format!("spec.version: {why}")));
+    }
     let m = mig::open(running, desired, tc.metadata.generation, now());
     let note = m.message.clone().unwrap_or_default();
     info!("{note}");
@@ -402,11 +405,16 @@ async fn preflight(
                     continue;
                 }
                 let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-                let n = api
-                    .list_metadata(&ListParams::default().limit(1))
-                    .await
-                    .map(|l| l.items.len() as u64)
-                    .unwrap_or(0);
+                let n = match api.list_metadata(&ListParams::default().limit(1)).await {
+                    Ok(l) => l.items.len() as u64,
+                    // Unknown is not none: the check waits.
+                    Err(e) => {
+                        return Ok(Step::Stay(format!(
+                            "listing {} {}: {e}",
+                            ar.api_version, ar.plural
+                        )))
+                    }
+                };
                 served.push((ar.api_version.clone(), ar.plural.clone(), n));
             }
         }
@@ -503,7 +511,31 @@ async fn create_target(
             ));
         };
         let name = claim.metadata.name.clone().unwrap_or_default();
-        match claims.get_opt(&name).await? {
+        let existing = match claims.get_opt(&name).await? {
+            Some(existing) => Some(existing),
+            None => {
+                claim
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(CREATED_BY.into(), id.clone());
+                match claims.create(&PostParams::default(), &claim).await {
+                    Ok(_) => None,
+                    // Someone made it meanwhile: it is checked like any other.
+                    Err(kube::Error::Api(e)) if e.code == 409 => claims.get_opt(&name).await?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        match existing {
+            None => {}
+            Some(existing) if existing.metadata.deletion_timestamp.is_some() => {
+                // A claim of an earlier attempt on its way out: the restore
+                // would wait on it forever.
+                return Ok(Step::Stay(format!(
+                    "waiting for PersistentVolumeClaim {name} (being deleted) to be gone"
+                )));
+            }
             Some(existing) => {
                 let ours = existing
                     .metadata
@@ -518,18 +550,6 @@ async fn create_target(
                     )));
                 }
             }
-            None => {
-                claim
-                    .metadata
-                    .annotations
-                    .get_or_insert_with(Default::default)
-                    .insert(CREATED_BY.into(), id.clone());
-                match claims.create(&PostParams::default(), &claim).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
         }
     }
     Ok(Step::Next(format!(
@@ -539,17 +559,31 @@ async fn create_target(
     )))
 }
 
-/// Unique per migration of this tenant incarnation.
+/// Which attempt this is: a migration rolled back and opened again targets
+/// the same generation, and must never pick up the earlier attempt's
+/// snapshot (taken before writes the source accepted since) or claims.
+fn attempt(m: &MigrationStatus) -> i64 {
+    m.start_time.as_ref().map(|t| t.0.as_second()).unwrap_or(0)
+}
+
+/// Unique per migration attempt of this tenant incarnation.
 fn migration_id(tc: &TenantCluster, m: &MigrationStatus) -> String {
     format!(
-        "{}-g{}",
+        "{}-g{}-{}",
         tc.uid().unwrap_or_default(),
-        m.target.etcd_generation
+        m.target.etcd_generation,
+        attempt(m)
     )
 }
 
+/// The snapshot's EtcdBackup and the restore Jobs' prefix, per attempt.
 fn migration_name(tc: &TenantCluster, m: &MigrationStatus) -> String {
-    format!("{}-migrate-g{}", tc.name_any(), m.target.etcd_generation)
+    format!(
+        "{}-migrate-g{}-{}",
+        tc.name_any(),
+        m.target.etcd_generation,
+        attempt(m)
+    )
 }
 
 // ---- 3. freeze ---------------------------------------------------------------
@@ -869,6 +903,15 @@ async fn cut_over(
 ) -> Result<Step> {
     let ns = &x.p.namespace;
     let sp = source_placement(x, m);
+    // The point of no return is on record before anything can write to the
+    // target: once its apiservers run, controllers and clients write there,
+    // and a rollback would lose that.
+    if m.cut_over_time.is_none() {
+        m.cut_over_time = Some(now());
+        return Ok(Step::Stay(
+            "point of no return recorded: starting the control plane on the target".into(),
+        ));
+    }
     // The source etcd stops: nothing may reach it any more.
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     match statefulsets
