@@ -279,6 +279,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
             patch_status(ctx, &tc, &old_status, status).await?;
             return Ok(action);
         }
+        migrate::Outcome::Stale(action) => return Ok(action),
         migrate::Outcome::Refused(why) => Some(why),
         migrate::Outcome::None => None,
     };
