@@ -164,6 +164,15 @@ pub fn component_labels(tenant: &str, component: &str) -> BTreeMap<String, Strin
     labels
 }
 
+/// Selector of one component's pods of a tenant, for list calls.
+pub fn component_selector(tenant: &str, component: &str) -> String {
+    component_labels(tenant, component)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Selector of all children of a tenant, for list and delete calls.
 pub fn tenant_selector(tenant: &str) -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY},{TENANT_LABEL}={tenant}")

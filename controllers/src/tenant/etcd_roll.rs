@@ -15,7 +15,7 @@ use kok_templates::controlplane::ETCD_CLIENT_PORT;
 use kok_templates::etcd_roll::{
     next_action, replace_gate, MemberObservation, MemberStatus, ReplaceGate, RollAction,
 };
-use kok_templates::names::{component_labels, tenant_names, Names, APISERVER, ETCD};
+use kok_templates::names::{component_selector, tenant_names, Names, APISERVER, ETCD};
 use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -103,11 +103,7 @@ async fn roll_members(
     }
     let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = component_labels(&names.tenant, ETCD)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = component_selector(&names.tenant, ETCD);
     let listed = pods
         .list(&ListParams::default().labels(&selector))
         .await?
@@ -289,11 +285,7 @@ async fn apiservers_off(ctx: &Context, ns: &str, names: &Names, i: i32) -> Resul
         return Ok(false);
     }
     let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let selector = component_labels(&names.tenant, APISERVER)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = component_selector(&names.tenant, APISERVER);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let pods = pods
         .list(&ListParams::default().labels(&selector))

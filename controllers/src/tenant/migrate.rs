@@ -32,17 +32,15 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kok_crds::{
-    BackupPhase, EtcdBackup, EtcdBackupSpec, MigrationShape, MigrationStatus, UpgradeStrategy,
-};
-use kok_templates::backup::{artifact_key, TENANT_UID_LABEL};
+use kok_crds::{BackupPhase, MigrationShape, MigrationStatus, UpgradeStrategy};
+use kok_templates::backup::artifact_key;
 use kok_templates::migration::{self as mig, Decision};
-use kok_templates::names::{component_labels, APISERVER, TENANT_LABEL};
+use kok_templates::names::{component_selector, APISERVER, TENANT_LABEL};
 use kok_templates::restore::{
     member_restore_job, member_restore_job_name, restore_label_value, MemberRestore, RESTORE_LABEL,
 };
 use kok_templates::upgrade_plan::Rendering;
-use kube::api::{DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::{verbs, Discovery, Scope};
 use serde_json::json;
 
@@ -55,6 +53,16 @@ const STEP_POLL: Duration = Duration::from_secs(2);
 /// Marks claims a migration created, with the migration's id: only those are
 /// deleted by a rollback.
 const CREATED_BY: &str = "kok.dev/created-by-migration";
+/// Whether this migration attempt (`id`) created the claim.
+fn created_by(claim: &PersistentVolumeClaim, id: &str) -> bool {
+    claim
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CREATED_BY))
+        .is_some_and(|v| v == id)
+}
+
 /// Objects per list call in the cut over's check (metadata only).
 const LIST_PAGE: u32 = 250;
 /// Objects per list call in the preflight's rewrite: whole objects, up to
@@ -550,12 +558,7 @@ async fn create_target(
                 )));
             }
             Some(existing) => {
-                let ours = existing
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(CREATED_BY))
-                    .is_some_and(|v| *v == id);
+                let ours = created_by(&existing, &id);
                 if !ours {
                     return Ok(Step::Abort(format!(
                         "PersistentVolumeClaim {name} already exists and this migration did not create it; \
@@ -617,20 +620,6 @@ async fn scale(ctx: &Context, ns: &str, names: &[String], replicas: i32) -> Resu
     Ok(())
 }
 
-async fn component_pods(ctx: &Context, ns: &str, tenant: &str, component: &str) -> Result<usize> {
-    let selector = component_labels(tenant, component)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    Ok(pods
-        .list_metadata(&ListParams::default().labels(&selector))
-        .await?
-        .items
-        .len())
-}
-
 async fn freeze(ctx: &Context, x: &Pass<'_>, m: &mut MigrationStatus) -> Result<Step> {
     m.freeze_time.get_or_insert_with(now);
     let names = &x.p.names;
@@ -650,16 +639,14 @@ async fn freeze(ctx: &Context, x: &Pass<'_>, m: &mut MigrationStatus) -> Result<
     // freeze, and it is downtime. A write cut short here failed for its
     // client or committed before the snapshot, which is taken once they are gone.
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &x.p.namespace);
-    let selector = component_labels(&names.tenant, APISERVER)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    for pod in pods
+    let selector = component_selector(&names.tenant, APISERVER);
+    let listed = pods
         .list_metadata(&ListParams::default().labels(&selector))
         .await?
-        .items
-    {
+        .items;
+    // Pods just asked to stop are still there: the next pass lists again.
+    let left = listed.len();
+    for pod in listed {
         let name = pod.metadata.name.unwrap_or_default();
         match pods
             .delete(&name, &DeleteParams::default().grace_period(2))
@@ -670,7 +657,6 @@ async fn freeze(ctx: &Context, x: &Pass<'_>, m: &mut MigrationStatus) -> Result<
             Err(e) => return Err(e.into()),
         }
     }
-    let left = component_pods(ctx, &x.p.namespace, &names.tenant, APISERVER).await?;
     if left > 0 {
         return Ok(Step::Stay(format!(
             "writes frozen: waiting for {left} source apiserver pods to stop"
@@ -689,36 +675,7 @@ async fn copy(
 ) -> Result<Step> {
     let ns = &x.p.namespace;
     let name = migration_name(tc, m);
-    let backups: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), ns);
-    let backup = match backups.get_opt(&name).await? {
-        Some(b) => b,
-        None => {
-            let mut labels = std::collections::BTreeMap::from([
-                (TENANT_LABEL.to_string(), tc.name_any()),
-                ("kok.dev/migration".to_string(), "true".to_string()),
-            ]);
-            if let Some(uid) = tc.uid() {
-                labels.insert(TENANT_UID_LABEL.to_string(), uid);
-            }
-            let eb = EtcdBackup {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(ns.clone()),
-                    labels: Some(labels),
-                    ..Default::default()
-                },
-                spec: EtcdBackupSpec {
-                    tenant_cluster: tc.name_any(),
-                },
-                status: None,
-            };
-            match backups.create(&PostParams::default(), &eb).await {
-                Ok(b) => b,
-                Err(kube::Error::Api(e)) if e.code == 409 => backups.get(&name).await?,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
+    let backup = upgrade::ensure_backup(ctx, tc, &name, "kok.dev/migration").await?;
     m.snapshot = Some(name.clone());
     let bs = backup.status.clone().unwrap_or_default();
     match bs.phase {
@@ -1122,12 +1079,7 @@ async fn roll_back(
     for i in 0..m.target.etcd_replicas {
         let claim = format!("data-{}", tp.names.etcd_member(i));
         if let Some(c) = claims.get_opt(&claim).await? {
-            let ours = c
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(CREATED_BY))
-                .is_some_and(|v| *v == id);
+            let ours = created_by(&c, &id);
             if ours {
                 claims.delete(&claim, &DeleteParams::default()).await?;
             }

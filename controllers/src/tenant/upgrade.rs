@@ -239,6 +239,46 @@ fn stuck(u: &UpgradeStatus) -> bool {
         })
 }
 
+/// The EtcdBackup `name` of `tc` that kok takes itself (before an upgrade, for
+/// a migration's copy), created when it does not exist yet; `marker` is a
+/// label saying why. Found again by name, so a restarted operator takes no second one.
+pub(super) async fn ensure_backup(
+    ctx: &Context,
+    tc: &TenantCluster,
+    name: &str,
+    marker: &str,
+) -> Result<EtcdBackup> {
+    let ns = tc.namespace().unwrap_or_default();
+    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(b) = api.get_opt(name).await? {
+        return Ok(b);
+    }
+    let mut labels = std::collections::BTreeMap::from([
+        (TENANT_LABEL.to_string(), tc.name_any()),
+        (marker.to_string(), "true".to_string()),
+    ]);
+    if let Some(uid) = tc.uid() {
+        labels.insert(TENANT_UID_LABEL.to_string(), uid);
+    }
+    let eb = EtcdBackup {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(ns),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: EtcdBackupSpec {
+            tenant_cluster: tc.name_any(),
+        },
+        status: None,
+    };
+    match api.create(&PostParams::default(), &eb).await {
+        Ok(b) => Ok(b),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(name).await?),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Where the preflight stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Preflight {
@@ -281,38 +321,8 @@ async fn preflight(
             None,
         ));
     };
-    let ns = tc.namespace().unwrap_or_default();
     let name = preflight_backup_name(&tc.name_any(), start);
-    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
-    let backup = match api.get_opt(&name).await? {
-        Some(b) => b,
-        None => {
-            let mut labels = std::collections::BTreeMap::from([
-                (TENANT_LABEL.to_string(), tc.name_any()),
-                ("kok.dev/pre-upgrade".to_string(), "true".to_string()),
-            ]);
-            if let Some(uid) = tc.uid() {
-                labels.insert(TENANT_UID_LABEL.to_string(), uid);
-            }
-            let eb = EtcdBackup {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(ns.clone()),
-                    labels: Some(labels),
-                    ..Default::default()
-                },
-                spec: EtcdBackupSpec {
-                    tenant_cluster: tc.name_any(),
-                },
-                status: None,
-            };
-            match api.create(&PostParams::default(), &eb).await {
-                Ok(b) => b,
-                Err(kube::Error::Api(e)) if e.code == 409 => api.get(&name).await?,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
+    let backup = ensure_backup(ctx, tc, &name, "kok.dev/pre-upgrade").await?;
     let status = backup.status.unwrap_or_default();
     let state = match status.phase {
         Some(BackupPhase::Succeeded) => Preflight::Passed(format!("EtcdBackup {name} succeeded")),
