@@ -9,7 +9,7 @@ use std::process::Command;
 use etcd_client::{Client, GetOptions};
 use kok_controllers::etcd::snapshot::{self, Snapshot};
 use kok_controllers::etcd::verify::{
-    self, free_port, restore_data_dir, RestoreMember, ScratchEtcd, Tools, VerifyError,
+    self, free_port, restore_data_dir, Recorded, RestoreMember, ScratchEtcd, Tools, VerifyError,
 };
 use kok_controllers::storage::{S3Credentials, Store};
 use kok_crds::S3Destination;
@@ -386,9 +386,11 @@ async fn encrypted_backup_restores_only_with_its_key() {
     source.stop().await;
 }
 
-/// Filesystem artifacts are restored where they lie while their sha256 is
-/// checked; a flipped byte is refused by the check, and with a forged
-/// matching sha256 by etcd's own trailer check in `snapshot restore`.
+/// Filesystem artifacts are restored where they lie. With etcd's trailer on
+/// record, another valid snapshot in the artifact's place is refused by the
+/// recorded trailer and a flipped byte by `snapshot restore`'s own check;
+/// with only the artifact's sha256 (older backups), a flipped byte is refused
+/// by that check, and with a forged matching sha256 by etcd's trailer check.
 #[tokio::test]
 async fn an_in_place_restore_is_identical_and_refuses_corruption() {
     let dir = scratch();
@@ -397,6 +399,12 @@ async fn an_in_place_restore_is_identical_and_refuses_corruption() {
     let store = Store::filesystem(root.to_str().unwrap()).unwrap();
     let snap = snapshot::take(&mut client, &store, "b.db").await.unwrap();
     let original = content_hash(&mut client).await;
+    // Another valid snapshot of the same cluster, one write later: put in
+    // the first one's place, only the recorded hashes can tell.
+    client.put("/registry/later", "x", None).await.unwrap();
+    let other = snapshot::take(&mut client, &store, "other.db")
+        .await
+        .unwrap();
     source.stop().await;
     let tools = Tools::from_env();
     let file = store.plain_local_file("b.db").unwrap();
@@ -410,33 +418,67 @@ async fn an_in_place_restore_is_identical_and_refuses_corruption() {
         bump_revision: None,
     };
 
-    let data = dir.path().join("in-place");
-    let size = verify::restore_in_place(&tools, &file, &snap.sha256, &data, &member)
+    // With etcd's trailer on record (read once, by the restore) and, as
+    // older backups are, with only the artifact's sha256.
+    let by_trailer = Recorded {
+        sha256: &snap.sha256,
+        etcd_sha256: Some(&snap.etcd_sha256),
+        size: Some(snap.size),
+    };
+    let by_sha256 = Recorded {
+        etcd_sha256: None,
+        size: None,
+        ..by_trailer
+    };
+    for (i, recorded) in [by_trailer, by_sha256].iter().enumerate() {
+        let data = dir.path().join(format!("in-place-{i}"));
+        let size = verify::restore_in_place(&tools, &file, recorded, &data, &member)
+            .await
+            .unwrap();
+        assert_eq!(size, snap.size);
+        let (etcd, mut restored) = ScratchEtcd::start(
+            &tools,
+            &data,
+            "restored",
+            &peer,
+            &initial,
+            free_port().unwrap(),
+        )
         .await
         .unwrap();
-    assert_eq!(size, snap.size);
-    let (etcd, mut restored) = ScratchEtcd::start(
-        &tools,
-        &data,
-        "restored",
-        &peer,
-        &initial,
-        free_port().unwrap(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(content_hash(&mut restored).await, original);
-    etcd.stop().await;
+        assert_eq!(content_hash(&mut restored).await, original);
+        etcd.stop().await;
+    }
+    let refused = |what: &str| dir.path().join(format!("refused-{what}"));
 
-    let mut bytes = std::fs::read(&file).unwrap();
+    // The other snapshot in its place: refused by the recorded trailer.
+    let pristine = std::fs::read(&file).unwrap();
+    std::fs::copy(store.plain_local_file("other.db").unwrap(), &file).unwrap();
+    let err = verify::restore_in_place(&tools, &file, &by_trailer, &refused("swap"), &member)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VerifyError::Corrupt(_)), "{err}");
+    assert_ne!(other.etcd_sha256, snap.etcd_sha256);
+
+    // A flipped byte in the database: the trailer is still the recorded
+    // one, so etcd's restore must be what refuses it.
+    let mut bytes = pristine;
     bytes[4096] ^= 0xff;
     std::fs::write(&file, &bytes).unwrap();
-    let err = verify::restore_in_place(&tools, &file, &snap.sha256, &dir.path().join("x"), &member)
+    let err = verify::restore_in_place(&tools, &file, &by_trailer, &refused("flip"), &member)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VerifyError::Tool { .. }), "{err}");
+    let err = verify::restore_in_place(&tools, &file, &by_sha256, &refused("x"), &member)
         .await
         .unwrap_err();
     assert!(matches!(err, VerifyError::Corrupt(_)), "{err}");
     let forged = snapshot::hex(&Sha256::digest(&bytes));
-    let err = verify::restore_in_place(&tools, &file, &forged, &dir.path().join("y"), &member)
+    let forged = Recorded {
+        sha256: &forged,
+        ..by_sha256
+    };
+    let err = verify::restore_in_place(&tools, &file, &forged, &refused("y"), &member)
         .await
         .unwrap_err();
     assert!(matches!(err, VerifyError::Tool { .. }), "{err}");

@@ -206,6 +206,12 @@ pub struct EtcdBackupStatus {
     /// sha256 of the artifact as stored, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// etcd's own sha256 of the database (the snapshot's last 32 bytes),
+    /// hex. A restore of a plain artifact on a filesystem destination checks
+    /// that the artifact ends with it and lets `snapshot restore` check the
+    /// database against it, so the artifact is read once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_sha256: Option<String>,
     /// `file:///…` or `s3://bucket/key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,

@@ -57,6 +57,42 @@ pub struct TenantClusterSpec {
     /// When true, kok leaves every child object alone until it is unpaused.
     #[serde(default)]
     pub paused: bool,
+    /// Inspection and self-healing: what kok checks, how often, and which
+    /// findings it repairs itself (docs/self-healing.md).
+    #[serde(default)]
+    pub healing: HealingSpec,
+}
+
+/// How kok inspects and heals a tenant.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealingSpec {
+    /// Seconds between inspections of the tenant cluster (default 300). An
+    /// inspection also runs when the annotation `kok.dev/inspect` changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub inspection_interval_seconds: Option<u32>,
+    /// Per-check policy, by check name (`PodOnMissingNode`,
+    /// `EtcdMemberLost`, ...): `Repair` (kok fixes what it found), `Report`
+    /// (a finding only) or `Off`. Checks not listed use their default.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub checks: BTreeMap<String, CheckPolicy>,
+    /// Repairs of this tenant's control plane (pod restarts, etcd member
+    /// replacements) at most this many per hour (default 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_repairs_per_hour: Option<u32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum CheckPolicy {
+    /// Record a finding and repair it.
+    Repair,
+    /// Record a finding; repair nothing.
+    Report,
+    /// Do not run the check.
+    Off,
 }
 
 /// The tenant's etcd cluster.
@@ -285,6 +321,108 @@ pub struct TenantClusterStatus {
     pub kubeconfig_secret_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupScheduleStatus>,
+    /// The last inspection: when it ran and what it found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inspection: Option<InspectionStatus>,
+    /// What kok found wrong, now (a finding that is no longer seen is
+    /// removed; its repair stays in `repairs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<Finding>,
+    /// The last repairs kok made (newest last, at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<Repair>,
+    /// The claim (uid) each etcd member was last seen serving with: a member
+    /// whose claim changed lost its data and is replaced.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub etcd_member_claims: BTreeMap<String, String>,
+    /// An etcd member replacement in progress, recorded before each step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_member_replacement: Option<MemberReplacement>,
+}
+
+/// When the tenant was last inspected.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InspectionStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// The `kok.dev/inspect` annotation value the last inspection answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// Checks run.
+    #[serde(default)]
+    pub checks: u32,
+    /// Checks that could not run (the tenant API did not answer, ...): check: why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// One problem kok found, and what it did about it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    /// The check that found it (`PodOnMissingNode`, ...).
+    pub check: String,
+    /// `Info`, `Warning` or `Critical`.
+    pub severity: String,
+    /// What it is about: `Pod default/web-1` in the tenant, `etcd member
+    /// <name>`, `Certificate <name>`.
+    pub object: String,
+    pub message: String,
+    pub first_seen: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    pub last_seen: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// Inspections in a row that found it.
+    #[serde(default)]
+    pub count: u32,
+    /// `Repair` or `Report`: what the check's policy says.
+    pub policy: String,
+    /// The repair taken, if any, and how it went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<String>,
+}
+
+/// A repair kok made.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Repair {
+    pub check: String,
+    pub object: String,
+    /// What was done.
+    pub action: String,
+    /// `Succeeded` or `Failed`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the problem was first seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    pub time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// From detection to the end of the repair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_to_repair: Option<f64>,
+}
+
+/// Replacing an etcd member that lost its data: remove it from the cluster,
+/// add it back as a learner on a fresh volume, promote it once caught up.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberReplacement {
+    /// The member's ordinal.
+    pub member: i32,
+    /// `Removing`, `AddingLearner`, `Restarting`, `Promoting`.
+    pub phase: String,
+    /// The etcd member ID removed (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_id: Option<String>,
+    /// The learner's etcd member ID (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learner_id: Option<String>,
+    /// The claim (uid) found in place of the one the member served with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_claim: Option<String>,
+    pub detected_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Progress of the backup schedule, so a restarted operator neither repeats
@@ -486,6 +624,8 @@ pub mod condition {
     pub const CONTROLLER_MANAGER: &str = "ControllerManagerReady";
     pub const SCHEDULER: &str = "SchedulerReady";
     pub const CERTIFICATES: &str = "CertificatesReady";
+    /// True when the last inspection found nothing of `Warning` or worse.
+    pub const HEALTHY: &str = "Healthy";
 }
 
 fn default_one() -> i32 {

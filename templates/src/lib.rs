@@ -7,6 +7,7 @@ pub mod controlplane;
 pub mod etcd_roll;
 pub mod field_error;
 pub mod flags;
+pub mod inspection;
 pub mod migration;
 pub mod names;
 pub mod pki;

@@ -64,6 +64,8 @@ pub struct MemberRestore<'a> {
     pub operator_node: Option<&'a str>,
     pub artifact_key: &'a str,
     pub sha256: &'a str,
+    /// etcd's sha256 trailer the backup recorded (older backups have none).
+    pub etcd_sha256: Option<&'a str>,
     /// The restored cluster's token: a new cluster ID for every restore.
     pub cluster_token: &'a str,
     /// Raise the restored revision by this much and mark it compacted (a
@@ -181,6 +183,9 @@ pub fn member_restore_job(r: &MemberRestore<'_>) -> Result<Job, RestoreJobError>
         ),
         env("TMPDIR", SCRATCH_DIR.into()),
     ];
+    if let Some(etcd_sha256) = r.etcd_sha256 {
+        envs.push(env("KOK_RESTORE_ETCD_SHA256", etcd_sha256.into()));
+    }
     if let Some(bump) = r.bump_revision {
         envs.push(env("KOK_RESTORE_BUMP_REVISION", bump.to_string()));
         envs.push(env("KOK_ETCDUTL", ETCDUTL_IN_IMAGE.into()));
@@ -423,6 +428,7 @@ mod tests {
             operator_node: Some("node-a"),
             artifact_key: "tenants/demo/b1.db",
             sha256: "ab",
+            etcd_sha256: None,
             cluster_token: "demo-restore-1",
             bump_revision: None,
         })
@@ -736,6 +742,7 @@ mod tests {
             operator_node: None,
             artifact_key: "tenants/demo/b1.db",
             sha256: "ab",
+            etcd_sha256: None,
             cluster_token: "t",
             bump_revision: None,
         });

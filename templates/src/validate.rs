@@ -60,6 +60,18 @@ pub fn validate(
         }
     }
 
+    for name in crate::inspection::unknown_checks(&spec.healing) {
+        let known = crate::inspection::CHECKS
+            .iter()
+            .map(|(n, _, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ");
+        err(
+            &format!("spec.healing.checks.{name}"),
+            format!("no such check; known: {known}"),
+        );
+    }
+
     // A pinned etcd moves at once; the paired one is walked with the
     // Kubernetes steps (upgrade_plan), one etcd minor at a time.
     if let (Some(tag), None) = (&spec.etcd.version, &spec.etcd.image) {
@@ -437,6 +449,22 @@ mod tests {
         .unwrap_err();
         assert_eq!(fields(&errors), ["spec.etcd.replicas"]);
         assert!(errors[0].reason.contains("1, 3 or 5"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn a_misspelt_check_name_is_refused_with_the_known_ones() {
+        let errors = validate(
+            &spec("version: v1.20.2\nhealing: {checks: {PodOnMisingNode: Off, VolumeReleased: Repair}}"),
+            None,
+            &Policy::default(),
+        )
+        .unwrap_err();
+        assert_eq!(fields(&errors), ["spec.healing.checks.PodOnMisingNode"]);
+        assert!(
+            errors[0].reason.contains("PodOnMissingNode"),
+            "{}",
+            errors[0]
+        );
     }
 
     #[test]

@@ -230,6 +230,7 @@ async fn run(
     );
     status.size_bytes = Some(snap.size);
     status.sha256 = Some(snap.sha256);
+    status.etcd_sha256 = Some(snap.etcd_sha256);
     status.revision = Some(snap.fingerprint.revision);
     status.key_count = Some(snap.fingerprint.key_count);
     status.kv_hash = Some(snap.fingerprint.kv_hash);

@@ -17,6 +17,9 @@ pub struct Snapshot {
     pub size: u64,
     /// sha256 of the whole artifact (database + etcd's trailer), hex.
     pub sha256: String,
+    /// etcd's own sha256 of the database: the artifact's last 32 bytes, hex.
+    /// `snapshot restore` checks the database against it.
+    pub etcd_sha256: String,
     /// What the keyspace looked like at `revision`.
     pub fingerprint: Fingerprint,
     /// The etcd cluster the member belongs to (see [`cluster_id_hex`]).
@@ -165,7 +168,7 @@ pub async fn take(etcd: &mut Client, store: &Store, key: &str) -> Result<Snapsho
     let before = fingerprint(etcd).await?;
     let mut writer = store.writer(key).await?;
     let streamed = stream_into(etcd, &mut writer).await;
-    let (size, sha256) = match streamed {
+    let (size, sha256, etcd_sha256) = match streamed {
         Ok(v) => v,
         Err(e) => {
             writer.abort().await;
@@ -186,6 +189,7 @@ pub async fn take(etcd: &mut Client, store: &Store, key: &str) -> Result<Snapsho
     Ok(Snapshot {
         size,
         sha256,
+        etcd_sha256,
         fingerprint: before,
         cluster_id,
     })
@@ -194,7 +198,7 @@ pub async fn take(etcd: &mut Client, store: &Store, key: &str) -> Result<Snapsho
 async fn stream_into(
     etcd: &mut Client,
     writer: &mut crate::storage::ArtifactWriter,
-) -> Result<(u64, String), SnapshotError> {
+) -> Result<(u64, String, String), SnapshotError> {
     let mut stream = etcd.snapshot().await?;
     let mut check = TrailerCheck::default();
     let mut whole = Sha256::new();
@@ -206,8 +210,8 @@ async fn stream_into(
         size += blob.len() as u64;
         writer.write(blob).await?;
     }
-    check.finish().map_err(SnapshotError::Corrupt)?;
-    Ok((size, hex(&whole.finalize())))
+    let etcd_sha256 = check.finish().map_err(SnapshotError::Corrupt)?;
+    Ok((size, hex(&whole.finalize()), etcd_sha256))
 }
 
 /// Checks etcd's trailer (the last 32 bytes = sha256 of everything before)
@@ -228,13 +232,14 @@ impl TrailerCheck {
         }
     }
 
-    pub fn finish(self) -> Result<(), String> {
+    /// The trailer (hex) when it matches the content.
+    pub fn finish(self) -> Result<String, String> {
         if self.tail.len() < ETCD_TRAILER {
             return Err(format!("only {} bytes", self.tail.len()));
         }
         let computed = self.hasher.finalize();
         if computed.as_slice() == self.tail.as_slice() {
-            Ok(())
+            Ok(hex(&self.tail))
         } else {
             Err(format!(
                 "etcd's sha256 trailer {} does not match the content ({})",
@@ -273,7 +278,8 @@ mod tests {
             for part in artifact.chunks(chunk) {
                 c.update(part);
             }
-            assert_eq!(c.finish(), Ok(()), "chunk size {chunk}");
+            let trailer = hex(&artifact[artifact.len() - 32..]);
+            assert_eq!(c.finish(), Ok(trailer), "chunk size {chunk}");
         }
     }
 

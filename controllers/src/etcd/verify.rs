@@ -137,22 +137,78 @@ pub async fn check_in_place(file: &Path, expected_sha256: &str) -> Result<u64, V
     Ok(size)
 }
 
-/// Restores a plain local artifact into `data_dir` while its sha256 is
-/// checked: both read the same file at once, so the check costs no extra
-/// time. `data_dir` is a staging directory: on a mismatch the restore is
-/// stopped and the caller never uses what it wrote.
+/// Restores a plain local artifact into `data_dir`, checked against what
+/// the backup recorded. With etcd's own sha256 (the artifact's trailer) on
+/// record, the artifact must end with it and `snapshot restore` checks the
+/// database against it: the file is read once, by the restore. Without it
+/// (older backups) the artifact's sha256 is checked while the restore reads
+/// the same file. `data_dir` is a staging directory: on a mismatch the
+/// caller never uses what was written there.
 pub async fn restore_in_place(
     tools: &Tools,
     file: &Path,
-    expected_sha256: &str,
+    recorded: &Recorded<'_>,
     data_dir: &Path,
     member: &RestoreMember<'_>,
 ) -> Result<u64, VerifyError> {
-    let (size, ()) = tokio::try_join!(
-        check_in_place(file, expected_sha256),
-        restore_data_dir(tools, file, data_dir, member)
-    )?;
-    Ok(size)
+    match recorded.etcd_sha256 {
+        Some(etcd_sha256) => {
+            let size = check_trailer(file, recorded.size, etcd_sha256).await?;
+            restore_data_dir(tools, file, data_dir, member).await?;
+            Ok(size)
+        }
+        None => {
+            let (size, ()) = tokio::try_join!(
+                check_in_place(file, recorded.sha256),
+                restore_data_dir(tools, file, data_dir, member)
+            )?;
+            Ok(size)
+        }
+    }
+}
+
+/// What an EtcdBackup recorded about its artifact.
+#[derive(Clone, Copy, Debug)]
+pub struct Recorded<'a> {
+    /// sha256 of the whole artifact.
+    pub sha256: &'a str,
+    /// etcd's sha256 of the database: the artifact's last 32 bytes.
+    pub etcd_sha256: Option<&'a str>,
+    pub size: Option<u64>,
+}
+
+/// The artifact has the recorded size and ends with the recorded trailer.
+/// etcd's restore checks the trailer against the database only when the
+/// file's length is 32 past a 512-byte boundary (and refuses files without
+/// one), so the length is checked here too.
+pub async fn check_trailer(
+    file: &Path,
+    size: Option<u64>,
+    etcd_sha256: &str,
+) -> Result<u64, VerifyError> {
+    use tokio::io::AsyncSeekExt;
+    let mut input = tokio::fs::File::open(file).await?;
+    let len = input.metadata().await?.len();
+    if let Some(size) = size.filter(|s| *s != len) {
+        return Err(VerifyError::Corrupt(format!(
+            "the artifact is {len} bytes, the backup recorded {size}"
+        )));
+    }
+    if len < 32 || len % 512 != 32 {
+        return Err(VerifyError::Corrupt(format!(
+            "{len} bytes cannot be a database followed by etcd's sha256"
+        )));
+    }
+    input.seek(std::io::SeekFrom::Start(len - 32)).await?;
+    let mut trailer = [0u8; 32];
+    input.read_exact(&mut trailer).await?;
+    let actual = hex(&trailer);
+    if actual != etcd_sha256 {
+        return Err(VerifyError::Corrupt(format!(
+            "the artifact ends with etcd sha256 {actual}, the backup recorded {etcd_sha256}"
+        )));
+    }
+    Ok(len)
 }
 
 /// One member of a restored cluster.

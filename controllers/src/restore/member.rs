@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use kok_crds::Destination;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::etcd::verify::{download, restore_data_dir, restore_in_place, RestoreMember, Tools};
+use crate::etcd::verify::{
+    download, restore_data_dir, restore_in_place, Recorded, RestoreMember, Tools,
+};
 use crate::storage::encryption::ArtifactKey;
 use crate::storage::s3_credentials;
 use crate::storage::Store;
@@ -94,8 +96,19 @@ async fn prepare_and_swap() -> anyhow::Result<()> {
     // opened) into a copy first. Either way nothing is swapped in unchecked.
     let copied = match store.plain_local_file(&artifact) {
         Some(file) => {
-            let size = restore_in_place(&tools, &file, &sha256, &staged, &restore_member).await?;
-            println!("restored {size} bytes in place; sha256 verified");
+            let etcd_sha256 = std::env::var("KOK_RESTORE_ETCD_SHA256").ok();
+            let recorded = Recorded {
+                sha256: &sha256,
+                etcd_sha256: etcd_sha256.as_deref(),
+                size: None,
+            };
+            let size = restore_in_place(&tools, &file, &recorded, &staged, &restore_member).await?;
+            match etcd_sha256 {
+                Some(_) => println!(
+                    "restored {size} bytes in place; etcd's sha256 trailer is the one recorded and the database matches it"
+                ),
+                None => println!("restored {size} bytes in place; sha256 verified"),
+            }
             false
         }
         None => {

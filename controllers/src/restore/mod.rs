@@ -755,6 +755,7 @@ async fn restore_members(
                 .or(ctx.operator_node.as_deref()),
             artifact_key: &key,
             sha256: &sha256,
+            etcd_sha256: b.status.as_ref().and_then(|s| s.etcd_sha256.as_deref()),
             cluster_token: &token,
             bump_revision: None,
         });

@@ -725,6 +725,7 @@ async fn copy(
             operator_node: bs.node.as_deref().or(ctx.operator_node.as_deref()),
             artifact_key: &key,
             sha256: &sha256,
+            etcd_sha256: bs.etcd_sha256.as_deref(),
             cluster_token: &id,
             bump_revision: Some(mig::REVISION_BUMP),
         });
