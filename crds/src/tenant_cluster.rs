@@ -118,6 +118,12 @@ pub struct EtcdSpec {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// etcd's database quota in bytes (`--quota-backend-bytes`; etcd's
+    /// default, 2 GiB, when unset). Past it etcd raises NOSPACE and refuses
+    /// writes; kok compacts, defragments and disarms it (docs/self-healing.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 16777216, max = 8589934592i64))]
+    pub quota_backend_bytes: Option<i64>,
 }
 
 impl Default for EtcdSpec {
@@ -128,6 +134,7 @@ impl Default for EtcdSpec {
             version: None,
             image: None,
             resources: None,
+            quota_backend_bytes: None,
         }
     }
 }

@@ -275,6 +275,15 @@ pub fn due(schedule: &Cron, last: DateTime<Utc>, now: DateTime<Utc>) -> Due {
     }
 }
 
+/// The longest gap between two runs of `schedule` around `now` (seconds):
+/// what "overdue" is measured against.
+pub fn schedule_interval_secs(schedule: &Cron, now: DateTime<Utc>) -> Option<i64> {
+    let previous = schedule.find_previous_occurrence(&now, true).ok()?;
+    let next = schedule.find_next_occurrence(&now, false).ok()?;
+    let after = schedule.find_next_occurrence(&next, false).ok()?;
+    Some(((next - previous).num_seconds()).max((after - next).num_seconds()))
+}
+
 /// A scheduled backup's name: the tenant and its slot, so a restarted
 /// operator that tries the same slot again hits "already exists", not a duplicate.
 pub fn scheduled_backup_name(tenant: &str, slot: DateTime<Utc>) -> String {
@@ -441,6 +450,15 @@ mod tests {
             at("2026-01-01T11:00:30Z"),
         );
         assert_eq!(d.run, None);
+    }
+
+    #[test]
+    fn a_schedule_interval_is_its_longest_gap() {
+        let now = at("2026-03-04T05:06:07Z");
+        let hourly = parse_schedule("0 * * * *").unwrap();
+        assert_eq!(schedule_interval_secs(&hourly, now), Some(3600));
+        let nightly = parse_schedule("0 2 * * *").unwrap();
+        assert_eq!(schedule_interval_secs(&nightly, now), Some(86400));
     }
 
     #[test]

@@ -13,10 +13,11 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HostAlias, KeyToPath,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
-    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SecretProjection, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection, VolumeResourceRequirements,
+    ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    HostAlias, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SecretProjection,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -284,7 +285,6 @@ fn etcd_args(
             "--initial-cluster={}",
             etcd_initial_cluster(&p.names, valid.etcd_replicas)
         ),
-        "--initial-cluster-state=new".into(),
         format!("--initial-cluster-token={}", r.etcd_cluster_token),
         "--client-cert-auth=true".into(),
         "--peer-client-cert-auth=true".into(),
@@ -298,6 +298,35 @@ fn etcd_args(
         "--snapshot-count=10000".into(),
         "--auto-compaction-retention=8".into(),
     ]
+    .into_iter()
+    .chain(
+        spec.etcd
+            .quota_backend_bytes
+            .map(|q| format!("--quota-backend-bytes={q}")),
+    )
+    .collect()
+}
+
+/// The key of [`etcd_bootstrap_config`] that etcd reads as
+/// `ETCD_INITIAL_CLUSTER_STATE`.
+pub const INITIAL_CLUSTER_STATE_KEY: &str = "initial-cluster-state";
+
+/// How a member that finds no data starts. `new` while the cluster forms;
+/// `existing` once every member has served on its volume: a member that
+/// then finds no data lost it, and must join the running cluster (after kok
+/// re-added it) instead of bootstrapping a second cluster under the same
+/// member ID. A ConfigMap rather than a flag, so the switch does not change
+/// the pod template and roll every member. Ephemeral members stay `new`:
+/// they lose their data by design.
+pub fn etcd_bootstrap_config(p: &Placement, existing: bool) -> ConfigMap {
+    ConfigMap {
+        metadata: p.meta(p.names.etcd_bootstrap_config(), names::ETCD),
+        data: Some(BTreeMap::from([(
+            INITIAL_CLUSTER_STATE_KEY.to_string(),
+            if existing { "existing" } else { "new" }.to_string(),
+        )])),
+        ..Default::default()
+    }
 }
 
 fn http_probe(
@@ -516,17 +545,32 @@ fn etcd_statefulset_of_generation(
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(vec!["etcd".into()]),
         args: Some(etcd_args(p, spec, valid, r)),
-        env: Some(vec![EnvVar {
-            name: "POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
+        env: Some(vec![
+            EnvVar {
+                name: "POD_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".into(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+            },
+            // Read when the data dir is empty (ignored otherwise).
+            EnvVar {
+                name: "ETCD_INITIAL_CLUSTER_STATE".into(),
+                value_from: Some(EnvVarSource {
+                    config_map_key_ref: Some(ConfigMapKeySelector {
+                        name: p.names.etcd_bootstrap_config(),
+                        key: INITIAL_CLUSTER_STATE_KEY.into(),
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ]),
         ports: Some(vec![
             container_port("client", ETCD_CLIENT_PORT),
             container_port("peer", ETCD_PEER_PORT),

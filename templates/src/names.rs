@@ -23,6 +23,8 @@ pub const CHILD_SUFFIXES: &[&str] = &[
     "etcd-{i}",
     "etcd-g{n}",
     "etcd-g{n}-{i}",
+    "etcd-bootstrap",
+    "etcd-g{n}-bootstrap",
     "apiserver",
     "controller-manager",
     "scheduler",
@@ -92,6 +94,11 @@ impl Names {
             0 => format!("{}-etcd", self.tenant),
             g => format!("{}-etcd-g{g}", self.tenant),
         }
+    }
+    /// ConfigMap with how a member without data starts (`new` until every
+    /// member has served once, then `existing`: see `controlplane::etcd_bootstrap_config`).
+    pub fn etcd_bootstrap_config(&self) -> String {
+        format!("{}-bootstrap", self.etcd())
     }
     /// Member `i`: its pod, its own Service, and the hostname peers use.
     pub fn etcd_member(&self, i: i32) -> String {

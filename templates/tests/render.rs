@@ -551,3 +551,37 @@ fn etcd_peers_are_authenticated_by_the_ca_not_by_their_pod_ip() {
         assert_eq!(flag(&a, "peer-client-cert-auth"), Some("true"));
     }
 }
+
+#[test]
+fn a_member_without_data_reads_how_to_start_from_a_config_map_not_a_flag() {
+    let mut tc = fixture("three-members.yaml");
+    tc.spec.etcd.quota_backend_bytes = Some(64 << 20);
+    let x = render(tc);
+    let sts = cp::etcd_statefulset(&x.p, &x.tc.spec, &x.valid, &x.r);
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    let a = args(&pod);
+    // A flag would be in the template: switching it would roll every member.
+    assert_eq!(flag(&a, "initial-cluster-state"), None);
+    assert_eq!(flag(&a, "quota-backend-bytes"), Some("67108864"));
+    let env = pod.containers[0].env.clone().unwrap();
+    let state = env
+        .iter()
+        .find(|e| e.name == "ETCD_INITIAL_CLUSTER_STATE")
+        .expect("the state comes from the environment");
+    let key = state
+        .value_from
+        .as_ref()
+        .unwrap()
+        .config_map_key_ref
+        .as_ref()
+        .unwrap();
+    let forming = cp::etcd_bootstrap_config(&x.p, false);
+    assert_eq!(key.name, forming.metadata.name.clone().unwrap());
+    assert_eq!(forming.data.as_ref().unwrap()[&key.key], "new");
+    let formed = cp::etcd_bootstrap_config(&x.p, true);
+    assert_eq!(formed.data.unwrap()[&key.key], "existing");
+    assert_eq!(
+        forming.metadata.owner_references.unwrap()[0].uid,
+        x.p.owner.uid
+    );
+}

@@ -37,6 +37,9 @@ pub struct Context {
     pub policy: kok_templates::validate::Policy,
     /// Consecutive failures per object, keyed by kind/namespace/name.
     failures: Mutex<HashMap<String, usize>>,
+    /// Per tenant (`namespace/name`): whether its last inspection found it
+    /// unhealthy. The fleet-wide repair breaker reads it.
+    fleet: Mutex<HashMap<String, bool>>,
 }
 
 impl Context {
@@ -67,7 +70,30 @@ impl Context {
                 allow_http_s3: std::env::var("KOK_ALLOW_HTTP_S3").is_ok_and(|v| v == "true"),
             },
             failures: Mutex::default(),
+            fleet: Mutex::default(),
         }
+    }
+
+    /// Records a tenant's health as its last inspection found it.
+    pub fn record_fleet_health(&self, namespace: &str, tenant: &str, unhealthy: bool) {
+        if let Ok(mut fleet) = self.fleet.lock() {
+            fleet.insert(format!("{namespace}/{tenant}"), unhealthy);
+        }
+    }
+
+    /// Forgets a deleted tenant.
+    pub fn forget_fleet_member(&self, namespace: &str, tenant: &str) {
+        if let Ok(mut fleet) = self.fleet.lock() {
+            fleet.remove(&format!("{namespace}/{tenant}"));
+        }
+    }
+
+    /// `(unhealthy, inspected)` tenants.
+    pub fn fleet_health(&self) -> (usize, usize) {
+        self.fleet
+            .lock()
+            .map(|f| (f.values().filter(|u| **u).count(), f.len()))
+            .unwrap_or((0, 0))
     }
 
     /// The delay before retrying `obj` after its n-th consecutive failure:

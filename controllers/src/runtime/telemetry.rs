@@ -14,6 +14,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -33,6 +34,25 @@ struct ResultLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FindingLabels {
+    namespace: String,
+    tenant: String,
+    check: String,
+    severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepairLabels {
+    check: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    check: String,
+}
+
 type HistogramFamily = Family<ControllerLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -42,6 +62,9 @@ pub struct Metrics {
     duration: HistogramFamily,
     backups: Family<ResultLabels, Counter>,
     verifications: Family<ResultLabels, Counter>,
+    findings: Family<FindingLabels, Gauge>,
+    repairs: Family<RepairLabels, Counter>,
+    repair_seconds: Family<CheckLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -81,6 +104,26 @@ impl Metrics {
             "Backups restored into a scratch etcd, by result (passed, failed)",
             verifications.clone(),
         );
+        let findings = Family::<FindingLabels, Gauge>::default();
+        let repairs = Family::<RepairLabels, Counter>::default();
+        // 1 s .. ~2 h: from a finding's first sighting to its repair.
+        let repair_seconds: Family<CheckLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 13)));
+        registry.register(
+            "kok_findings",
+            "Findings of the last inspection, per tenant, check and severity",
+            findings.clone(),
+        );
+        registry.register(
+            "kok_repairs",
+            "Repairs kok made, by check and outcome (succeeded, failed)",
+            repairs.clone(),
+        );
+        registry.register(
+            "kok_time_to_repair_seconds",
+            "From a problem's first sighting to the end of its repair, by check",
+            repair_seconds.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -88,6 +131,9 @@ impl Metrics {
             duration,
             backups,
             verifications,
+            findings,
+            repairs,
+            repair_seconds,
         }
     }
 
@@ -129,6 +175,62 @@ impl Metrics {
                 result: result.into(),
             })
             .inc();
+    }
+
+    /// The findings of a tenant's last inspection (`(check, severity)`
+    /// pairs); checks it no longer has are set to 0.
+    pub fn set_findings(&self, namespace: &str, tenant: &str, findings: &[(String, String)]) {
+        let mut counts: std::collections::BTreeMap<(String, String), i64> = Default::default();
+        for f in findings {
+            *counts.entry(f.clone()).or_default() += 1;
+        }
+        for (check, _, _) in kok_templates::inspection::CHECKS {
+            for severity in ["Info", "Warning", "Critical"] {
+                let key = (check.to_string(), severity.to_string());
+                let n = counts.get(&key).copied().unwrap_or(0);
+                let labels = FindingLabels {
+                    namespace: namespace.into(),
+                    tenant: tenant.into(),
+                    check: key.0,
+                    severity: key.1,
+                };
+                // Series are created only once something was found.
+                if n > 0 || self.findings.get(&labels).is_some() {
+                    self.findings.get_or_create(&labels).set(n);
+                }
+            }
+        }
+    }
+
+    /// Drops a deleted tenant's finding series.
+    pub fn forget_tenant(&self, namespace: &str, tenant: &str) {
+        for (check, _, _) in kok_templates::inspection::CHECKS {
+            for severity in ["Info", "Warning", "Critical"] {
+                self.findings.remove(&FindingLabels {
+                    namespace: namespace.into(),
+                    tenant: tenant.into(),
+                    check: check.to_string(),
+                    severity: severity.into(),
+                });
+            }
+        }
+    }
+
+    pub fn repaired(&self, check: &str, succeeded: bool, seconds_to_repair: Option<f64>) {
+        let outcome = if succeeded { "succeeded" } else { "failed" };
+        self.repairs
+            .get_or_create(&RepairLabels {
+                check: check.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        if let (true, Some(s)) = (succeeded, seconds_to_repair) {
+            self.repair_seconds
+                .get_or_create(&CheckLabels {
+                    check: check.into(),
+                })
+                .observe(s);
+        }
     }
 
     pub fn render(&self) -> String {

@@ -2,6 +2,7 @@
 //! (they hold data), and kept volumes are adopted only when asked for.
 
 use super::*;
+use k8s_openapi::api::core::v1::ConfigMap;
 
 /// Deletes every child kok created for the tenant, then lets the finalizer go.
 /// etcd PersistentVolumeClaims are kept: they hold data, and kok did not
@@ -16,7 +17,10 @@ pub(super) async fn cleanup(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Act
         + delete_all(&Api::<StatefulSet>::namespaced(c.clone(), &ns), &dp, &lp).await?
         + delete_all(&Api::<Service>::namespaced(c.clone(), &ns), &dp, &lp).await?
         + delete_all(&Api::<NetworkPolicy>::namespaced(c.clone(), &ns), &dp, &lp).await?
-        + delete_all(&Api::<Secret>::namespaced(c.clone(), &ns), &dp, &lp).await?;
+        + delete_all(&Api::<Secret>::namespaced(c.clone(), &ns), &dp, &lp).await?
+        + delete_all(&Api::<ConfigMap>::namespaced(c.clone(), &ns), &dp, &lp).await?;
+    ctx.metrics.forget_tenant(&ns, &tc.name_any());
+    ctx.forget_fleet_member(&ns, &tc.name_any());
     if remaining > 0 {
         return Err(Error::CleanupPending(tc.name_any()));
     }

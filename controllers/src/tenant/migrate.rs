@@ -787,6 +787,10 @@ async fn verify(
     let (spec, valid) = target_spec(tc, x, m);
     let resolved = target_resolved(ctx, tc, x, m).await?;
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &x.p.namespace);
+    // The target's members start on restored data: how a member without
+    // data would start is moot until it has served (then the main pass
+    // switches it to `existing`).
+    super::heal::ensure_bootstrap_config(ctx, &tp, false).await?;
     let sts = apply_child(
         &statefulsets,
         &cp::etcd_statefulset(&tp, &spec, &valid, &resolved),

@@ -37,7 +37,9 @@ use crate::runtime::status::{apply_status, manager};
 mod admit;
 mod cleanup;
 mod etcd_roll;
+mod heal;
 pub mod health;
+mod inspect;
 mod kubeconfigs;
 mod migrate;
 pub mod pki;
@@ -60,8 +62,10 @@ use kok_templates::version::KubeVersion;
 
 pub const FINALIZER: &str = "kok.dev/cleanup";
 const CONTROLLER: &str = "tenantcluster";
-/// How often a healthy tenant is looked at again (certificate expiry, health).
-const RESYNC: Duration = Duration::from_secs(300);
+/// How often a healthy tenant is looked at again (health, etcd alarms: a
+/// NOSPACE alarm is found within this; the full inspection runs on its own
+/// interval).
+const RESYNC: Duration = Duration::from_secs(30);
 /// How often a tenant that is still coming up is looked at.
 const PROGRESS_POLL: Duration = Duration::from_secs(3);
 /// How often a stalled tenant is looked at without an edit.
@@ -290,7 +294,10 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     let in_place = tc.spec.upgrade.strategy == UpgradeStrategy::InPlace;
     let pass = upgrade::plan_pass(ctx, &tc, &p, &valid, &old_status, in_place).await?;
 
-    // 7. Act on the workloads.
+    // 7. Act on the workloads. A member that finds no data starts as the
+    //    ConfigMap says: `existing` once every member has served.
+    let formed = heal::formed(&tc, &p.names, valid.etcd_replicas);
+    heal::ensure_bootstrap_config(ctx, &p, formed).await?;
     let resolved = Resolved {
         etcd_member_ips: net.etcd_member_ips,
         apiserver_ip: net.apiserver_ip,
@@ -307,6 +314,13 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     let live = workloads::apply(ctx, &tc, &p, &valid, &resolved, &pass.rendering).await?;
     status.etcd_replicas = Some(valid.etcd_replicas);
     status.etcd_drained_member = live.etcd_drained_member;
+    // Healing: a member that lost its data is replaced, one step a pass
+    // (not while members are rolled for an upgrade).
+    let healing = if live.etcd_rolling.is_none() || status.etcd_member_replacement.is_some() {
+        heal::members(ctx, &tc, &p, valid.etcd_replicas, &mut status).await?
+    } else {
+        heal::Healing::Idle
+    };
 
     // 8. Observe: Ready only when every component has rolled out its current
     //    template (kstatus), so GitOps tools see a rollout as one.
@@ -338,6 +352,16 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         .unwrap_or_default();
     let valid_until = format!("all certificates valid; the first expires at {expiry}");
     conditions::set(c, condition::CERTIFICATES, true, "Valid", valid_until, g);
+    if let heal::Healing::Replacing(why) = &healing {
+        conditions::set(
+            c,
+            condition::RECONCILING,
+            true,
+            "ReplacingEtcdMember",
+            why,
+            g,
+        );
+    }
     if let Some(why) = migration_refused {
         // Serving, but not what the spec asks for, until the spec changes.
         conditions::set(c, condition::READY, false, "MigrationFailed", &why, g);
@@ -345,6 +369,21 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         let r = "waiting for a spec change";
         conditions::set(c, condition::RECONCILING, false, "MigrationFailed", r, g);
     }
+
+    // 10. Inspect (on its interval, on request, or at once when etcd raised
+    //     an alarm) once the tenant API answers; repair what policy allows.
+    let inspection_due = inspect::due_in(&tc, &status);
+    if live.apiserver_available() > 0
+        && (inspection_due.is_none() || inspect::alarm_raised(ctx, &tc).await)
+    {
+        let inputs = inspect::Inputs {
+            p: &p,
+            pki: &pki,
+            admin_kubeconfig: kubeconfigs.admin.as_deref(),
+        };
+        inspect::run(ctx, &tc, &inputs, &mut status).await;
+    }
+    let next_inspection = inspect::due_in(&tc, &status).unwrap_or(inspect::interval(&tc));
 
     let ready = conditions::is_true(&status.conditions, condition::READY);
     let became_ready = ready && !conditions::is_true(&old_status.conditions, condition::READY);
@@ -365,11 +404,14 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
-    Ok(Action::requeue(if ready && cluster_version_known {
-        RESYNC
-    } else {
-        PROGRESS_POLL
-    }))
+    let replacing = matches!(healing, heal::Healing::Replacing(_));
+    Ok(Action::requeue(
+        if ready && cluster_version_known && !replacing {
+            RESYNC.min(next_inspection)
+        } else {
+            PROGRESS_POLL
+        },
+    ))
 }
 
 /// Writes the reconciler's view of status when it differs from what is stored.

@@ -1,0 +1,560 @@
+//! Self-healing and inspection on the local cluster (issue 10). The tenant
+//! cluster has no nodes: Node and Pod objects are made through its API where
+//! a check needs them.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kok_crds::{Finding, TenantCluster, TenantClusterStatus};
+use kok_e2e::volumes::{make_volumes, remove_volumes};
+use kok_e2e::{tenant, wait_for, with_namespace, Poll};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    PostParams,
+};
+use kube::{Api, Client};
+use serde_json::json;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
+
+async fn create<K>(api: &Api<K>, value: serde_json::Value)
+where
+    K: kube::Resource
+        + Clone
+        + k8s_openapi::serde::de::DeserializeOwned
+        + k8s_openapi::serde::Serialize
+        + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(value).expect("valid object");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("creating {:?}: {e}", obj.meta().name));
+}
+
+/// Asks for an inspection now and waits until its findings are in status.
+async fn inspect(client: &Client, ns: &str, name: &str, trigger: &str) -> TenantClusterStatus {
+    let api: Api<TenantCluster> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"kok.dev/inspect": trigger}}})),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        &format!("inspection {trigger} of {ns}/{name}"),
+        Duration::from_secs(90),
+        || async {
+            let tc = api.get(name).await.unwrap();
+            let status = tc.status.unwrap_or_default();
+            match &status.inspection {
+                Some(i) if i.trigger.as_deref() == Some(trigger) => Poll::Ready(status),
+                other => Poll::Pending(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+fn finding<'a>(status: &'a TenantClusterStatus, check: &str, object: &str) -> &'a Finding {
+    status
+        .findings
+        .iter()
+        .find(|f| f.check == check && f.object == object)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {check} finding for {object}; findings: {:#?}; inspection: {:?}",
+                status.findings, status.inspection
+            )
+        })
+}
+
+/// A self-signed certificate valid for `days` more days, as PEM (cert, key).
+fn short_lived_cert(days: i64) -> (String, String) {
+    let mut params =
+        rcgen::CertificateParams::new(vec!["expiring.example.com".to_string()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(days);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn inspection_finds_planted_faults_and_repairs_them_where_policy_says() {
+    with_namespace("inspect", |client, ns| async move {
+        let mut tc = tenant::dev_tenant("insp", 1);
+        // Only on request in this test: no inspection races the planting.
+        tc.spec.healing =
+            serde_json::from_value(json!({"inspectionIntervalSeconds": 3600})).unwrap();
+        tenant::create(&client, &ns, &tc).await;
+        tenant::wait_ready(&client, &ns, "insp", READY_TIMEOUT).await;
+        let t = tenant::tenant_client(&client, &ns, "insp").await;
+
+        // Nodes: one that goes away under a pod, two with one InternalIP.
+        let nodes: Api<Node> = Api::all(t.clone());
+        let node = |name: &str, ip: &str| {
+            json!({"metadata": {"name": name},
+                   "status": {"addresses": [{"type": "InternalIP", "address": ip}]}})
+        };
+        create(&nodes, node("gone-node", "10.1.0.9")).await;
+        create(&nodes, node("twin-a", "10.1.0.5")).await;
+        create(&nodes, node("twin-b", "10.1.0.5")).await;
+        let pods: Api<Pod> = Api::namespaced(t.clone(), "default");
+        let pod = |name: &str, node: &str| {
+            json!({"metadata": {"name": name},
+                   "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}})
+        };
+        // The tenant's controller-manager makes the default ServiceAccount a
+        // moment after the tenant is Ready; pods are refused until then.
+        wait_for("a pod bound to gone-node", Duration::from_secs(60), || async {
+            let p: Pod = serde_json::from_value(pod("orphan", "gone-node")).unwrap();
+            match pods.create(&PostParams::default(), &p).await {
+                Ok(_) => Poll::Ready(()),
+                Err(e) => Poll::Pending(e.to_string()),
+            }
+        })
+        .await;
+
+        // A volume released by a claim that is gone, kept (Retain).
+        let pvs: Api<PersistentVolume> = Api::all(t.clone());
+        create(
+            &pvs,
+            json!({"metadata": {"name": "released-pv"},
+                   "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                            "persistentVolumeReclaimPolicy": "Retain",
+                            "hostPath": {"path": "/tmp/released"},
+                            "claimRef": {"namespace": "default", "name": "gone-claim",
+                                         "uid": "3f1d2c4b-0000-4000-8000-000000000001"}}}),
+        )
+        .await;
+
+        // Two Services on one external IP and port.
+        let services: Api<Service> = Api::namespaced(t.clone(), "default");
+        for name in ["svc-a", "svc-b"] {
+            create(
+                &services,
+                json!({"metadata": {"name": name},
+                       "spec": {"ports": [{"port": 80}], "externalIPs": ["192.0.2.10"]}}),
+            )
+            .await;
+        }
+
+        // A CRD whose objects were stored as v1, then v1 stopped being served.
+        let crds: Api<CustomResourceDefinition> = Api::all(t.clone());
+        let version = |name: &str, served: bool, storage: bool| {
+            json!({"name": name, "served": served, "storage": storage,
+                   "schema": {"openAPIV3Schema": {"type": "object",
+                              "x-kubernetes-preserve-unknown-fields": true}}})
+        };
+        let crd = |versions: serde_json::Value| {
+            json!({"metadata": {"name": "widgets.example.com"},
+                   "spec": {"group": "example.com", "scope": "Namespaced",
+                            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                            "versions": versions}})
+        };
+        create(&crds, crd(json!([version("v1", true, true)]))).await;
+        let widgets = |v: &str| {
+            let gvk = GroupVersionKind::gvk("example.com", v, "Widget");
+            let ar = ApiResource::from_gvk_with_plural(&gvk, "widgets");
+            Api::<DynamicObject>::namespaced_with(t.clone(), "default", &ar)
+        };
+        wait_for("widgets served", Duration::from_secs(30), || async {
+            let w: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": "w1"}, "spec": {"size": 3}
+            }))
+            .unwrap();
+            match widgets("v1").create(&PostParams::default(), &w).await {
+                Ok(_) => Poll::Ready(()),
+                Err(e) => Poll::Pending(e.to_string()),
+            }
+        })
+        .await;
+        let mut current = crds.get("widgets.example.com").await.unwrap();
+        current.spec.versions = serde_json::from_value(json!([
+            version("v1", false, false),
+            version("v2", true, true)
+        ]))
+        .unwrap();
+        crds.replace("widgets.example.com", &PostParams::default(), &current)
+            .await
+            .unwrap();
+
+        // A TLS Secret whose certificate expires in 3 days.
+        let (cert, key) = short_lived_cert(3);
+        let secrets: Api<Secret> = Api::namespaced(t.clone(), "default");
+        create(
+            &secrets,
+            json!({"metadata": {"name": "expiring-tls"}, "type": "kubernetes.io/tls",
+                   "stringData": {"tls.crt": cert, "tls.key": key}}),
+        )
+        .await;
+
+        // A webhook that fails closed, on a Service with no endpoint (it only
+        // matches gadgets, which nothing here creates).
+        let hooks: Api<ValidatingWebhookConfiguration> = Api::all(t.clone());
+        create(
+            &hooks,
+            json!({"metadata": {"name": "deny-gadgets"},
+                   "webhooks": [{"name": "gadgets.example.com", "failurePolicy": "Fail",
+                                 "sideEffects": "None", "admissionReviewVersions": ["v1"],
+                                 "clientConfig": {"service": {"namespace": "default", "name": "no-such-webhook"}},
+                                 "rules": [{"apiGroups": ["example.com"], "apiVersions": ["*"],
+                                            "operations": ["CREATE"], "resources": ["gadgets"]}]}]}),
+        )
+        .await;
+
+        // The faults are in place once the PV controller released the volume.
+        wait_for("released-pv Released", Duration::from_secs(60), || async {
+            let phase = pvs
+                .get("released-pv")
+                .await
+                .ok()
+                .and_then(|p| p.status)
+                .and_then(|s| s.phase);
+            match phase.as_deref() {
+                Some("Released") => Poll::Ready(()),
+                other => Poll::Pending(format!("{other:?}")),
+            }
+        })
+        .await;
+        let stored = crds
+            .get("widgets.example.com")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.stored_versions)
+            .unwrap_or_default();
+        assert_eq!(stored, ["v1", "v2"], "the CRD remembers v1 as stored");
+        nodes
+            .delete("gone-node", &DeleteParams::default())
+            .await
+            .unwrap();
+
+        let status = inspect(&client, &ns, "insp", "1").await;
+        println!("findings: {:#?}", status.findings);
+
+        // Repaired (policy Repair by default).
+        let orphan = finding(&status, "PodOnMissingNode", "Pod default/orphan");
+        assert!(
+            orphan.repair.as_deref().is_some_and(|r| r.contains("Succeeded")),
+            "{orphan:?}"
+        );
+        assert!(pods.get_opt("orphan").await.unwrap().is_none(), "orphan deleted");
+        let crd_finding = finding(
+            &status,
+            "CRDStoredVersionNotServed",
+            "CustomResourceDefinition widgets.example.com",
+        );
+        assert!(
+            crd_finding.repair.as_deref().is_some_and(|r| r.contains("Succeeded")),
+            "{crd_finding:?}"
+        );
+        let stored = crds
+            .get("widgets.example.com")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.stored_versions)
+            .unwrap_or_default();
+        assert_eq!(stored, ["v2"], "v1 dropped from storedVersions");
+        let w1 = widgets("v2").get("w1").await.expect("w1 readable as v2");
+        assert_eq!(w1.data["spec"]["size"], 3);
+
+        // Reported only (policy Report by default).
+        for (check, object) in [
+            ("VolumeReleased", "PersistentVolume released-pv"),
+            ("ServiceIPConflict", "Services default/svc-a, default/svc-b"),
+            ("NodeIPConflict", "Nodes twin-a, twin-b"),
+            ("CertificateExpiring", "Secret default/expiring-tls"),
+            (
+                "WebhookUnreachable",
+                "ValidatingWebhookConfiguration deny-gadgets",
+            ),
+        ] {
+            let f = finding(&status, check, object);
+            assert_eq!(f.policy, "Report", "{f:?}");
+            assert_eq!(f.repair, None, "{f:?}");
+        }
+        assert_eq!(
+            finding(&status, "CertificateExpiring", "Secret default/expiring-tls").severity,
+            "Critical"
+        );
+        // The repairs are recorded with their time to repair.
+        for check in ["PodOnMissingNode", "CRDStoredVersionNotServed"] {
+            let r = status
+                .repairs
+                .iter()
+                .find(|r| r.check == check)
+                .unwrap_or_else(|| panic!("no {check} repair in {:#?}", status.repairs));
+            assert_eq!(r.outcome, "Succeeded", "{r:?}");
+            assert!(r.seconds_to_repair.is_some_and(|s| s >= 0.0), "{r:?}");
+        }
+        let healthy = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Healthy")
+            .expect("a Healthy condition");
+        assert_eq!(healthy.status, "False");
+        // Findings and repairs are Events on the TenantCluster too.
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let reasons: Vec<String> = events
+            .list(&ListParams::default().fields("involvedObject.name=insp"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect();
+        for reason in ["Finding", "Repaired"] {
+            assert!(reasons.iter().any(|r| r == reason), "{reason} in {reasons:?}");
+        }
+
+        // With the policy at Report, the same fault is only reported.
+        tenant::patch_spec(
+            &client,
+            &ns,
+            "insp",
+            json!({"healing": {"checks": {"PodOnMissingNode": "Report"}}}),
+        )
+        .await;
+        create(&nodes, node("gone-2", "10.1.0.10")).await;
+        create(&pods, pod("orphan-2", "gone-2")).await;
+        nodes.delete("gone-2", &DeleteParams::default()).await.unwrap();
+        let status = inspect(&client, &ns, "insp", "2").await;
+        let reported = finding(&status, "PodOnMissingNode", "Pod default/orphan-2");
+        assert_eq!(reported.policy, "Report");
+        assert_eq!(reported.repair, None);
+        assert!(pods.get_opt("orphan-2").await.unwrap().is_some(), "left alone");
+        // What was repaired is no longer found.
+        assert!(
+            !status
+                .findings
+                .iter()
+                .any(|f| f.check == "CRDStoredVersionNotServed" || f.object == "Pod default/orphan"),
+            "{:#?}",
+            status.findings
+        );
+    })
+    .await;
+}
+
+/// The names of the voting and learner etcd members as the tenant's
+/// status shows them is not enough: the member list itself is checked
+/// through the pods' readiness and the replacement record.
+#[tokio::test]
+async fn a_member_that_lost_its_volume_is_replaced_with_every_object_kept() {
+    with_namespace("heal-member", |client, ns| async move {
+        // 3 members' volumes, the replacement claim's, and the one the
+        // member finally starts on (the replacement claim is discarded: the
+        // member wrote to it while it could not join).
+        make_volumes(&client, &ns, 5).await;
+        let mut tc = tenant::dev_tenant("hm", 3);
+        tc.spec.etcd.storage =
+            serde_json::from_value(json!({"size": "1Gi", "storageClassName": ns})).unwrap();
+        tenant::create(&client, &ns, &tc).await;
+        tenant::wait_ready(&client, &ns, "hm", READY_TIMEOUT).await;
+        let api: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
+        // Every member seen serving on its claim: from now on a member
+        // without data joins the running cluster.
+        wait_for("3 member claims recorded", Duration::from_secs(60), || async {
+            let s = api.get("hm").await.unwrap().status.unwrap_or_default();
+            if s.etcd_member_claims.len() == 3 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{:?}", s.etcd_member_claims))
+            }
+        })
+        .await;
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        wait_for("bootstrap state existing", Duration::from_secs(60), || async {
+            let state = cms
+                .get("hm-etcd-bootstrap")
+                .await
+                .ok()
+                .and_then(|c| c.data)
+                .and_then(|d| d.get("initial-cluster-state").cloned());
+            match state.as_deref() {
+                Some("existing") => Poll::Ready(()),
+                other => Poll::Pending(format!("{other:?}")),
+            }
+        })
+        .await;
+        let t = tenant::tenant_client(&client, &ns, "hm").await;
+        let tenant_cms: Api<ConfigMap> = Api::namespaced(t.clone(), "default");
+        for i in 0..50 {
+            create(
+                &tenant_cms,
+                json!({"metadata": {"name": format!("keep-{i:02}"), "labels": {"keep": "yes"}},
+                       "data": {"i": i.to_string()}}),
+            )
+            .await;
+        }
+
+        // Member 1 loses its volume: the claim and the pod are deleted.
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let lost_uid = claims.get("data-hm-etcd-1").await.unwrap().metadata.uid;
+        let started = Instant::now();
+        claims
+            .delete("data-hm-etcd-1", &DeleteParams::background())
+            .await
+            .unwrap();
+        pods.delete("hm-etcd-1", &DeleteParams::default())
+            .await
+            .unwrap();
+
+        let status = wait_for(
+            "member hm-etcd-1 replaced",
+            Duration::from_secs(300),
+            || async {
+                let s = api.get("hm").await.unwrap().status.unwrap_or_default();
+                let replaced = s
+                    .repairs
+                    .iter()
+                    .any(|r| r.check == "EtcdMemberLost" && r.outcome == "Succeeded");
+                if replaced && s.etcd_member_replacement.is_none() {
+                    Poll::Ready(s)
+                } else {
+                    Poll::Pending(format!("{:?}", s.etcd_member_replacement))
+                }
+            },
+        )
+        .await;
+        let replaced_after = started.elapsed();
+        // Back to 3/3 ready members, member 1 on a new claim.
+        wait_for("3 ready etcd members", Duration::from_secs(120), || async {
+            let lp = ListParams::default().labels("kok.dev/tenant-cluster=hm,kok.dev/component=etcd");
+            let ready = pods
+                .list(&lp)
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        })
+                })
+                .count();
+            if ready == 3 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{ready}/3 ready"))
+            }
+        })
+        .await;
+        let healed_after = started.elapsed();
+        let now_uid = claims.get("data-hm-etcd-1").await.unwrap().metadata.uid;
+        assert_ne!(now_uid, lost_uid);
+        assert_eq!(
+            status.etcd_member_claims.get("data-hm-etcd-1"),
+            now_uid.as_ref(),
+            "the new claim is recorded"
+        );
+        let repair = status
+            .repairs
+            .iter()
+            .find(|r| r.check == "EtcdMemberLost")
+            .unwrap();
+        println!(
+            "etcd member replaced: promoted {:.1}s after the claim was deleted ({:.1}s after kok found the loss), 3/3 ready after {:.1}s; {:?}",
+            replaced_after.as_secs_f64(),
+            repair.seconds_to_repair.unwrap_or_default(),
+            healed_after.as_secs_f64(),
+            repair.message
+        );
+        // Every object is there, and the cluster takes writes.
+        let kept = tenant_cms
+            .list(&ListParams::default().labels("keep=yes"))
+            .await
+            .unwrap()
+            .items
+            .len();
+        assert_eq!(kept, 50);
+        create(&tenant_cms, json!({"metadata": {"name": "after-heal"}})).await;
+        let api_ns: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
+        api_ns
+            .delete("hm", &DeleteParams::default())
+            .await
+            .unwrap();
+        remove_volumes(&client, &ns, 5).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn nospace_is_resolved_without_a_person() {
+    with_namespace("heal-nospace", |client, ns| async move {
+        let mut tc = tenant::dev_tenant("ns", 1);
+        tc.spec.etcd.quota_backend_bytes = Some(24 << 20);
+        tenant::create(&client, &ns, &tc).await;
+        tenant::wait_ready(&client, &ns, "ns", READY_TIMEOUT).await;
+        let t = tenant::tenant_client(&client, &ns, "ns").await;
+        let cms: Api<ConfigMap> = Api::namespaced(t.clone(), "default");
+        // One ConfigMap rewritten with 900 KiB values: each revision stays in
+        // etcd's history until it is compacted.
+        let big = |i: usize| {
+            serde_json::from_value::<ConfigMap>(json!({
+                "metadata": {"name": "filler"},
+                "data": {"v": format!("{i}{}", "x".repeat(900 * 1024))}
+            }))
+            .unwrap()
+        };
+        cms.create(&PostParams::default(), &big(0)).await.unwrap();
+        let mut refused = None;
+        for i in 1..200 {
+            match cms.replace("filler", &PostParams::default(), &big(i)).await {
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("database space exceeded") => {
+                    refused = Some(e.to_string());
+                    break;
+                }
+                Err(e) => panic!("write {i}: {e}"),
+            }
+        }
+        let refused = refused.expect("etcd refused writes with NOSPACE before 200 writes");
+        println!("NOSPACE: {refused}");
+        let started = Instant::now();
+        wait_for(
+            "writes accepted again",
+            Duration::from_secs(180),
+            || async {
+                let probe: ConfigMap =
+                    serde_json::from_value(json!({"metadata": {"generateName": "probe-"}}))
+                        .unwrap();
+                match cms.create(&PostParams::default(), &probe).await {
+                    Ok(_) => Poll::Ready(()),
+                    Err(e) => Poll::Pending(e.to_string()),
+                }
+            },
+        )
+        .await;
+        let repaired_after = started.elapsed();
+        let api: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
+        let status = api.get("ns").await.unwrap().status.unwrap_or_default();
+        let repair = status
+            .repairs
+            .iter()
+            .find(|r| r.check == "EtcdAlarm")
+            .unwrap_or_else(|| panic!("no EtcdAlarm repair in {:#?}", status.repairs));
+        assert_eq!(repair.outcome, "Succeeded", "{repair:?}");
+        println!(
+            "NOSPACE resolved: writes accepted {:.1}s after the first refusal; {:?}",
+            repaired_after.as_secs_f64(),
+            repair.message
+        );
+        // The data written before is all there.
+        assert!(cms.get("filler").await.is_ok());
+    })
+    .await;
+}
