@@ -83,6 +83,26 @@ pub struct HealingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub max_repairs_per_hour: Option<u32>,
+    /// What kok does when a majority of the etcd members lost their data.
+    #[serde(default)]
+    pub quorum_loss: QuorumLossPolicy,
+}
+
+/// When a majority of etcd members lost their data, no member can be
+/// replaced from the others: only a backup brings the data back.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuorumLossPolicy {
+    /// Restore the newest verified EtcdBackup of this tenant automatically
+    /// (an EtcdRestore kok creates). Off by default: the loss is reported
+    /// (`Stalled`, an Event, a finding) with the runbook step.
+    #[serde(default)]
+    pub restore_from_backup: bool,
+    /// The oldest backup an automatic restore may use, e.g. `1h` (default):
+    /// the most writes it may throw away (RPO). An older one is not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 16))]
+    pub max_backup_age: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -345,6 +365,29 @@ pub struct TenantClusterStatus {
     /// An etcd member replacement in progress, recorded before each step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_member_replacement: Option<MemberReplacement>,
+    /// A majority of etcd members lost their data: what was found, and the
+    /// restore kok started (`spec.healing.quorumLoss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_loss: Option<QuorumLoss>,
+}
+
+/// A lost etcd quorum and its recovery.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuorumLoss {
+    pub detected_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// Members whose data is gone.
+    pub lost_members: Vec<String>,
+    /// The EtcdRestore kok created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<String>,
+    /// The EtcdBackup restored, and when it was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// What is lost (the writes after the backup), or why kok does not restore.
+    pub message: String,
 }
 
 /// When the tenant was last inspected.

@@ -373,19 +373,14 @@ async fn a_member_that_lost_its_volume_is_replaced_with_every_object_kept() {
         })
         .await;
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        wait_for("bootstrap state existing", Duration::from_secs(60), || async {
-            let state = cms
-                .get("hm-etcd-bootstrap")
+        let bootstrap_state = || async {
+            cms.get("hm-etcd-bootstrap")
                 .await
                 .ok()
                 .and_then(|c| c.data)
-                .and_then(|d| d.get("initial-cluster-state").cloned());
-            match state.as_deref() {
-                Some("existing") => Poll::Ready(()),
-                other => Poll::Pending(format!("{other:?}")),
-            }
-        })
-        .await;
+                .and_then(|d| d.get("initial-cluster-state").cloned())
+        };
+        assert_eq!(bootstrap_state().await.as_deref(), Some("new"));
         let t = tenant::tenant_client(&client, &ns, "hm").await;
         let tenant_cms: Api<ConfigMap> = Api::namespaced(t.clone(), "default");
         for i in 0..50 {
@@ -454,6 +449,14 @@ async fn a_member_that_lost_its_volume_is_replaced_with_every_object_kept() {
         })
         .await;
         let healed_after = started.elapsed();
+        // Back to `new`: a member that loses its data now waits for kok.
+        wait_for("bootstrap state new again", Duration::from_secs(60), || async {
+            match bootstrap_state().await.as_deref() {
+                Some("new") => Poll::Ready(()),
+                other => Poll::Pending(format!("{other:?}")),
+            }
+        })
+        .await;
         let now_uid = claims.get("data-hm-etcd-1").await.unwrap().metadata.uid;
         assert_ne!(now_uid, lost_uid);
         assert_eq!(
@@ -555,6 +558,143 @@ async fn nospace_is_resolved_without_a_person() {
         );
         // The data written before is all there.
         assert!(cms.get("filler").await.is_ok());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lost_quorum_is_restored_from_the_newest_verified_backup_when_policy_allows() {
+    with_namespace("heal-quorum", |client, ns| async move {
+        // 3 members' volumes and the 2 claims made in place of the lost ones.
+        make_volumes(&client, &ns, 5).await;
+        let mut tc = tenant::dev_tenant("hq", 3);
+        tc.spec.etcd.storage =
+            serde_json::from_value(json!({"size": "1Gi", "storageClassName": ns})).unwrap();
+        tc.spec.backup = Some(
+            serde_json::from_value(json!({
+                "destination": {"filesystem": {"path": format!("/var/lib/kok/backups/e2e-{ns}")}},
+                "verify": true
+            }))
+            .unwrap(),
+        );
+        tc.spec.healing = serde_json::from_value(
+            json!({"quorumLoss": {"restoreFromBackup": true, "maxBackupAge": "1h"}}),
+        )
+        .unwrap();
+        tenant::create(&client, &ns, &tc).await;
+        tenant::wait_ready(&client, &ns, "hq", READY_TIMEOUT).await;
+        let api: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
+        wait_for("3 member claims recorded", Duration::from_secs(60), || async {
+            let s = api.get("hq").await.unwrap().status.unwrap_or_default();
+            if s.etcd_member_claims.len() == 3 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{:?}", s.etcd_member_claims))
+            }
+        })
+        .await;
+        let t = tenant::tenant_client(&client, &ns, "hq").await;
+        let tenant_cms: Api<ConfigMap> = Api::namespaced(t.clone(), "default");
+        for i in 0..20 {
+            create(
+                &tenant_cms,
+                json!({"metadata": {"name": format!("before-{i:02}"), "labels": {"when": "before"}}}),
+            )
+            .await;
+        }
+        // A verified backup, then writes it does not hold.
+        let backups: Api<kok_crds::EtcdBackup> = Api::namespaced(client.clone(), &ns);
+        create(
+            &backups,
+            json!({"metadata": {"name": "hq-b1"}, "spec": {"tenantCluster": "hq"}}),
+        )
+        .await;
+        wait_for("backup hq-b1 verified", Duration::from_secs(180), || async {
+            let s = backups.get("hq-b1").await.unwrap().status.unwrap_or_default();
+            match (s.phase, s.verified) {
+                (Some(kok_crds::BackupPhase::Succeeded), Some(true)) => Poll::Ready(()),
+                (Some(kok_crds::BackupPhase::Failed), _) => panic!("backup failed: {:?}", s.message),
+                other => Poll::Pending(format!("{other:?}")),
+            }
+        })
+        .await;
+        for i in 0..5 {
+            create(
+                &tenant_cms,
+                json!({"metadata": {"name": format!("after-{i:02}"), "labels": {"when": "after"}}}),
+            )
+            .await;
+        }
+
+        // Members 1 and 2 lose their volumes: no quorum holds the data.
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let started = Instant::now();
+        for m in [1, 2] {
+            claims
+                .delete(&format!("data-hq-etcd-{m}"), &DeleteParams::background())
+                .await
+                .unwrap();
+            pods.delete(&format!("hq-etcd-{m}"), &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+        let status = wait_for("the quorum restored", Duration::from_secs(400), || async {
+            let s = api.get("hq").await.unwrap().status.unwrap_or_default();
+            let restored = s
+                .repairs
+                .iter()
+                .any(|r| r.check == "EtcdQuorumLost" && r.outcome == "Succeeded");
+            if restored && s.quorum_loss.is_none() {
+                Poll::Ready(s)
+            } else {
+                Poll::Pending(format!("{:?}", s.quorum_loss))
+            }
+        })
+        .await;
+        tenant::wait_ready(&client, &ns, "hq", READY_TIMEOUT).await;
+        let restored_after = started.elapsed();
+        let repair = status
+            .repairs
+            .iter()
+            .find(|r| r.check == "EtcdQuorumLost")
+            .unwrap();
+        println!(
+            "quorum restored: Ready {:.1}s after 2 of 3 volumes were deleted ({:.1}s from detection to the restore's end); {} / {:?}",
+            restored_after.as_secs_f64(),
+            repair.seconds_to_repair.unwrap_or_default(),
+            repair.action,
+            repair.message
+        );
+        assert!(repair.action.contains("hq-b1"), "{repair:?}");
+        // What was lost is recorded: the writes after the backup.
+        assert!(
+            repair.message.as_deref().is_some_and(|m| m.contains("after")),
+            "{repair:?}"
+        );
+        // The objects up to the backup are there; those after it are not.
+        let t = tenant::tenant_client(&client, &ns, "hq").await;
+        let tenant_cms: Api<ConfigMap> = Api::namespaced(t, "default");
+        let count = |when: &'static str| {
+            let tenant_cms = tenant_cms.clone();
+            async move {
+                tenant_cms
+                    .list(&ListParams::default().labels(&format!("when={when}")))
+                    .await
+                    .map(|l| l.items.len())
+            }
+        };
+        let before = wait_for("the tenant API after the restore", Duration::from_secs(60), || async {
+            match count("before").await {
+                Ok(n) => Poll::Ready(n),
+                Err(e) => Poll::Pending(e.to_string()),
+            }
+        })
+        .await;
+        assert_eq!(before, 20);
+        assert_eq!(count("after").await.unwrap(), 0);
+        api.delete("hq", &DeleteParams::default()).await.unwrap();
+        remove_volumes(&client, &ns, 5).await;
     })
     .await;
 }

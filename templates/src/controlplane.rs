@@ -311,13 +311,14 @@ fn etcd_args(
 /// `ETCD_INITIAL_CLUSTER_STATE`.
 pub const INITIAL_CLUSTER_STATE_KEY: &str = "initial-cluster-state";
 
-/// How a member that finds no data starts. `new` while the cluster forms;
-/// `existing` once every member has served on its volume: a member that
-/// then finds no data lost it, and must join the running cluster (after kok
-/// re-added it) instead of bootstrapping a second cluster under the same
-/// member ID. A ConfigMap rather than a flag, so the switch does not change
-/// the pod template and roll every member. Ephemeral members stay `new`:
-/// they lose their data by design.
+/// How a member that finds no data starts. `new`, except while kok re-adds
+/// a member that lost its data (removed, then added back as a learner):
+/// `existing`, so it joins the running cluster. With `new`, a member that
+/// lost its data finds its name already bootstrapped among its peers and
+/// exits before it writes anything, until kok has made room for it; with
+/// `existing` at all times, two members that lost their data together could
+/// elect each other with empty logs. A ConfigMap rather than a flag, so the
+/// switch does not change the pod template and roll every member.
 pub fn etcd_bootstrap_config(p: &Placement, existing: bool) -> ConfigMap {
     ConfigMap {
         metadata: p.meta(p.names.etcd_bootstrap_config(), names::ETCD),

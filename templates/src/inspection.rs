@@ -30,6 +30,7 @@ pub const CHECKS: &[(&str, CheckPolicy, &str)] = &[
     (ETCD_DATABASE_SIZE, CheckPolicy::Report, "etcd database over 80% of its quota"),
     (ETCD_FRAGMENTED, CheckPolicy::Repair, "etcd database more than half free pages (repair: defragment, followers first, leader last)"),
     (ETCD_ALARM, CheckPolicy::Repair, "etcd alarms: NOSPACE (repair: compact, defragment, disarm once below 80% of the quota), CORRUPT"),
+    (ETCD_QUORUM_LOST, CheckPolicy::Report, "a majority of etcd members lost their data (repair is spec.healing.quorumLoss: a restore of the newest verified backup)"),
     (ETCD_MEMBER_LOST, CheckPolicy::Repair, "an etcd member whose volume was replaced (its data is gone) (repair: remove it, add it back as a learner, promote when caught up)"),
     (CONTROL_PLANE_CRASH_LOOP, CheckPolicy::Repair, "control-plane pods crash-looping or unready (repair: delete the pod so it is recreated, rate-limited)"),
     (BACKUP_OVERDUE, CheckPolicy::Report, "no successful backup within twice the schedule's interval"),
@@ -51,6 +52,7 @@ pub const ETCD_DATABASE_SIZE: &str = "EtcdDatabaseSize";
 pub const ETCD_FRAGMENTED: &str = "EtcdFragmented";
 pub const ETCD_ALARM: &str = "EtcdAlarm";
 pub const ETCD_MEMBER_LOST: &str = "EtcdMemberLost";
+pub const ETCD_QUORUM_LOST: &str = "EtcdQuorumLost";
 pub const CONTROL_PLANE_CRASH_LOOP: &str = "ControlPlaneCrashLoop";
 pub const BACKUP_OVERDUE: &str = "BackupOverdue";
 pub const VERSION_SKEW: &str = "VersionSkew";
@@ -270,6 +272,10 @@ pub struct Facts {
     pub etcd: Option<Vec<EtcdMemberFact>>,
     pub etcd_quota_bytes: i64,
     pub etcd_alarms: Vec<(String, String)>,
+    /// Members whose volume was replaced since they served on it, of
+    /// `etcd_replicas`.
+    pub etcd_lost: Vec<String>,
+    pub etcd_replicas: i32,
     pub components: Option<Vec<ComponentPodFact>>,
     /// Seconds between scheduled backups, and the newest successful backup.
     pub backup_interval_secs: Option<i64>,
@@ -325,6 +331,7 @@ pub fn detect(f: &Facts) -> Vec<Detected> {
     if let Some(members) = &f.etcd {
         out.extend(etcd_problems(members, f.etcd_quota_bytes, &f.etcd_alarms));
     }
+    out.extend(lost_members(&f.etcd_lost, f.etcd_replicas));
     if let Some(components) = &f.components {
         out.extend(control_plane_problems(components));
         out.extend(version_skew(components));
@@ -630,6 +637,33 @@ pub fn etcd_problems(
     out
 }
 
+/// Members that lost their data: each is replaced while the others keep a
+/// quorum; a majority lost is a lost quorum.
+pub fn lost_members(lost: &[String], replicas: i32) -> Vec<Detected> {
+    if quorum_lost(replicas, lost.len() as i32) {
+        return vec![found(
+            ETCD_QUORUM_LOST,
+            Severity::Critical,
+            "etcd",
+            format!(
+                "{} of {replicas} members lost their data ({}): no quorum holds what was committed; restore the newest backup (docs/runbooks/backup-restore.md), or let kok do it (spec.healing.quorumLoss.restoreFromBackup)",
+                lost.len(),
+                lost.join(", ")
+            ),
+        )];
+    }
+    lost.iter()
+        .map(|m| {
+            found(
+                ETCD_MEMBER_LOST,
+                Severity::Critical,
+                format!("etcd member {m}"),
+                "its volume was replaced: its data is gone; the others hold a quorum, so it is rebuilt from them",
+            )
+        })
+        .collect()
+}
+
 /// Restarts after which a component counts as crash-looping.
 pub const CRASH_LOOP_RESTARTS: i32 = 3;
 /// A component pod unready this long after it started is reported.
@@ -813,6 +847,62 @@ pub fn circuit_open(
 ) -> bool {
     unhealthy >= min_unhealthy && unhealthy * 100 > total * max_share_percent as usize
 }
+
+/// Members needed for a quorum of `replicas`.
+pub fn quorum(replicas: i32) -> i32 {
+    replicas / 2 + 1
+}
+
+/// Whether members that lost their data (`lost` of `replicas`) took the
+/// quorum with them: then no member can be rebuilt from the others.
+pub fn quorum_lost(replicas: i32, lost: i32) -> bool {
+    lost > 0 && replicas - lost < quorum(replicas)
+}
+
+/// An EtcdBackup as a candidate for an automatic restore.
+#[derive(Clone, Debug, Default)]
+pub struct BackupCandidate {
+    pub name: String,
+    pub tenant_uid: Option<String>,
+    pub succeeded: bool,
+    pub verified: bool,
+    /// Unix seconds.
+    pub completed: Option<i64>,
+}
+
+/// The backup an automatic restore uses: the newest that succeeded, was
+/// verified restorable, was taken of this incarnation of the tenant, and
+/// is at most `max_age_secs` old. The error says why there is none.
+pub fn pick_backup<'a>(
+    backups: &'a [BackupCandidate],
+    tenant_uid: &str,
+    now: i64,
+    max_age_secs: i64,
+) -> Result<&'a BackupCandidate, String> {
+    let usable: Vec<&BackupCandidate> = backups
+        .iter()
+        .filter(|b| b.succeeded && b.verified && b.tenant_uid.as_deref() == Some(tenant_uid))
+        .collect();
+    let newest = usable
+        .iter()
+        .filter_map(|b| Some((b.completed?, *b)))
+        .max_by_key(|(t, _)| *t);
+    match newest {
+        None => Err(format!(
+            "no verified backup of this tenant ({} backup(s) found; a backup counts once it succeeded and was verified restorable: spec.backup.verify)",
+            backups.len()
+        )),
+        Some((t, _)) if now - t > max_age_secs => Err(format!(
+            "the newest verified backup is {} old, past spec.healing.quorumLoss.maxBackupAge ({})",
+            duration(now - t),
+            duration(max_age_secs)
+        )),
+        Some((_, b)) => Ok(b),
+    }
+}
+
+/// Default for `spec.healing.quorumLoss.maxBackupAge`.
+pub const DEFAULT_MAX_BACKUP_AGE_SECS: i64 = 3600;
 
 /// Whether `ip` (a Service or Node address) is in `cidr`.
 pub fn in_cidr(ip: &str, cidr: &str) -> bool {
@@ -1181,6 +1271,42 @@ mod tests {
         assert!(!ok);
         assert_eq!(reason, POD_ON_MISSING_NODE);
         assert!(healthy(&merge(&[], &[d("i", Severity::Info)], t0)).0);
+    }
+
+    #[test]
+    fn quorum_is_lost_with_a_majority_of_members() {
+        assert!(quorum_lost(1, 1));
+        assert!(!quorum_lost(3, 1));
+        assert!(quorum_lost(3, 2));
+        assert!(!quorum_lost(5, 2));
+        assert!(quorum_lost(5, 3));
+        assert!(!quorum_lost(3, 0));
+    }
+
+    #[test]
+    fn an_automatic_restore_takes_the_newest_verified_backup_of_this_tenant_within_its_age() {
+        let b = |name: &str, uid: &str, verified: bool, completed: i64| BackupCandidate {
+            name: name.into(),
+            tenant_uid: Some(uid.into()),
+            succeeded: true,
+            verified,
+            completed: Some(completed),
+        };
+        let now = 100_000;
+        let backups = [
+            b("old", "u1", true, now - 5000),
+            b("newer", "u1", true, now - 600),
+            b("unverified", "u1", false, now - 60),
+            b("other-incarnation", "u0", true, now - 30),
+        ];
+        assert_eq!(
+            pick_backup(&backups, "u1", now, 3600).unwrap().name,
+            "newer"
+        );
+        let too_old = pick_backup(&backups[..1], "u1", now, 3600).unwrap_err();
+        assert!(too_old.contains("maxBackupAge"), "{too_old}");
+        let none = pick_backup(&backups[2..], "u1", now, 3600).unwrap_err();
+        assert!(none.contains("no verified backup"), "{none}");
     }
 
     #[test]

@@ -60,6 +60,11 @@ pub fn validate(
         }
     }
 
+    if let Some(age) = &spec.healing.quorum_loss.max_backup_age {
+        if let Err(e) = crate::backup::parse_age(age) {
+            err("spec.healing.quorumLoss.maxBackupAge", e);
+        }
+    }
     for name in crate::inspection::unknown_checks(&spec.healing) {
         let known = crate::inspection::CHECKS
             .iter()

@@ -11,12 +11,15 @@ use etcd_client::{AlarmAction, AlarmType, CompactionOptions, GetOptions, MemberA
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kok_crds::{CheckPolicy, MemberReplacement, Repair, TenantCluster, TenantClusterStatus};
+use kok_crds::{
+    BackupPhase, CheckPolicy, EtcdBackup, EtcdRestore, MemberReplacement, QuorumLoss, Repair,
+    RestorePhase, TenantCluster, TenantClusterStatus,
+};
 use kok_templates::controlplane::{self as cp, Placement, ETCD_PEER_PORT};
 use kok_templates::inspection::{self as insp, ETCD_MEMBER_LOST};
 use kok_templates::names::Names;
 use kok_templates::restore::member_claim;
-use kube::api::{DeleteParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tracing::info;
@@ -27,7 +30,7 @@ use crate::runtime::context::Context;
 use crate::runtime::error::{Error, Result};
 
 /// Applies the member bootstrap ConfigMap of the etcd generation `p`
-/// names: `existing` once every member has served on its volume.
+/// names (see `controlplane::etcd_bootstrap_config`).
 pub(super) async fn ensure_bootstrap_config(
     ctx: &Context,
     p: &Placement,
@@ -38,13 +41,17 @@ pub(super) async fn ensure_bootstrap_config(
     Ok(())
 }
 
-/// Whether every member of the serving etcd has been seen serving on its
-/// claim (recorded in `status.etcdMemberClaims`).
-pub(super) fn formed(tc: &TenantCluster, names: &Names, replicas: i32) -> bool {
-    !tc.spec.etcd.storage.ephemeral
-        && tc.status.as_ref().is_some_and(|s| {
-            (0..replicas).all(|i| s.etcd_member_claims.contains_key(&member_claim(names, i)))
-        })
+/// Whether a member without data may join the running cluster: only while
+/// kok re-adds a lost member (it was removed and added back as a learner
+/// first). At any other time such a member starts as `new`, finds its
+/// name already bootstrapped in the cluster and exits before it writes
+/// anything; with `existing` two members that lost their data together
+/// could elect each other and serve an empty keyspace.
+pub(super) fn joining(status: &TenantClusterStatus) -> bool {
+    status
+        .etcd_member_replacement
+        .as_ref()
+        .is_some_and(|r| r.phase == PHASE_RESTARTING || r.phase == PHASE_PROMOTING)
 }
 
 /// What the member healing did in this pass.
@@ -53,17 +60,23 @@ pub(super) enum Healing {
     Idle,
     /// A replacement is under way (message for `Reconciling`); look again soon.
     Replacing(String),
+    /// A lost quorum kok does not restore by itself: the runbook step, for
+    /// `Stalled` (a person must act).
+    QuorumLost(String),
 }
 
 /// One pass of the etcd member healing. Records the claims of members
 /// serving for the first time; finds a member whose claim changed (its data
 /// is gone) and walks its replacement one recorded step per pass.
+/// `joining_rendered`: the bootstrap ConfigMap says `existing` (applied
+/// earlier in this pass from the status the pass began with).
 pub(super) async fn members(
     ctx: &Context,
     tc: &TenantCluster,
     p: &Placement,
     replicas: i32,
     status: &mut TenantClusterStatus,
+    joining_rendered: bool,
 ) -> Result<Healing> {
     if tc.spec.etcd.storage.ephemeral {
         return Ok(Healing::Idle);
@@ -75,6 +88,31 @@ pub(super) async fn members(
     for i in 0..replicas {
         let claim = claims.get_opt(&member_claim(names, i)).await?;
         let pod = pods.get_opt(&names.etcd_member(i)).await?;
+        // A StatefulSet wedge (kubernetes#74374): a member's claim was
+        // deleted while its pod was recreated, so the new pod is bound to a
+        // claim on its way out and stays Pending for as long as it exists
+        // (it also holds the deletion up). The pod never ran: delete it, and
+        // the StatefulSet makes a new claim and pod.
+        let claim_going = claim
+            .as_ref()
+            .is_some_and(|c| c.metadata.deletion_timestamp.is_some());
+        if let (true, Some(pod)) = (claim_going, &pod) {
+            let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
+            if pending && pod.metadata.deletion_timestamp.is_none() {
+                let dp = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: pod.uid(),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                ignore_gone(pods.delete(&names.etcd_member(i), &dp).await)?;
+                info!(
+                    member = i,
+                    "deleted a pending etcd pod bound to a claim being deleted"
+                );
+            }
+        }
         observed.push(MemberVolume {
             ordinal: i,
             claim_uid: claim
@@ -85,7 +123,7 @@ pub(super) async fn members(
         });
     }
     if let Some(r) = status.etcd_member_replacement.clone() {
-        return replace(ctx, tc, p, replicas, status, r, &observed).await;
+        return replace(ctx, tc, p, status, r, &observed, joining_rendered).await;
     }
     // First sightings: a member serving on a claim not yet recorded.
     for m in &observed {
@@ -99,6 +137,10 @@ pub(super) async fn members(
         }
     }
     let lost = lost_members(&status.etcd_member_claims, names, &observed);
+    if insp::quorum_lost(replicas, lost.len() as i32) || status.quorum_loss.is_some() {
+        let lost: Vec<String> = lost.iter().map(|(i, _)| names.etcd_member(*i)).collect();
+        return quorum_loss(ctx, tc, p, status, lost, &observed).await;
+    }
     let Some((member, found)) = lost.into_iter().next() else {
         return Ok(Healing::Idle);
     };
@@ -126,6 +168,251 @@ pub(super) async fn members(
     info!("{note}");
     super::publish(ctx, tc, EventType::Warning, "EtcdMemberLost", "Heal", &note).await;
     status.etcd_member_replacement = Some(r);
+    Ok(Healing::Replacing(note))
+}
+
+/// A majority of members lost their data. With
+/// `spec.healing.quorumLoss.restoreFromBackup`, an EtcdRestore of the newest
+/// verified backup no older than `maxBackupAge` is created (once) and
+/// followed; otherwise, or without such a backup, the loss is reported with
+/// the runbook step. A restore of this tenant that completes after the loss
+/// (kok's or a person's) ends it: the claims are recorded anew.
+async fn quorum_loss(
+    ctx: &Context,
+    tc: &TenantCluster,
+    p: &Placement,
+    status: &mut TenantClusterStatus,
+    lost: Vec<String>,
+    observed: &[MemberVolume],
+) -> Result<Healing> {
+    let now = Timestamp::now();
+    let name = tc.name_any();
+    let restores: Api<EtcdRestore> = Api::namespaced(ctx.client.clone(), &p.namespace);
+    let mut q = match status.quorum_loss.clone() {
+        Some(q) => q,
+        None => {
+            let message = format!(
+                "{} of the etcd members lost their data ({}): the quorum is lost",
+                lost.len(),
+                lost.join(", ")
+            );
+            info!("{message}");
+            super::publish(
+                ctx,
+                tc,
+                EventType::Warning,
+                "EtcdQuorumLost",
+                "Heal",
+                &message,
+            )
+            .await;
+            QuorumLoss {
+                detected_time: Time(now),
+                lost_members: lost,
+                restore: None,
+                backup: None,
+                backup_time: None,
+                message,
+            }
+        }
+    };
+    // Recovered: a restore of this tenant begun after the loss rebuilt the
+    // members (it then hands the control plane back and waits for it to be
+    // Ready before it verifies, so waiting for `Completed` would deadlock).
+    let recovered = restores
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| r.spec.tenant_cluster == name)
+        .find(|r| {
+            let begun_after = r
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .is_some_and(|t| t.0 >= q.detected_time.0)
+                || q.restore.as_deref() == Some(r.name_any().as_str());
+            let rebuilt = r.status.as_ref().and_then(|s| s.phase).is_some_and(|p| {
+                matches!(
+                    p,
+                    RestorePhase::StartingControlPlane
+                        | RestorePhase::Verifying
+                        | RestorePhase::Completed
+                )
+            });
+            begun_after && rebuilt
+        });
+    if let Some(r) = recovered {
+        for m in observed {
+            if let Some(uid) = &m.claim_uid {
+                status
+                    .etcd_member_claims
+                    .insert(member_claim(&p.names, m.ordinal), uid.clone());
+            }
+        }
+        let seconds = (now.as_millisecond() - q.detected_time.0.as_millisecond()) as f64 / 1000.0;
+        let by_kok = q.restore.as_deref() == Some(r.name_any().as_str());
+        let lost_writes = match &q.backup_time {
+            Some(t) => format!("writes after {} (the backup) up to the loss are gone", t.0),
+            None => format!("restored from {}", r.spec.backup),
+        };
+        let note = format!(
+            "etcd quorum restored by EtcdRestore {} from {} {seconds:.1}s after the loss was found; {lost_writes}",
+            r.name_any(),
+            r.spec.backup
+        );
+        info!("{note}");
+        super::publish(
+            ctx,
+            tc,
+            EventType::Normal,
+            "EtcdQuorumRestored",
+            "Heal",
+            &note,
+        )
+        .await;
+        ctx.metrics
+            .repaired(insp::ETCD_QUORUM_LOST, true, Some(seconds));
+        super::inspect::push_repair(
+            status,
+            Repair {
+                check: insp::ETCD_QUORUM_LOST.into(),
+                object: "etcd".into(),
+                action: if by_kok {
+                    format!(
+                        "restored backup {} (spec.healing.quorumLoss)",
+                        r.spec.backup
+                    )
+                } else {
+                    format!(
+                        "restored backup {} (EtcdRestore {}, not kok's)",
+                        r.spec.backup,
+                        r.name_any()
+                    )
+                },
+                outcome: "Succeeded".into(),
+                message: Some(format!(
+                    "lost members: {}; {lost_writes}",
+                    q.lost_members.join(", ")
+                )),
+                detected_time: Some(q.detected_time.clone()),
+                time: Time(now),
+                seconds_to_repair: Some(seconds),
+            },
+        );
+        status.quorum_loss = None;
+        return Ok(Healing::Idle);
+    }
+    if let Some(restore) = &q.restore {
+        // Created earlier: it runs (the tenant pass is held meanwhile) or failed.
+        let failed = restores
+            .get_opt(restore)
+            .await?
+            .and_then(|r| r.status)
+            .filter(|s| s.phase == Some(RestorePhase::Failed));
+        let message = match failed {
+            Some(s) => format!(
+                "the automatic restore {restore} failed ({}); restore by hand (docs/runbooks/backup-restore.md)",
+                s.message.unwrap_or_default()
+            ),
+            None => format!("restoring backup {} (EtcdRestore {restore})", q.backup.clone().unwrap_or_default()),
+        };
+        q.message = message.clone();
+        status.quorum_loss = Some(q);
+        return Ok(Healing::QuorumLost(message));
+    }
+    let policy = &tc.spec.healing.quorum_loss;
+    if !policy.restore_from_backup {
+        q.message = format!(
+            "{} of {} etcd members lost their data: the quorum is lost. Restore the newest backup: kubectl apply an EtcdRestore (docs/runbooks/backup-restore.md), or set spec.healing.quorumLoss.restoreFromBackup",
+            q.lost_members.len(),
+            observed.len()
+        );
+        let message = q.message.clone();
+        status.quorum_loss = Some(q);
+        return Ok(Healing::QuorumLost(message));
+    }
+    let max_age = policy
+        .max_backup_age
+        .as_deref()
+        .and_then(|a| kok_templates::backup::parse_age(a).ok())
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(insp::DEFAULT_MAX_BACKUP_AGE_SECS);
+    let backups: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &p.namespace);
+    let candidates: Vec<insp::BackupCandidate> = backups
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|b| b.spec.tenant_cluster == name)
+        .map(|b| {
+            let s = b.status.clone().unwrap_or_default();
+            insp::BackupCandidate {
+                name: b.name_any(),
+                tenant_uid: s.tenant_cluster_uid.clone(),
+                succeeded: s.phase == Some(BackupPhase::Succeeded),
+                verified: s.verified == Some(true),
+                completed: s.completion_time.as_ref().map(|t| t.0.as_second()),
+            }
+        })
+        .collect();
+    let uid = tc.uid().unwrap_or_default();
+    let chosen = match insp::pick_backup(&candidates, &uid, now.as_second(), max_age) {
+        Ok(b) => b.clone(),
+        Err(why) => {
+            q.message = format!(
+                "the etcd quorum is lost and kok will not restore automatically: {why}. Restore by hand (docs/runbooks/backup-restore.md)"
+            );
+            let message = q.message.clone();
+            status.quorum_loss = Some(q);
+            return Ok(Healing::QuorumLost(message));
+        }
+    };
+    let restore_name = format!("{name}-quorum-loss-{}", now.as_second());
+    // Recorded before it exists: a restart follows this one, never makes two.
+    q.restore = Some(restore_name.clone());
+    q.backup = Some(chosen.name.clone());
+    q.backup_time = chosen
+        .completed
+        .and_then(|t| Timestamp::from_second(t).ok())
+        .map(Time);
+    q.message = format!(
+        "restoring backup {} (EtcdRestore {restore_name}); writes after it are lost",
+        chosen.name
+    );
+    status.quorum_loss = Some(q.clone());
+    let restore: EtcdRestore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kok.dev/v1alpha1",
+        "kind": "EtcdRestore",
+        "metadata": {
+            "name": restore_name,
+            "namespace": p.namespace,
+            "labels": {kok_templates::names::TENANT_LABEL: name},
+            "ownerReferences": [p.owner],
+        },
+        "spec": {"tenantCluster": name, "backup": chosen.name},
+    }))
+    .map_err(|e| Error::IncompleteObject(e.to_string()))?;
+    match restores.create(&PostParams::default(), &restore).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let note = format!(
+        "etcd quorum lost ({}); restoring the newest verified backup {} automatically (EtcdRestore {restore_name})",
+        q.lost_members.join(", "),
+        chosen.name
+    );
+    info!("{note}");
+    super::publish(
+        ctx,
+        tc,
+        EventType::Warning,
+        "EtcdQuorumRestoring",
+        "Heal",
+        &note,
+    )
+    .await;
     Ok(Healing::Replacing(note))
 }
 
@@ -171,10 +458,10 @@ async fn replace(
     ctx: &Context,
     tc: &TenantCluster,
     p: &Placement,
-    replicas: i32,
     status: &mut TenantClusterStatus,
     mut r: MemberReplacement,
     observed: &[MemberVolume],
+    joining_rendered: bool,
 ) -> Result<Healing> {
     let names = &p.names;
     let i = r.member;
@@ -282,11 +569,15 @@ async fn replace(
             r.learner_id = Some(format!("{id:x}"));
             r.phase = PHASE_RESTARTING.into();
         }
+        PHASE_RESTARTING if !joining_rendered => {
+            // The bootstrap ConfigMap said `new` when this pass began: the
+            // member restarts once it says `existing` (next pass).
+        }
         PHASE_RESTARTING => {
             // The member must start on an empty volume: the claim found in
-            // place of the lost one holds only what the member wrote while
-            // it could not join (it panics on an empty log). It is deleted,
-            // never the claim the member served on.
+            // place of the lost one was written by whatever the member did
+            // while it could not join (a start between the steps above). It
+            // is deleted, never the claim the member served on.
             let claims: Api<PersistentVolumeClaim> =
                 Api::namespaced(ctx.client.clone(), &p.namespace);
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.namespace);
@@ -414,7 +705,6 @@ async fn replace(
     }
     let message = progress(&r, r.message.as_deref().unwrap_or(""));
     status.etcd_member_replacement = Some(r);
-    let _ = replicas;
     Ok(Healing::Replacing(message))
 }
 

@@ -112,6 +112,7 @@ pub(super) async fn run(
         None => errors.push("tenant API: no admin kubeconfig yet".into()),
     }
     read_control_plane(ctx, tc, inputs, &mut facts, &mut errors).await;
+    read_lost_members(ctx, tc, inputs, status, &mut facts, &mut errors).await;
 
     let spec = &tc.spec.healing;
     let detected: Vec<(Detected, CheckPolicy)> = insp::detect(&facts)
@@ -796,6 +797,45 @@ async fn read_control_plane(
             }
         }
     }
+}
+
+/// Members serving on another claim than the one recorded (their data is gone).
+async fn read_lost_members(
+    ctx: &Context,
+    tc: &TenantCluster,
+    inputs: &Inputs<'_>,
+    status: &TenantClusterStatus,
+    f: &mut Facts,
+    errors: &mut Vec<String>,
+) {
+    let replicas = status.etcd_replicas.unwrap_or(tc.spec.etcd.replicas);
+    f.etcd_replicas = replicas;
+    if tc.spec.etcd.storage.ephemeral {
+        return;
+    }
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &inputs.p.namespace);
+    let mut observed = Vec::new();
+    for i in 0..replicas {
+        let name = kok_templates::restore::member_claim(&inputs.p.names, i);
+        match claims.get_opt(&name).await {
+            Ok(c) => observed.push(super::heal::MemberVolume {
+                ordinal: i,
+                claim_uid: c
+                    .filter(|c| c.metadata.deletion_timestamp.is_none())
+                    .and_then(|c| c.metadata.uid),
+                pod_ready: false,
+            }),
+            Err(e) => {
+                errors.push(format!("etcd claims: {e}"));
+                return;
+            }
+        }
+    }
+    f.etcd_lost = super::heal::lost_members(&status.etcd_member_claims, &inputs.p.names, &observed)
+        .into_iter()
+        .map(|(i, _)| inputs.p.names.etcd_member(i))
+        .collect();
 }
 
 fn component_fact(p: Pod, now: i64) -> Option<ComponentPodFact> {

@@ -295,9 +295,9 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     let pass = upgrade::plan_pass(ctx, &tc, &p, &valid, &old_status, in_place).await?;
 
     // 7. Act on the workloads. A member that finds no data starts as the
-    //    ConfigMap says: `existing` once every member has served.
-    let formed = heal::formed(&tc, &p.names, valid.etcd_replicas);
-    heal::ensure_bootstrap_config(ctx, &p, formed).await?;
+    //    ConfigMap says: `existing` only while kok re-adds a lost member.
+    let joining = heal::joining(&old_status);
+    heal::ensure_bootstrap_config(ctx, &p, joining).await?;
     let resolved = Resolved {
         etcd_member_ips: net.etcd_member_ips,
         apiserver_ip: net.apiserver_ip,
@@ -317,7 +317,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     // Healing: a member that lost its data is replaced, one step a pass
     // (not while members are rolled for an upgrade).
     let healing = if live.etcd_rolling.is_none() || status.etcd_member_replacement.is_some() {
-        heal::members(ctx, &tc, &p, valid.etcd_replicas, &mut status).await?
+        heal::members(ctx, &tc, &p, valid.etcd_replicas, &mut status, joining).await?
     } else {
         heal::Healing::Idle
     };
@@ -352,16 +352,20 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         .unwrap_or_default();
     let valid_until = format!("all certificates valid; the first expires at {expiry}");
     conditions::set(c, condition::CERTIFICATES, true, "Valid", valid_until, g);
-    if let heal::Healing::Replacing(why) = &healing {
-        conditions::set(
-            c,
-            condition::RECONCILING,
-            true,
-            "ReplacingEtcdMember",
-            why,
-            g,
-        );
+    match &healing {
+        heal::Healing::Replacing(why) => {
+            conditions::set(c, condition::RECONCILING, true, "HealingEtcd", why, g);
+        }
+        heal::Healing::QuorumLost(why) => {
+            // kok cannot bring the data back by itself: a person must act.
+            conditions::set(c, condition::READY, false, "EtcdQuorumLost", why, g);
+            conditions::set(c, condition::STALLED, true, "EtcdQuorumLost", why, g);
+            let r = "waiting for a restore (see Stalled)";
+            conditions::set(c, condition::RECONCILING, false, "EtcdQuorumLost", r, g);
+        }
+        heal::Healing::Idle => {}
     }
+
     if let Some(why) = migration_refused {
         // Serving, but not what the spec asks for, until the spec changes.
         conditions::set(c, condition::READY, false, "MigrationFailed", &why, g);
@@ -405,6 +409,10 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         .await;
     }
     let replacing = matches!(healing, heal::Healing::Replacing(_));
+    if let heal::Healing::QuorumLost(_) = healing {
+        // Waiting for a person (or a restore, whose end wakes this pass).
+        return Ok(Action::requeue(RESYNC));
+    }
     Ok(Action::requeue(
         if ready && cluster_version_known && !replacing {
             RESYNC.min(next_inspection)
