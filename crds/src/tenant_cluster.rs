@@ -86,6 +86,12 @@ pub struct HealingSpec {
     /// What kok does when a majority of the etcd members lost their data.
     #[serde(default)]
     pub quorum_loss: QuorumLossPolicy,
+    /// Defragment every etcd member on this cron schedule (5 fields, UTC),
+    /// followers first and the leader last, besides the defragmentation the
+    /// `EtcdFragmented` check asks for. Unset: only on that threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub defragmentation_schedule: Option<String>,
 }
 
 /// When a majority of etcd members lost their data, no member can be
@@ -362,6 +368,10 @@ pub struct TenantClusterStatus {
     /// whose claim changed lost its data and is replaced.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub etcd_member_claims: BTreeMap<String, String>,
+    /// The scheduled slot of the last scheduled defragmentation
+    /// (`spec.healing.defragmentationSchedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_defragmentation_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// An etcd member replacement in progress, recorded before each step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_member_replacement: Option<MemberReplacement>,

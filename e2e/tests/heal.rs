@@ -558,6 +558,36 @@ async fn nospace_is_resolved_without_a_person() {
         );
         // The data written before is all there.
         assert!(cms.get("filler").await.is_ok());
+
+        // Scheduled defragmentation: every minute, recorded and announced.
+        tenant::patch_spec(
+            &client,
+            &ns,
+            "ns",
+            json!({"healing": {"defragmentationSchedule": "* * * * *"}}),
+        )
+        .await;
+        wait_for(
+            "a scheduled defragmentation",
+            Duration::from_secs(150),
+            || async {
+                let s = api.get("ns").await.unwrap().status.unwrap_or_default();
+                match s.last_defragmentation_time {
+                    Some(t) => Poll::Ready(t),
+                    None => Poll::Pending("none yet".into()),
+                }
+            },
+        )
+        .await;
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let defragmented = events
+            .list(&ListParams::default().fields("involvedObject.name=ns"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .any(|e| e.reason.as_deref() == Some("Defragmented"));
+        assert!(defragmented, "a Defragmented Event");
     })
     .await;
 }
@@ -695,6 +725,153 @@ async fn a_lost_quorum_is_restored_from_the_newest_verified_backup_when_policy_a
         assert_eq!(count("after").await.unwrap(), 0);
         api.delete("hq", &DeleteParams::default()).await.unwrap();
         remove_volumes(&client, &ns, 5).await;
+    })
+    .await;
+}
+
+/// A crash-looping component is found with its restarts and last exit, its
+/// pod is restarted once, and the per-tenant budget then holds further
+/// restarts back (recorded on the finding).
+#[tokio::test]
+async fn a_crash_looping_component_is_restarted_within_its_budget() {
+    with_namespace("heal-crash", |client, ns| async move {
+        let mut tc = tenant::dev_tenant("cl", 1);
+        tc.spec.healing = serde_json::from_value(
+            json!({"inspectionIntervalSeconds": 3600, "maxRepairsPerHour": 1}),
+        )
+        .unwrap();
+        tenant::create(&client, &ns, &tc).await;
+        tenant::wait_ready(&client, &ns, "cl", READY_TIMEOUT).await;
+        // A flag the scheduler does not know: its new pod exits at once.
+        tenant::patch_spec(
+            &client,
+            &ns,
+            "cl",
+            json!({"controlPlane": {"scheduler": {"extraArgs": {"no-such-flag": "1"}}}}),
+        )
+        .await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let crash_looping = || async {
+            let lp = ListParams::default()
+                .labels("kok.dev/tenant-cluster=cl,kok.dev/component=kube-scheduler");
+            let listed = pods.list(&lp).await.map(|l| l.items).unwrap_or_default();
+            let looping = listed.iter().find_map(|p| {
+                let c = p.status.as_ref()?.container_statuses.as_ref()?.first()?;
+                let waiting = c.state.as_ref()?.waiting.as_ref()?.reason.as_deref()?;
+                (waiting == "CrashLoopBackOff" && c.restart_count >= 3)
+                    .then(|| p.metadata.name.clone().unwrap_or_default())
+            });
+            match looping {
+                Some(name) => Poll::Ready(name),
+                None => Poll::Pending(format!(
+                    "{} scheduler pod(s), none crash-looping 3 times yet",
+                    listed.len()
+                )),
+            }
+        };
+        let first = wait_for(
+            "a crash-looping scheduler",
+            Duration::from_secs(240),
+            crash_looping,
+        )
+        .await;
+        let status = inspect(&client, &ns, "cl", "1").await;
+        let object = format!("kube-scheduler pod {first}");
+        let f = finding(&status, "ControlPlaneCrashLoop", &object);
+        assert!(f.message.contains("CrashLoopBackOff"), "{f:?}");
+        assert!(
+            f.repair.as_deref().is_some_and(|r| r.contains("Succeeded")),
+            "{f:?}"
+        );
+        wait_for(
+            "the crash-looping pod replaced",
+            Duration::from_secs(60),
+            || async {
+                match pods.get_opt(&first).await {
+                    Ok(None) => Poll::Ready(()),
+                    other => Poll::Pending(format!(
+                        "{:?}",
+                        other.map(|p| p.map(|p| p.metadata.deletion_timestamp))
+                    )),
+                }
+            },
+        )
+        .await;
+        // The replacement crash-loops too; the budget (1 an hour) is spent.
+        let second = wait_for(
+            "the new pod crash-looping",
+            Duration::from_secs(240),
+            crash_looping,
+        )
+        .await;
+        let status = inspect(&client, &ns, "cl", "2").await;
+        let f = finding(
+            &status,
+            "ControlPlaneCrashLoop",
+            &format!("kube-scheduler pod {second}"),
+        );
+        assert!(
+            f.repair
+                .as_deref()
+                .is_some_and(|r| r.contains("not repaired") && r.contains("maxRepairsPerHour")),
+            "{f:?}"
+        );
+        assert!(pods.get_opt(&second).await.unwrap().is_some(), "left alone");
+        let restarts = status
+            .repairs
+            .iter()
+            .filter(|r| r.check == "ControlPlaneCrashLoop")
+            .count();
+        assert_eq!(restarts, 1);
+    })
+    .await;
+}
+
+/// The first of the repair times: an apiserver pod deleted, back serving.
+#[tokio::test]
+async fn a_deleted_apiserver_pod_is_serving_again_quickly() {
+    with_namespace("heal-apiserver", |client, ns| async move {
+        tenant::create(&client, &ns, &tenant::dev_tenant("ap", 1)).await;
+        tenant::wait_ready(&client, &ns, "ap", READY_TIMEOUT).await;
+        let t = tenant::tenant_client(&client, &ns, "ap").await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let lp = ListParams::default()
+            .labels("kok.dev/tenant-cluster=ap,kok.dev/component=kube-apiserver");
+        let pod = pods.list(&lp).await.unwrap().items.remove(0);
+        let name = pod.metadata.name.clone().unwrap();
+        let started = Instant::now();
+        pods.delete(&name, &DeleteParams::default().grace_period(0))
+            .await
+            .unwrap();
+        // Gone first (the old pod may answer for a moment), then serving.
+        wait_for(
+            "the old apiserver pod gone",
+            Duration::from_secs(60),
+            || async {
+                match pods.get_opt(&name).await {
+                    Ok(None) => Poll::Ready(()),
+                    _ => Poll::Pending("still there".into()),
+                }
+            },
+        )
+        .await;
+        wait_for(
+            "the tenant API answering",
+            Duration::from_secs(120),
+            || async {
+                let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+                match t.request_text(req).await {
+                    Ok(body) if body.trim() == "ok" => Poll::Ready(()),
+                    Ok(body) => Poll::Pending(body),
+                    Err(e) => Poll::Pending(e.to_string()),
+                }
+            },
+        )
+        .await;
+        println!(
+            "apiserver pod deleted: tenant /readyz ok again after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
     })
     .await;
 }

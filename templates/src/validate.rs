@@ -60,6 +60,11 @@ pub fn validate(
         }
     }
 
+    if let Some(schedule) = &spec.healing.defragmentation_schedule {
+        if let Err(e) = crate::backup::parse_schedule(schedule) {
+            err("spec.healing.defragmentationSchedule", e);
+        }
+    }
     if let Some(age) = &spec.healing.quorum_loss.max_backup_age {
         if let Err(e) = crate::backup::parse_age(age) {
             err("spec.healing.quorumLoss.maxBackupAge", e);
@@ -469,6 +474,23 @@ mod tests {
             errors[0].reason.contains("PodOnMissingNode"),
             "{}",
             errors[0]
+        );
+    }
+
+    #[test]
+    fn healing_schedules_and_ages_name_their_field() {
+        let errors = validate(
+            &spec("version: v1.20.2\nhealing: {defragmentationSchedule: weekly, quorumLoss: {maxBackupAge: soon}}"),
+            None,
+            &Policy::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            fields(&errors),
+            [
+                "spec.healing.defragmentationSchedule",
+                "spec.healing.quorumLoss.maxBackupAge"
+            ]
         );
     }
 

@@ -757,6 +757,51 @@ pub(super) async fn alarms(
         .collect())
 }
 
+/// Runs the scheduled defragmentation when a slot of
+/// `spec.healing.defragmentationSchedule` passed since the last one (at
+/// most one catch-up after downtime). Recorded in status before it acts.
+pub(super) async fn scheduled_defragmentation(
+    ctx: &Context,
+    tc: &TenantCluster,
+    status: &mut TenantClusterStatus,
+) {
+    let Some(schedule) = tc
+        .spec
+        .healing
+        .defragmentation_schedule
+        .as_deref()
+        .and_then(|s| kok_templates::backup::parse_schedule(s).ok())
+    else {
+        return;
+    };
+    let from_unix = kok_templates::backup::from_unix;
+    let last = status
+        .last_defragmentation_time
+        .as_ref()
+        .or(tc.metadata.creation_timestamp.as_ref())
+        .map(|t| from_unix(t.0.as_second()))
+        .unwrap_or_else(|| from_unix(0));
+    let now = from_unix(Timestamp::now().as_second());
+    let Some(slot) = kok_templates::backup::due(&schedule, last, now).run else {
+        return;
+    };
+    status.last_defragmentation_time = Timestamp::from_second(slot.timestamp()).ok().map(Time);
+    let (t, reason, note) = match defragment(ctx, tc).await {
+        Ok(done) => (
+            EventType::Normal,
+            "Defragmented",
+            format!("scheduled defragmentation: {done}"),
+        ),
+        Err(e) => (
+            EventType::Warning,
+            "DefragmentationFailed",
+            format!("scheduled defragmentation: {e}"),
+        ),
+    };
+    info!("{note}");
+    super::publish(ctx, tc, t, reason, "Defragment", &note).await;
+}
+
 /// Defragments every member that answers, followers first and the leader
 /// last (a member blocks while it defragments; the leader's pause stalls
 /// every write, so it goes once).

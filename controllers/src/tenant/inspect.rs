@@ -839,7 +839,10 @@ async fn read_lost_members(
 }
 
 fn component_fact(p: Pod, now: i64) -> Option<ComponentPodFact> {
-    let component = p.labels().get("app.kubernetes.io/component").cloned()?;
+    let component = p
+        .labels()
+        .get(kok_templates::names::COMPONENT_LABEL)
+        .cloned()?;
     let status = p.status.clone().unwrap_or_default();
     let container = status.container_statuses.as_ref()?.first()?.clone();
     let waiting_reason = container

@@ -388,6 +388,9 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         inspect::run(ctx, &tc, &inputs, &mut status).await;
     }
     let next_inspection = inspect::due_in(&tc, &status).unwrap_or(inspect::interval(&tc));
+    if live.apiserver_available() > 0 && status.etcd_member_replacement.is_none() {
+        heal::scheduled_defragmentation(ctx, &tc, &mut status).await;
+    }
 
     let ready = conditions::is_true(&status.conditions, condition::READY);
     let became_ready = ready && !conditions::is_true(&old_status.conditions, condition::READY);
