@@ -1,11 +1,6 @@
 //! kok-operator: runs the TenantCluster controller in the management cluster.
-//!
-//! Configuration (environment):
-//! - `KOK_METRICS_ADDR` (default `0.0.0.0:8080`): `/metrics`, `/healthz`, `/readyz`
-//! - `POD_NAMESPACE` (default `kok-system`): where the leader Lease lives
-//! - `POD_NAME` (default: the host name): this replica's identity in the Lease
-//! - `KOK_LEADER_ELECTION` (default `true`): `false` for a single local replica
-//! - `RUST_LOG` (default `info`), `KOK_LOG_FORMAT` (`json` or `text`, default `text`)
+//! Every setting is a flag with an environment variable behind it
+//! (`kok-operator --help` lists both; so does docs/operator.md).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,9 +19,10 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use clap::Parser;
 use kok_controllers::backup::{self, schedule as backup_schedule};
 use kok_controllers::restore::{self, member as restore_member};
-use kok_controllers::runtime::context::Context;
+use kok_controllers::runtime::context::{Context, Settings};
 use kok_controllers::runtime::leader::LeaderElector;
 use kok_controllers::runtime::lenient::{self, Lenient};
 use kok_controllers::runtime::telemetry::{self, Health, Metrics};
@@ -35,39 +31,96 @@ use kok_controllers::tenant;
 
 const OPERATOR_NAME: &str = "kok-operator";
 
+/// kok: Kubernetes-on-Kubernetes. Runs tenant control planes declared as
+/// TenantClusters in this (management) cluster: provisions, upgrades, backs
+/// up, restores and heals them.
+#[derive(Parser, Debug)]
+#[command(name = "kok-operator", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, env = "KOK_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+    /// The operator's namespace: the leader Lease lives there, and tenant
+    /// etcd NetworkPolicies admit the operator from it.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kok-system")]
+    namespace: String,
+    /// This replica's identity in the leader Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Elect a leader among replicas; `false` for a single local replica.
+    #[arg(long, env = "KOK_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Log format (the filter is `RUST_LOG`, default `info`).
+    #[arg(long, env = "KOK_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// The operator's own image: restore Jobs run it.
+    #[arg(long, env = "KOK_IMAGE")]
+    image: Option<String>,
+    /// The node directory mounted at /var/lib/kok/backups (filesystem
+    /// backup destinations; restore Jobs mount it).
+    #[arg(
+        long,
+        env = "KOK_BACKUP_HOST_PATH",
+        default_value = "/var/lib/kok/backups"
+    )]
+    backup_host_path: String,
+    /// The node this replica runs on (the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Accept http:// S3 endpoints in backup destinations (test servers only).
+    #[arg(long, env = "KOK_ALLOW_HTTP_S3", default_value_t = false, action = clap::ArgAction::Set)]
+    allow_http_s3: bool,
+    /// Scratch space for restoring backups into a throwaway etcd (default:
+    /// `kok` in the temp dir). etcd binaries for it: `KOK_ETCD`,
+    /// `KOK_ETCDUTL`, `KOK_ETCDCTL`, else those on PATH.
+    #[arg(long, env = "KOK_WORK_DIR")]
+    work_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Rebuild one etcd member's data from a backup (inside a restore Job;
+    /// configured by the Job's KOK_RESTORE_* environment).
+    RestoreMember,
+    /// Decrypt a sealed backup artifact from stdin to stdout, without kok
+    /// running (disaster recovery; docs/runbooks/backup-restore.md).
+    DecryptArtifact {
+        /// File holding the base64 key (the key Secret's value).
+        key_file: std::path::PathBuf,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_tracing();
-    // The same binary rebuilds one etcd member inside a restore Job.
-    if std::env::args().nth(1).as_deref() == Some("restore-member") {
-        return restore_member::run().await;
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    match &cli.command {
+        // The same binary rebuilds one etcd member inside a restore Job.
+        Some(Command::RestoreMember) => return restore_member::run().await,
+        Some(Command::DecryptArtifact { key_file }) => {
+            let key = kok_controllers::storage::encryption::ArtifactKey::from_base64(
+                &std::fs::read(key_file)
+                    .with_context(|| format!("reading {}", key_file.display()))?,
+            )?;
+            kok_controllers::storage::encryption::decrypt_stream(
+                std::sync::Arc::new(key),
+                &mut std::io::stdin().lock(),
+                &mut std::io::stdout().lock(),
+            )?;
+            return Ok(());
+        }
+        None => {}
     }
-    // Disaster recovery without kok running: KEY_FILE holds the base64 key.
-    if std::env::args().nth(1).as_deref() == Some("decrypt-artifact") {
-        let key_file = std::env::args().nth(2).ok_or_else(|| {
-            anyhow::anyhow!("usage: kok-operator decrypt-artifact KEY_FILE < sealed > snapshot.db")
-        })?;
-        let key = kok_controllers::storage::encryption::ArtifactKey::from_base64(&std::fs::read(
-            key_file,
-        )?)?;
-        kok_controllers::storage::encryption::decrypt_stream(
-            std::sync::Arc::new(key),
-            &mut std::io::stdin().lock(),
-            &mut std::io::stdout().lock(),
-        )?;
-        return Ok(());
-    }
-    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "kok-system".into());
-    let identity = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| format!("{OPERATOR_NAME}-{}", std::process::id()));
-    let leader_election = std::env::var("KOK_LEADER_ELECTION")
-        .map(|v| v != "false")
-        .unwrap_or(true);
-    let metrics_addr: std::net::SocketAddr = std::env::var("KOK_METRICS_ADDR")
-        .unwrap_or_else(|_| "0.0.0.0:8080".into())
-        .parse()
-        .context("KOK_METRICS_ADDR is not host:port")?;
+    let namespace = cli.namespace.clone();
+    let identity = cli
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("{OPERATOR_NAME}-{}", std::process::id()));
+    let leader_election = cli.leader_election;
+    let metrics_addr = cli.metrics_addr;
 
     let client = Client::try_default()
         .await
@@ -125,6 +178,16 @@ async fn main() -> anyhow::Result<()> {
         )]),
         namespace.clone(),
         namespace_labels,
+        Settings {
+            work_dir: cli
+                .work_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("kok")),
+            operator_image: cli.image.clone(),
+            backups_host_path: cli.backup_host_path.clone(),
+            operator_node: cli.node_name.clone(),
+            allow_http_s3: cli.allow_http_s3,
+        },
     ));
     let elector = LeaderElector::new(client.clone(), &namespace, OPERATOR_NAME, &identity);
     loop {
@@ -278,10 +341,10 @@ async fn wait_for_signal() {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("KOK_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let json = format == "json";
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
         builder.json().init();

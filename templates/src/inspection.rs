@@ -111,8 +111,12 @@ impl Severity {
 /// What kok can do about a finding.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RepairAction {
-    /// Delete a tenant Pod with grace period 0.
-    ForceDeletePod { namespace: String, name: String },
+    /// Delete a tenant Pod with grace period 0, unless `node` exists again.
+    ForceDeletePod {
+        namespace: String,
+        name: String,
+        node: String,
+    },
     /// Rewrite a tenant CRD's objects in its storage version, then set
     /// `status.storedVersions` to that version alone.
     MigrateStoredVersions { crd: String, storage: String },
@@ -340,6 +344,38 @@ pub fn detect(f: &Facts) -> Vec<Detected> {
     out
 }
 
+/// The checks whose facts were not read this time (their findings are
+/// kept as they were, not dropped as passed).
+pub fn unread_checks(f: &Facts) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut unread = |read: bool, checks: &[&'static str]| {
+        if !read {
+            out.extend_from_slice(checks);
+        }
+    };
+    unread(
+        f.nodes.is_some() && f.pods.is_some(),
+        &[POD_ON_MISSING_NODE, NODE_IP_CONFLICT],
+    );
+    unread(f.volumes.is_some(), &[VOLUME_RELEASED, VOLUME_FAILED]);
+    unread(f.claims.is_some(), &[CLAIM_LOST]);
+    unread(
+        f.crds.is_some(),
+        &[CRD_STORED_VERSION_NOT_SERVED, CRD_CONVERSION_UNREACHABLE],
+    );
+    unread(f.webhooks.is_some(), &[WEBHOOK_UNREACHABLE]);
+    unread(f.services.is_some(), &[SERVICE_IP_CONFLICT]);
+    unread(
+        f.etcd.is_some(),
+        &[ETCD_DATABASE_SIZE, ETCD_FRAGMENTED, ETCD_ALARM],
+    );
+    unread(
+        f.components.is_some(),
+        &[CONTROL_PLANE_CRASH_LOOP, VERSION_SKEW],
+    );
+    out
+}
+
 pub fn pods_on_missing_nodes(nodes: &[NodeFact], pods: &[PodFact]) -> Vec<Detected> {
     let known: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     pods.iter()
@@ -355,6 +391,7 @@ pub fn pods_on_missing_nodes(nodes: &[NodeFact], pods: &[PodFact]) -> Vec<Detect
                 .repaired_by(RepairAction::ForceDeletePod {
                     namespace: p.namespace.clone(),
                     name: p.name.clone(),
+                    node: node.to_string(),
                 })
             })
         })
@@ -967,7 +1004,8 @@ mod tests {
             found[0].repair,
             Some(RepairAction::ForceDeletePod {
                 namespace: "default".into(),
-                name: "on-gone".into()
+                name: "on-gone".into(),
+                node: "gone".into()
             })
         );
     }
@@ -1271,6 +1309,20 @@ mod tests {
         assert!(!ok);
         assert_eq!(reason, POD_ON_MISSING_NODE);
         assert!(healthy(&merge(&[], &[d("i", Severity::Info)], t0)).0);
+    }
+
+    #[test]
+    fn checks_whose_facts_were_not_read_are_named() {
+        let f = Facts {
+            nodes: Some(vec![]),
+            pods: None,
+            volumes: Some(vec![]),
+            ..Default::default()
+        };
+        let unread = unread_checks(&f);
+        assert!(unread.contains(&POD_ON_MISSING_NODE));
+        assert!(unread.contains(&CLAIM_LOST));
+        assert!(!unread.contains(&VOLUME_RELEASED));
     }
 
     #[test]

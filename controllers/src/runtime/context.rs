@@ -42,6 +42,22 @@ pub struct Context {
     fleet: Mutex<HashMap<String, bool>>,
 }
 
+/// What the operator is told at start (flags or their environment
+/// variables: see `kok-operator --help`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Scratch space for backup verification.
+    pub work_dir: std::path::PathBuf,
+    /// The operator's own image: restore Jobs run it.
+    pub operator_image: Option<String>,
+    /// The node directory mounted at /var/lib/kok/backups.
+    pub backups_host_path: String,
+    /// The node the operator runs on.
+    pub operator_node: Option<String>,
+    /// Accept http:// S3 endpoints.
+    pub allow_http_s3: bool,
+}
+
 impl Context {
     pub fn new(
         client: Client,
@@ -50,6 +66,7 @@ impl Context {
         operator_pod_labels: std::collections::BTreeMap<String, String>,
         operator_namespace: String,
         operator_namespace_labels: std::collections::BTreeMap<String, String>,
+        settings: Settings,
     ) -> Self {
         Self {
             client,
@@ -59,15 +76,12 @@ impl Context {
             operator_namespace,
             operator_namespace_labels,
             etcd_tools: crate::etcd::verify::Tools::from_env(),
-            work_dir: std::env::var_os("KOK_WORK_DIR")
-                .map(Into::into)
-                .unwrap_or_else(|| std::env::temp_dir().join("kok")),
-            operator_image: std::env::var("KOK_IMAGE").ok().filter(|s| !s.is_empty()),
-            backups_host_path: std::env::var("KOK_BACKUP_HOST_PATH")
-                .unwrap_or_else(|_| "/var/lib/kok/backups".into()),
-            operator_node: std::env::var("NODE_NAME").ok().filter(|s| !s.is_empty()),
+            work_dir: settings.work_dir,
+            operator_image: settings.operator_image.filter(|s| !s.is_empty()),
+            backups_host_path: settings.backups_host_path,
+            operator_node: settings.operator_node.filter(|s| !s.is_empty()),
             policy: kok_templates::validate::Policy {
-                allow_http_s3: std::env::var("KOK_ALLOW_HTTP_S3").is_ok_and(|v| v == "true"),
+                allow_http_s3: settings.allow_http_s3,
             },
             failures: Mutex::default(),
             fleet: Mutex::default(),

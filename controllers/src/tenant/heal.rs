@@ -22,6 +22,7 @@ use kok_templates::restore::member_claim;
 use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
+use sha2::Digest as _;
 use tracing::info;
 
 use crate::etcd::{EtcdAccess, Member};
@@ -122,9 +123,7 @@ pub(super) async fn members(
             pod_ready: pod.as_ref().is_some_and(pod_ready),
         });
     }
-    if let Some(r) = status.etcd_member_replacement.clone() {
-        return replace(ctx, tc, p, status, r, &observed, joining_rendered).await;
-    }
+    let replacing = status.etcd_member_replacement.clone();
     // First sightings: a member serving on a claim not yet recorded.
     for m in &observed {
         let key = member_claim(names, m.ordinal);
@@ -136,10 +135,61 @@ pub(super) async fn members(
             status.etcd_member_claims.insert(key, uid.clone());
         }
     }
-    let lost = lost_members(&status.etcd_member_claims, names, &observed);
+    let mut lost = lost_members(&status.etcd_member_claims, names, &observed);
+    // A new claim is not lost data when the member serves on it in the
+    // same cluster as the others (a volume restored from a snapshot, moved
+    // by hand): recorded, nothing replaced. A single member is never judged
+    // so: one that lost its data serves too, an empty cluster of its own.
+    // The member being replaced is judged by its replacement.
+    if !lost.is_empty() && replicas >= 3 {
+        let access = EtcdAccess::for_tenant(&ctx.client, tc)
+            .await
+            .map_err(|e| Error::Etcd(e.to_string()))?;
+        let ids = cluster_ids(&access).await;
+        lost.retain(|(i, uid)| {
+            let name = names.etcd_member(*i);
+            let mine = ids.iter().find(|(n, _)| *n == name).and_then(|(_, id)| *id);
+            let agreeing = ids
+                .iter()
+                .filter(|(n, id)| *n != name && id.is_some() && *id == mine)
+                .count();
+            // It and a quorum of the others answer with one cluster ID.
+            let serving = mine.is_some() && agreeing + 1 >= insp::quorum(replicas) as usize;
+            let being_replaced = replacing.as_ref().is_some_and(|r| r.member == *i);
+            if serving && !being_replaced {
+                if let Some(uid) = uid {
+                    status
+                        .etcd_member_claims
+                        .insert(member_claim(names, *i), uid.clone());
+                }
+                return false;
+            }
+            true
+        });
+    }
+    // A lost quorum is checked first, also while a replacement runs: a
+    // second member lost meanwhile ends it.
     if insp::quorum_lost(replicas, lost.len() as i32) || status.quorum_loss.is_some() {
+        status.etcd_member_replacement = None;
         let lost: Vec<String> = lost.iter().map(|(i, _)| names.etcd_member(*i)).collect();
         return quorum_loss(ctx, tc, p, status, lost, &observed).await;
+    }
+    if let Some(r) = replacing {
+        let others_lost = lost.iter().any(|(i, _)| *i != r.member);
+        let around = Around {
+            joining_rendered,
+            others_lost,
+        };
+        return replace(ctx, tc, p, status, r, &observed, around).await;
+    }
+    // One member at a time, and only when it is the only one lost: while
+    // the bootstrap ConfigMap says `existing` for the one re-added, another
+    // member without data would read it too and join with an empty log.
+    if lost.len() > 1 {
+        return Ok(Healing::Replacing(format!(
+            "{} etcd members lost their data; kok replaces one only when it is the only one (see docs/self-healing.md)",
+            lost.len()
+        )));
     }
     let Some((member, found)) = lost.into_iter().next() else {
         return Ok(Healing::Idle);
@@ -368,8 +418,19 @@ async fn quorum_loss(
             return Ok(Healing::QuorumLost(message));
         }
     };
-    let restore_name = format!("{name}-quorum-loss-{}", now.as_second());
-    // Recorded before it exists: a restart follows this one, never makes two.
+    // Named after the claims the members run on now: a pass that repeats
+    // this step (its status was not written) finds the same name, never
+    // makes a second restore.
+    let mut claims: Vec<&str> = observed
+        .iter()
+        .filter_map(|m| m.claim_uid.as_deref())
+        .collect();
+    claims.sort();
+    let incident: String = sha2::Sha256::digest(claims.join(",").as_bytes())[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let restore_name = format!("{name}-quorum-loss-{incident}");
     q.restore = Some(restore_name.clone());
     q.backup = Some(chosen.name.clone());
     q.backup_time = chosen
@@ -414,6 +475,14 @@ async fn quorum_loss(
     )
     .await;
     Ok(Healing::Replacing(note))
+}
+
+/// What a replacement step must know of the rest of the pass.
+struct Around {
+    /// The bootstrap ConfigMap says `existing` (applied this pass).
+    joining_rendered: bool,
+    /// Another member lost its data too.
+    others_lost: bool,
 }
 
 const PHASE_REMOVING: &str = "Removing";
@@ -461,8 +530,12 @@ async fn replace(
     status: &mut TenantClusterStatus,
     mut r: MemberReplacement,
     observed: &[MemberVolume],
-    joining_rendered: bool,
+    around: Around,
 ) -> Result<Healing> {
+    let Around {
+        joining_rendered,
+        others_lost,
+    } = around;
     let names = &p.names;
     let i = r.member;
     let name = names.etcd_member(i);
@@ -567,7 +640,13 @@ async fn replace(
                 }
             };
             r.learner_id = Some(format!("{id:x}"));
-            r.phase = PHASE_RESTARTING.into();
+            // The next pass turns the bootstrap ConfigMap to `existing`:
+            // not while another member is lost too (it would read it).
+            if others_lost {
+                r.message = Some("waiting: another member lost its data too".into());
+            } else {
+                r.phase = PHASE_RESTARTING.into();
+            }
         }
         PHASE_RESTARTING if !joining_rendered => {
             // The bootstrap ConfigMap said `new` when this pass began: the
@@ -647,8 +726,22 @@ async fn replace(
                 .connect()
                 .await
                 .map_err(|e| Error::Etcd(e.to_string()))?;
-            match client.member_promote(id).await {
-                Ok(_) => {
+            // Promoted already (a restart after the promotion, before its
+            // record was written): finish instead of asking again forever.
+            let already_voting = client
+                .member_list()
+                .await
+                .map_err(|e| Error::Etcd(e.to_string()))?
+                .members()
+                .iter()
+                .any(|m| m.id() == id && !m.is_learner());
+            let promoted = if already_voting {
+                Ok(())
+            } else {
+                client.member_promote(id).await.map(|_| ())
+            };
+            match promoted {
+                Ok(()) => {
                     let claim_name = member_claim(names, i);
                     if let Some(uid) = r.lost_claim.clone() {
                         status.etcd_member_claims.insert(claim_name, uid);
@@ -706,6 +799,27 @@ async fn replace(
     let message = progress(&r, r.message.as_deref().unwrap_or(""));
     status.etcd_member_replacement = Some(r);
     Ok(Healing::Replacing(message))
+}
+
+/// Each member's cluster ID, as it answers alone (`None`: no answer).
+async fn cluster_ids(access: &EtcdAccess) -> Vec<(String, Option<u64>)> {
+    let asks = access.members.iter().map(|m| async move {
+        let name = m.tls_name.clone().unwrap_or_else(|| m.url.clone());
+        let id = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut c = access.connect_member(m).await.ok()?;
+            // A linearizable read: only a member of a cluster with a leader answers.
+            c.get("health", Some(GetOptions::new().with_count_only()))
+                .await
+                .ok()?
+                .header()
+                .map(|h| h.cluster_id())
+        })
+        .await
+        .ok()
+        .flatten();
+        (name, id)
+    });
+    futures::future::join_all(asks).await
 }
 
 fn ignore_gone<T>(r: std::result::Result<T, kube::Error>) -> Result<()> {

@@ -60,6 +60,13 @@ pub(super) fn due_in(tc: &TenantCluster, status: &TenantClusterStatus) -> Option
     (left > 0).then(|| Duration::from_secs(left as u64))
 }
 
+/// Time since the last inspection.
+pub(super) fn since_last(status: &TenantClusterStatus) -> Option<Duration> {
+    let last = status.inspection.as_ref()?.last_time.as_ref()?;
+    let secs = Timestamp::now().as_second() - last.0.as_second();
+    Some(Duration::from_secs(secs.max(0) as u64))
+}
+
 pub(super) fn interval(tc: &TenantCluster) -> Duration {
     Duration::from_secs(
         tc.spec
@@ -124,6 +131,18 @@ pub(super) async fn run(
         .filter(|(_, p)| *p != CheckPolicy::Off)
         .collect();
     let mut findings = insp::merge(&status.findings, &detected, now);
+    // A part that could not be read keeps what was found before: not read
+    // is not passed.
+    let unread = insp::unread_checks(&facts);
+    for f in &status.findings {
+        if unread.contains(&f.check.as_str())
+            && !findings
+                .iter()
+                .any(|n| n.check == f.check && n.object == f.object)
+        {
+            findings.push(f.clone());
+        }
+    }
 
     // Announce what is new.
     for f in &findings {
@@ -133,11 +152,23 @@ pub(super) async fn run(
         }
     }
 
-    // Repair what the policy allows.
+    // Repair what the policy allows, each action once (one defragmentation
+    // covers every fragmented member); no etcd maintenance while a member
+    // is being replaced (a defragmenting voter of two stops writes).
+    let mut done: Vec<&RepairAction> = Vec::new();
     for (d, policy) in &detected {
         let (CheckPolicy::Repair, Some(action)) = (policy, &d.repair) else {
             continue;
         };
+        let etcd_maintenance = matches!(
+            action,
+            RepairAction::DefragmentEtcd | RepairAction::ResolveNoSpace
+        );
+        if done.contains(&action) || (etcd_maintenance && status.etcd_member_replacement.is_some())
+        {
+            continue;
+        }
+        done.push(action);
         let Some(finding) = findings
             .iter_mut()
             .find(|f| f.check == d.check && f.object == d.object)
@@ -277,10 +308,20 @@ async fn record_repair(
 }
 
 /// Appends to `status.repairs`, keeping the newest [`insp::MAX_REPAIRS`].
+/// Control-plane restarts of the last hour are kept past that: the restart
+/// budget counts them.
 pub(super) fn push_repair(status: &mut TenantClusterStatus, repair: Repair) {
     status.repairs.push(repair);
-    let excess = status.repairs.len().saturating_sub(insp::MAX_REPAIRS);
-    status.repairs.drain(..excess);
+    let hour_ago = Timestamp::now().as_second() - 3600;
+    let mut excess = status.repairs.len().saturating_sub(insp::MAX_REPAIRS);
+    status.repairs.retain(|r| {
+        let counted = r.check == insp::CONTROL_PLANE_CRASH_LOOP && r.time.0.as_second() > hour_ago;
+        if excess > 0 && !counted {
+            excess -= 1;
+            return false;
+        }
+        true
+    });
 }
 
 fn describe(action: &RepairAction) -> String {
@@ -304,8 +345,19 @@ async fn repair(
     action: &RepairAction,
 ) -> Result<String, String> {
     match action {
-        RepairAction::ForceDeletePod { namespace, name } => {
+        RepairAction::ForceDeletePod {
+            namespace,
+            name,
+            node,
+        } => {
             let client = tenant(inputs).await?;
+            // The Node may have come back (or joined) since it was read.
+            let nodes: Api<Node> = Api::all(client.clone());
+            match nodes.get_opt(node).await {
+                Ok(None) => {}
+                Ok(Some(_)) => return Err(format!("Node {node} exists again: left alone")),
+                Err(e) => return Err(format!("checking Node {node}: {e}")),
+            }
             let pods: Api<Pod> = Api::namespaced(client, namespace);
             match pods
                 .delete(name, &DeleteParams::default().grace_period(0))
@@ -427,6 +479,24 @@ where
 
 async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
     let lp = ListParams::default;
+    // Pods before Nodes: a Node that joins in between is then seen, so its
+    // new pods are never taken for orphans.
+    // Only pods bound to a node can be on a missing one.
+    let bound = lp().fields("spec.nodeName!=");
+    f.pods = list_facts(
+        Api::<Lenient<Pod>>::all(client.clone()),
+        bound,
+        "Pods",
+        errors,
+        |p| {
+            Some(PodFact {
+                namespace: p.namespace().unwrap_or_default(),
+                name: p.name_any(),
+                node_name: p.spec.and_then(|s| s.node_name),
+            })
+        },
+    )
+    .await;
     f.nodes = list_facts(
         Api::<Lenient<Node>>::all(client.clone()),
         lp(),
@@ -447,22 +517,10 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         },
     )
     .await;
-    // Only pods bound to a node can be on a missing one.
-    let bound = lp().fields("spec.nodeName!=");
-    f.pods = list_facts(
-        Api::<Lenient<Pod>>::all(client.clone()),
-        bound,
-        "Pods",
-        errors,
-        |p| {
-            Some(PodFact {
-                namespace: p.namespace().unwrap_or_default(),
-                name: p.name_any(),
-                node_name: p.spec.and_then(|s| s.node_name),
-            })
-        },
-    )
-    .await;
+    // The tenant API does not answer: the rest would only wait as long.
+    if f.pods.is_none() || f.nodes.is_none() {
+        return;
+    }
     f.volumes = list_facts(
         Api::<Lenient<PersistentVolume>>::all(client.clone()),
         lp(),

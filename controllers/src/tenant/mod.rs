@@ -377,9 +377,12 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     // 10. Inspect (on its interval, on request, or at once when etcd raised
     //     an alarm) once the tenant API answers; repair what policy allows.
     let inspection_due = inspect::due_in(&tc, &status);
-    if live.apiserver_available() > 0
-        && (inspection_due.is_none() || inspect::alarm_raised(ctx, &tc).await)
-    {
+    // An alarm brings the inspection forward, at most every 30 s (its
+    // repair may fail, e.g. a quota filled by live data, and each
+    // inspection's status write wakes the next pass).
+    let alarm_due = inspect::since_last(&status).is_none_or(|s| s >= RESYNC)
+        && inspect::alarm_raised(ctx, &tc).await;
+    if live.apiserver_available() > 0 && (inspection_due.is_none() || alarm_due) {
         let inputs = inspect::Inputs {
             p: &p,
             pki: &pki,

@@ -107,10 +107,17 @@ pub(super) async fn apply(
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
     let etcd_quorum = valid.etcd_replicas / 2 + 1;
+    // With the etcd quorum lost (status.quorumLoss) the apiservers are
+    // stopped: a member that lost its data may serve an empty keyspace, and
+    // tenant kubelets would act on it (delete their pods).
+    let mut apiserver_valid = valid_at(rendering.apiserver);
+    if tc.status.as_ref().is_some_and(|s| s.quorum_loss.is_some()) {
+        apiserver_valid.apiserver_replicas = 0;
+    }
     let apiserver = if etcd_ready >= etcd_quorum
         || deployments.get_opt(&p.names.apiserver()).await?.is_some()
     {
-        let d = cp::apiserver_deployment(p, &tc.spec, &valid_at(rendering.apiserver), resolved);
+        let d = cp::apiserver_deployment(p, &tc.spec, &apiserver_valid, resolved);
         Some(apply_child(&deployments, &d, uid).await?)
     } else {
         None
