@@ -1,0 +1,143 @@
+//! `kubectl kok` against the local cluster: the plugin found on PATH by
+//! kubectl, its kubeconfig usable, a backup and a restore through it
+//! complete, an upgrade plan printed without changing anything.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kok_crds::TenantCluster;
+use kok_e2e::volumes::{make_volumes, remove_volumes};
+use kok_e2e::{tenant, with_namespace};
+use kube::api::{ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use serde_json::json;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The directory holding the `kubectl-kok` binary (`cargo build -p
+/// kubectl-kok`; hack/test-all builds it before the e2e tests).
+fn plugin_dir() -> PathBuf {
+    let dir = std::env::var_os("KOK_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
+    assert!(
+        dir.join("kubectl-kok").is_file(),
+        "no kubectl-kok in {}: run `cargo build -p kubectl-kok` first",
+        dir.display()
+    );
+    dir
+}
+
+/// Runs `kubectl kok ARGS` with the plugin on PATH; returns stdout, panics
+/// with stderr on failure.
+fn kubectl_kok(args: &[&str]) -> String {
+    let path = format!(
+        "{}:{}",
+        plugin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("kubectl")
+        .arg("kok")
+        .args(args)
+        .env("PATH", path)
+        .output()
+        .expect("running kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl kok {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn kubectl_kok_prints_a_kubeconfig_backs_up_restores_and_plans() {
+    with_namespace("plugin", |client, ns| async move {
+        make_volumes(&client, &ns, 1).await;
+        let mut tc = tenant::dev_tenant("pl", 1);
+        tc.spec.etcd.storage =
+            serde_json::from_value(json!({"size": "1Gi", "storageClassName": ns})).unwrap();
+        tc.spec.backup = Some(
+            serde_json::from_value(json!({
+                "destination": {"filesystem": {"path": format!("/var/lib/kok/backups/e2e-{ns}")}}
+            }))
+            .unwrap(),
+        );
+        tenant::create(&client, &ns, &tc).await;
+        tenant::wait_ready(&client, &ns, "pl", READY_TIMEOUT).await;
+
+        // The kubeconfig it prints reaches the tenant.
+        let kubeconfig = kubectl_kok(&["-n", &ns, "kubeconfig", "pl"]);
+        let config = Config::from_custom_kubeconfig(
+            Kubeconfig::from_yaml(&kubeconfig).expect("a kubeconfig"),
+            &KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        let t = Client::try_from(config).unwrap();
+        let namespaces = Api::<Namespace>::all(t.clone())
+            .list(&ListParams::default())
+            .await
+            .expect("the tenant API answers with the printed kubeconfig");
+        assert!(namespaces
+            .items
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some("default")));
+
+        let status = kubectl_kok(&["-n", &ns, "status", "pl"]);
+        assert!(
+            status.contains("Ready") && status.contains("v1.20.2"),
+            "{status}"
+        );
+
+        // Backup, a later write, restore: the later write is gone.
+        let cms: Api<ConfigMap> = Api::namespaced(t.clone(), "default");
+        let cm = |name: &str| -> ConfigMap {
+            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
+        };
+        cms.create(&PostParams::default(), &cm("before"))
+            .await
+            .unwrap();
+        let backup = kubectl_kok(&["-n", &ns, "backup", "pl", "--backup-name", "pl-b1"]);
+        assert!(backup.contains("pl-b1 succeeded"), "{backup}");
+        cms.create(&PostParams::default(), &cm("after"))
+            .await
+            .unwrap();
+        let restore = kubectl_kok(&["-n", &ns, "restore", "pl", "--from", "pl-b1"]);
+        assert!(restore.contains("completed"), "{restore}");
+        tenant::wait_ready(&client, &ns, "pl", READY_TIMEOUT).await;
+        let t = tenant::tenant_client(&client, &ns, "pl").await;
+        let cms: Api<ConfigMap> = Api::namespaced(t, "default");
+        assert!(cms.get_opt("before").await.unwrap().is_some());
+        assert!(
+            cms.get_opt("after").await.unwrap().is_none(),
+            "restored to the backup"
+        );
+
+        // An upgrade plan, printed only.
+        let plan = kubectl_kok(&["-n", &ns, "upgrade", "pl", "--to", "v1.22.3", "--dry-run"]);
+        assert!(
+            plan.contains("step 1: v1.21.") && plan.contains("step 2: v1.22.3"),
+            "{plan}"
+        );
+        let spec = Api::<TenantCluster>::namespaced(client.clone(), &ns)
+            .get("pl")
+            .await
+            .unwrap()
+            .spec;
+        assert_eq!(spec.version, "v1.20.2", "a dry run changes nothing");
+
+        let completions = kubectl_kok(&["completions", "bash"]);
+        assert!(completions.contains("kubectl-kok"), "bash completions");
+        Api::<TenantCluster>::namespaced(client.clone(), &ns)
+            .delete("pl", &Default::default())
+            .await
+            .unwrap();
+        remove_volumes(&client, &ns, 1).await;
+    })
+    .await;
+}
