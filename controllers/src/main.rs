@@ -198,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
             }
             info!(%identity, "leading");
         }
+        metrics.set_leader(true);
         let controllers = run_controllers(client.clone(), ctx.clone(), shutdown_rx.clone());
         if !leader_election {
             controllers.await;
@@ -216,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
                 // restarts on every lost lease backs off for minutes, and under
                 // load both replicas did (measured with 30 tenants starting).
                 error!(error = %lost, "lost the leader lease; stopped reconciling, standing by");
+                metrics.set_leader(false);
             }
         }
     }

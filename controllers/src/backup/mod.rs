@@ -403,6 +403,23 @@ async fn succeed(
     status.completion_time = Some(now());
     patch_status(api, eb, &mut status).await?;
     ctx.metrics.backup_finished(true);
+    let finished = status
+        .completion_time
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or_default();
+    let took = status
+        .start_time
+        .as_ref()
+        .map(|t| (finished - t.0.as_second()) as f64)
+        .unwrap_or_default();
+    ctx.metrics.backup_succeeded(
+        &eb.namespace().unwrap_or_default(),
+        &eb.spec.tenant_cluster,
+        finished,
+        status.size_bytes.unwrap_or_default(),
+        took,
+    );
     info!("backup succeeded");
     publish(ctx, eb, EventType::Normal, "BackupSucceeded", message).await;
     Ok(())

@@ -148,6 +148,7 @@ async fn run(er: Arc<EtcdRestore>, ctx: &Context) -> Result<Action> {
             status.message = Some(message);
             if next == RestorePhase::Completed {
                 status.completion_time = Some(now());
+                ctx.metrics.restore_finished(true);
             }
             Action::requeue(Duration::from_millis(100))
         }
@@ -161,6 +162,7 @@ async fn run(er: Arc<EtcdRestore>, ctx: &Context) -> Result<Action> {
             status.phase = Some(RestorePhase::Failed);
             status.message = Some(message.clone());
             status.completion_time = Some(now());
+            ctx.metrics.restore_finished(false);
             publish(ctx, &er, EventType::Warning, reason, "Restore", &message).await;
             Action::await_change()
         }

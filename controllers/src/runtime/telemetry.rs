@@ -49,6 +49,12 @@ struct RepairLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    namespace: String,
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckLabels {
     check: String,
 }
@@ -65,6 +71,13 @@ pub struct Metrics {
     findings: Family<FindingLabels, Gauge>,
     repairs: Family<RepairLabels, Counter>,
     repair_seconds: Family<CheckLabels, Histogram, fn() -> Histogram>,
+    tenant_ready: Family<TenantLabels, Gauge>,
+    cert_expiry: Family<TenantLabels, Gauge>,
+    last_backup: Family<TenantLabels, Gauge>,
+    backup_size: Family<TenantLabels, Gauge>,
+    backup_duration: Family<TenantLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    restores: Family<ResultLabels, Counter>,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -124,6 +137,49 @@ impl Metrics {
             "From a problem's first sighting to the end of its repair, by check",
             repair_seconds.clone(),
         );
+        let tenant_ready = Family::<TenantLabels, Gauge>::default();
+        let cert_expiry = Family::<TenantLabels, Gauge>::default();
+        let last_backup = Family::<TenantLabels, Gauge>::default();
+        let backup_size = Family::<TenantLabels, Gauge>::default();
+        let backup_duration =
+            Family::<TenantLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let restores = Family::<ResultLabels, Counter>::default();
+        let leader = Gauge::default();
+        registry.register(
+            "kok_tenant_ready",
+            "1 when the tenant's Ready condition is True",
+            tenant_ready.clone(),
+        );
+        registry.register(
+            "kok_certificate_expiry_timestamp_seconds",
+            "When the first of the tenant's leaf certificates expires (unix time)",
+            cert_expiry.clone(),
+        );
+        registry.register(
+            "kok_last_successful_backup_timestamp_seconds",
+            "When the tenant's newest successful EtcdBackup finished (unix time)",
+            last_backup.clone(),
+        );
+        registry.register(
+            "kok_last_backup_size_bytes",
+            "Size of the tenant's newest successful backup",
+            backup_size.clone(),
+        );
+        registry.register(
+            "kok_last_backup_duration_seconds",
+            "How long the tenant's newest successful backup took",
+            backup_duration.clone(),
+        );
+        registry.register(
+            "kok_etcd_restores",
+            "EtcdRestores finished, by result (completed, failed)",
+            restores.clone(),
+        );
+        registry.register(
+            "kok_leader",
+            "1 while this replica holds the leader Lease (or runs without election)",
+            leader.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -134,6 +190,13 @@ impl Metrics {
             findings,
             repairs,
             repair_seconds,
+            tenant_ready,
+            cert_expiry,
+            last_backup,
+            backup_size,
+            backup_duration,
+            restores,
+            leader,
         }
     }
 
@@ -202,8 +265,64 @@ impl Metrics {
         }
     }
 
-    /// Drops a deleted tenant's finding series.
+    pub fn tenant_observed(
+        &self,
+        namespace: &str,
+        tenant: &str,
+        ready: bool,
+        cert_expiry_unix: Option<i64>,
+    ) {
+        let labels = TenantLabels {
+            namespace: namespace.into(),
+            tenant: tenant.into(),
+        };
+        self.tenant_ready.get_or_create(&labels).set(ready as i64);
+        if let Some(t) = cert_expiry_unix {
+            self.cert_expiry.get_or_create(&labels).set(t);
+        }
+    }
+
+    pub fn backup_succeeded(
+        &self,
+        namespace: &str,
+        tenant: &str,
+        finished_unix: i64,
+        size: u64,
+        seconds: f64,
+    ) {
+        let labels = TenantLabels {
+            namespace: namespace.into(),
+            tenant: tenant.into(),
+        };
+        self.last_backup.get_or_create(&labels).set(finished_unix);
+        self.backup_size.get_or_create(&labels).set(size as i64);
+        self.backup_duration.get_or_create(&labels).set(seconds);
+    }
+
+    pub fn restore_finished(&self, completed: bool) {
+        let result = if completed { "completed" } else { "failed" };
+        self.restores
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(leading as i64);
+    }
+
+    /// Drops a deleted tenant's series.
     pub fn forget_tenant(&self, namespace: &str, tenant: &str) {
+        let labels = TenantLabels {
+            namespace: namespace.into(),
+            tenant: tenant.into(),
+        };
+        self.tenant_ready.remove(&labels);
+        self.cert_expiry.remove(&labels);
+        self.last_backup.remove(&labels);
+        self.backup_size.remove(&labels);
+        self.backup_duration.remove(&labels);
         for (check, _, _) in kok_templates::inspection::CHECKS {
             for severity in ["Info", "Warning", "Critical"] {
                 self.findings.remove(&FindingLabels {
@@ -355,6 +474,31 @@ mod tests {
             text.contains(r#"kok_reconcile_duration_seconds_count{controller="tenantcluster"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn tenant_backup_restore_and_leader_series_are_rendered_and_forgotten() {
+        let m = Metrics::new();
+        m.tenant_observed("ns", "t", true, Some(1_900_000_000));
+        m.backup_succeeded("ns", "t", 1_800_000_000, 4096, 1.5);
+        m.restore_finished(true);
+        m.set_leader(true);
+        m.set_findings("ns", "t", &[("PodOnMissingNode".into(), "Warning".into())]);
+        let text = m.render();
+        for line in [
+            r#"kok_tenant_ready{namespace="ns",tenant="t"} 1"#,
+            r#"kok_certificate_expiry_timestamp_seconds{namespace="ns",tenant="t"} 1900000000"#,
+            r#"kok_last_successful_backup_timestamp_seconds{namespace="ns",tenant="t"} 1800000000"#,
+            r#"kok_last_backup_size_bytes{namespace="ns",tenant="t"} 4096"#,
+            r#"kok_etcd_restores_total{result="completed"} 1"#,
+            "kok_leader 1",
+            r#"kok_findings{namespace="ns",tenant="t",check="PodOnMissingNode",severity="Warning"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        m.forget_tenant("ns", "t");
+        let text = m.render();
+        assert!(!text.contains(r#"tenant="t""#), "{text}");
     }
 
     #[tokio::test]

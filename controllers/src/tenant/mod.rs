@@ -397,6 +397,12 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
 
     let ready = conditions::is_true(&status.conditions, condition::READY);
     let became_ready = ready && !conditions::is_true(&old_status.conditions, condition::READY);
+    ctx.metrics.tenant_observed(
+        &p.namespace,
+        &name,
+        ready,
+        pki.earliest_expiry.map(|t| t.unix_timestamp()),
+    );
     // etcd settles its cluster version a moment after the members agree:
     // look again soon until it is read.
     let cluster_version_known = upgrade::etcd_cluster_version_settled(&status);
