@@ -95,6 +95,7 @@ pub struct FilesystemDestination {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct S3Destination {
+    /// S3 bucket (S3 naming rules).
     #[schemars(length(min = 3, max = 63))]
     pub bucket: String,
     /// Key prefix inside the bucket.
@@ -105,6 +106,7 @@ pub struct S3Destination {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     pub endpoint: Option<String>,
+    /// S3 region (default `us-east-1`).
     #[serde(default = "default_region")]
     #[schemars(length(min = 1, max = 64))]
     pub region: String,
@@ -150,7 +152,8 @@ fn default_region() -> String {
     printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.tenantCluster"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Revision","type":"integer","jsonPath":".status.revision"}"#,
-    printcolumn = r#"{"name":"Size","type":"integer","jsonPath":".status.sizeBytes"}"#,
+    printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size"}"#,
+    printcolumn = r#"{"name":"Bytes","type":"integer","jsonPath":".status.sizeBytes","priority":1}"#,
     printcolumn = r#"{"name":"Verified","type":"boolean","jsonPath":".status.verified"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -173,15 +176,33 @@ pub enum BackupPhase {
     Failed,
 }
 
+/// A byte count for people: `512 B`, `3.0 KiB`, `1.1 GiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 impl BackupPhase {
     pub fn is_terminal(self) -> bool {
         matches!(self, BackupPhase::Succeeded | BackupPhase::Failed)
     }
 }
 
+/// What the backup did and what its artifact holds (kstatus conditions).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdBackupStatus {
+    /// `Pending`, `Running`, `Verifying`, `Succeeded`, `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "backup_phase_schema")]
     pub phase: Option<BackupPhase>,
@@ -201,8 +222,12 @@ pub struct EtcdBackupStatus {
     /// etcd `HashKV` at `revision`: the content hash a restore must reproduce.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_hash: Option<u32>,
+    /// Bytes stored (the artifact as written, sealed or not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
+    /// `sizeBytes` for people (`1.1 GiB`), for `kubectl get etcdbackups`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
     /// sha256 of the artifact as stored, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
@@ -252,6 +277,7 @@ pub struct EtcdBackupStatus {
     /// Members of the tenant's etcd when the backup started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<i32>,
+    /// The generation the conditions describe (kstatus).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// kstatus: `Ready` (Succeeded), `Reconciling` (Pending, Running,
@@ -284,6 +310,7 @@ pub struct EtcdRestoreSpec {
         length(min = 1, max = 253),
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
+    /// The TenantCluster (same namespace) to restore.
     pub tenant_cluster: String,
     /// EtcdBackup (same namespace) to restore from; it must have succeeded.
     #[schemars(
@@ -314,12 +341,15 @@ pub enum RestorePhase {
     Failed,
 }
 
+/// Where the restore runbook is (kstatus conditions).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdRestoreStatus {
+    /// The runbook step: `Pending`, `StoppingControlPlane`, `RestoringEtcd`, `StartingControlPlane`, `Verifying`, `Completed`, `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "restore_phase_schema")]
     pub phase: Option<RestorePhase>,
+    /// What the step does or waits for, or why the restore failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -341,6 +371,7 @@ pub struct EtcdRestoreStatus {
     /// (different uid) and `spec.acceptOtherIncarnation` allowed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted_other_incarnation: Option<bool>,
+    /// The generation the conditions describe (kstatus).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// kstatus: `Ready` (Completed), `Reconciling` (running), `Stalled`

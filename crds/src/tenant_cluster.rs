@@ -61,6 +61,42 @@ pub struct TenantClusterSpec {
     /// findings it repairs itself (docs/self-healing.md).
     #[serde(default)]
     pub healing: HealingSpec,
+    /// How tools reach the tenant: an Argo CD cluster Secret kok keeps current.
+    #[serde(default)]
+    pub access: AccessSpec,
+}
+
+/// Access to the tenant for other tools.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessSpec {
+    /// Register the tenant with Argo CD: kok writes (and, when the admin
+    /// certificate is renewed, rewrites) a cluster Secret in Argo CD's
+    /// namespace, and deletes it with the tenant or when this is unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argocd: Option<ArgoCdCluster>,
+}
+
+/// An Argo CD cluster Secret (`argocd.argoproj.io/secret-type: cluster`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArgoCdCluster {
+    /// Argo CD's namespace (default `argocd`); it must exist.
+    #[serde(default = "default_argocd_namespace")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// The cluster's name in Argo CD (default `<namespace>-<name>` of the TenantCluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: Option<String>,
+    /// Argo CD project the cluster is scoped to (unset: every project).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub project: Option<String>,
+}
+
+fn default_argocd_namespace() -> String {
+    "argocd".into()
 }
 
 /// How kok inspects and heals a tenant.
@@ -200,6 +236,7 @@ impl Default for EtcdStorage {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ControlPlaneSpec {
+    /// The tenant kube-apiserver.
     #[serde(default)]
     pub apiserver: ApiServerSpec,
     #[serde(default)]
@@ -256,8 +293,16 @@ pub struct ComponentSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
+    /// `ClusterIP` (default), `NodePort` or `LoadBalancer`.
     #[serde(default, rename = "type")]
     pub type_: ServiceType,
+    /// `host[:port]` users reach the apiserver at (a DNS name or IP in front
+    /// of the Service: a load balancer, an ingress passthrough); default port
+    /// 6443. It becomes the admin kubeconfig's server, `status.endpoint`, and
+    /// a name in the serving certificate. Unset: the Service's own address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 259))]
+    pub advertised_address: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -311,6 +356,7 @@ impl Default for NetworkingSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantClusterStatus {
+    /// The generation the conditions describe (kstatus).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// One entry per condition type (a list map: each writer owns its types).
@@ -368,6 +414,10 @@ pub struct TenantClusterStatus {
     /// whose claim changed lost its data and is replaced.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub etcd_member_claims: BTreeMap<String, String>,
+    /// The Argo CD cluster Secret kok wrote (`namespace/name`), to delete
+    /// when `spec.access.argocd` is unset or the tenant goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argocd_cluster_secret: Option<String>,
     /// The scheduled slot of the last scheduled defragmentation
     /// (`spec.healing.defragmentationSchedule`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -428,6 +478,7 @@ pub struct Finding {
     /// What it is about: `Pod default/web-1` in the tenant, `etcd member
     /// <name>`, `Certificate <name>`.
     pub object: String,
+    /// What is wrong, in words.
     pub message: String,
     pub first_seen: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
     pub last_seen: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
@@ -445,12 +496,15 @@ pub struct Finding {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Repair {
+    /// The check the repair answered.
     pub check: String,
+    /// What was repaired.
     pub object: String,
     /// What was done.
     pub action: String,
     /// `Succeeded` or `Failed`.
     pub outcome: String,
+    /// What the repair did or why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// When the problem was first seen.
@@ -481,6 +535,7 @@ pub struct MemberReplacement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_claim: Option<String>,
     pub detected_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// What the step waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -587,6 +642,7 @@ pub struct UpgradeStatus {
     pub last_progress_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// What the phase does or waits for, or why the migration failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -599,6 +655,7 @@ pub struct MigrationShape {
     pub version: String,
     /// etcd image tag.
     pub etcd_version: String,
+    /// etcd members.
     pub etcd_replicas: i32,
     /// etcd generation: 0 is `<name>-etcd`, n is `<name>-etcd-g<n>`.
     pub etcd_generation: u32,
@@ -614,6 +671,7 @@ pub struct MigrationStatus {
     /// `Preflight`, `CreatingTarget`, `Frozen`, `Copying`, `Verifying`,
     /// `CuttingOver`, `Completed`, `RollingBack`, `RolledBack`.
     pub phase: String,
+    /// What the step waits for, or why it is stuck.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// The TenantCluster generation the migration was opened for: a
@@ -708,6 +766,58 @@ fn default_cluster_domain() -> String {
 mod tests {
     use super::TenantCluster;
     use kube::CustomResourceExt;
+
+    /// `kubectl explain` and the API reference need a description on every
+    /// field of every kind.
+    #[test]
+    fn backup_sizes_read_as_people_write_them() {
+        assert_eq!(crate::human_size(512), "512 B");
+        assert_eq!(crate::human_size(3 * 1024), "3.0 KiB");
+        assert_eq!(crate::human_size(1_181_116_006), "1.1 GiB");
+    }
+
+    #[test]
+    fn every_field_of_every_kind_is_described() {
+        fn walk(schema: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
+            let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
+                return;
+            };
+            for (name, sub) in props {
+                let p = format!("{path}.{name}");
+                let skipped = p.starts_with(".metadata") || p == ".apiVersion" || p == ".kind";
+                if !skipped && sub.get("description").is_none() {
+                    missing.push(p.clone());
+                }
+                walk(sub, &p, missing);
+                if let Some(items) = sub.get("items") {
+                    walk(items, &format!("{p}[]"), missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        for crd in [
+            TenantCluster::crd(),
+            crate::EtcdBackup::crd(),
+            crate::EtcdRestore::crd(),
+        ] {
+            let kind = crd.spec.names.kind.clone();
+            let schema = serde_json::to_value(
+                crd.spec.versions[0]
+                    .schema
+                    .as_ref()
+                    .unwrap()
+                    .open_api_v3_schema
+                    .as_ref()
+                    .unwrap(),
+            )
+            .unwrap();
+            assert!(schema.get("description").is_some(), "{kind} has no description");
+            let mut m = Vec::new();
+            walk(&schema, "", &mut m);
+            missing.extend(m.into_iter().map(|p| format!("{kind}{p}")));
+        }
+        assert!(missing.is_empty(), "fields without a description: {missing:#?}");
+    }
 
     #[test]
     fn kubectl_get_shows_why_a_tenant_is_not_ready_and_kok_lists_every_kind() {

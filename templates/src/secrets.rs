@@ -58,6 +58,72 @@ pub fn kubeconfig_secret(p: &Placement, name: String, kubeconfig: String) -> Sec
     )
 }
 
+/// Label Argo CD finds its cluster Secrets by.
+pub const ARGOCD_SECRET_TYPE_LABEL: &str = "argocd.argoproj.io/secret-type";
+/// Annotation naming the TenantCluster (`namespace/name/uid`) an Argo CD
+/// cluster Secret belongs to: it lives in another namespace, so no owner
+/// reference can say so.
+pub const ARGOCD_OWNER_ANNOTATION: &str = "kok.dev/tenant-cluster";
+
+/// The Argo CD cluster Secret's name: a valid object name whatever the
+/// cluster is called in Argo CD.
+pub fn argocd_secret_name(p: &Placement) -> String {
+    format!("kok-{}-{}", p.namespace, p.names.tenant)
+}
+
+/// The Argo CD cluster Secret of a tenant: its endpoint, its CA and kok's
+/// admin client certificate (the same the admin kubeconfig carries).
+pub fn argocd_cluster_secret(
+    p: &Placement,
+    spec: &kok_crds::ArgoCdCluster,
+    server_url: &str,
+    ca_pem: &str,
+    admin: &CertKeyPair,
+) -> Secret {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let name = spec
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", p.namespace, p.names.tenant));
+    let config = serde_json::json!({
+        "tlsClientConfig": {
+            "caData": b64(ca_pem),
+            "certData": b64(&admin.cert_pem),
+            "keyData": b64(&admin.key_pem),
+        }
+    });
+    let mut data = BTreeMap::from([
+        ("name".to_string(), name.clone()),
+        ("server".to_string(), server_url.to_string()),
+        ("config".to_string(), config.to_string()),
+    ]);
+    if let Some(project) = &spec.project {
+        data.insert("project".into(), project.clone());
+    }
+    let mut labels = tenant_labels(&p.names.tenant);
+    labels.insert(ARGOCD_SECRET_TYPE_LABEL.into(), "cluster".into());
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(argocd_secret_name(p)),
+            namespace: Some(spec.namespace.clone()),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                ARGOCD_OWNER_ANNOTATION.to_string(),
+                format!("{}/{}/{}", p.namespace, p.names.tenant, p.owner.uid),
+            )])),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
 /// Reads a Secret's data as UTF-8 strings (PEM and YAML are text).
 pub fn string_data(secret: &Secret) -> BTreeMap<String, String> {
     secret
@@ -95,6 +161,50 @@ pub fn config_hash<'a>(parts: impl IntoIterator<Item = (&'a str, &'a str)>) -> S
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn an_argocd_cluster_secret_carries_the_endpoint_and_the_admin_certificate() {
+        use base64::Engine as _;
+        let p = Placement {
+            names: crate::names::Names::new("demo"),
+            namespace: "tenants".into(),
+            owner: Default::default(),
+        };
+        let spec = kok_crds::ArgoCdCluster {
+            namespace: "argocd".into(),
+            name: None,
+            project: Some("platform".into()),
+        };
+        let admin = CertKeyPair {
+            cert_pem: "CERT".into(),
+            key_pem: "KEY".into(),
+        };
+        let s = argocd_cluster_secret(&p, &spec, "https://10.0.0.1:6443", "CA", &admin);
+        assert_eq!(s.metadata.namespace.as_deref(), Some("argocd"));
+        assert_eq!(s.metadata.name.as_deref(), Some("kok-tenants-demo"));
+        assert_eq!(
+            s.metadata.labels.as_ref().unwrap()[ARGOCD_SECRET_TYPE_LABEL],
+            "cluster"
+        );
+        let data = string_data(&s);
+        assert_eq!(data["server"], "https://10.0.0.1:6443");
+        assert_eq!(data["name"], "tenants-demo");
+        assert_eq!(data["project"], "platform");
+        let config: serde_json::Value = serde_json::from_str(&data["config"]).unwrap();
+        let b64 = |v: &serde_json::Value| {
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap())
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        assert_eq!(b64(&config["tlsClientConfig"]["certData"]), "CERT");
+        assert_eq!(b64(&config["tlsClientConfig"]["keyData"]), "KEY");
+        assert_eq!(b64(&config["tlsClientConfig"]["caData"]), "CA");
+    }
+
     use super::*;
 
     #[test]

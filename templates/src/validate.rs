@@ -25,6 +25,45 @@ pub struct ValidSpec {
     pub extra_sans: Vec<San>,
 }
 
+/// `host[:port]` (`[v6]:port` for an IPv6 address with a port) as
+/// `(host, port)`, port 6443 by default. The host must be an IP or a DNS name.
+pub fn advertised_address(text: &str) -> Result<(String, i32), String> {
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("{text:?}: unclosed '['"))?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match text.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h, Some(p)),
+            _ => (text, None),
+        },
+    };
+    let port = match port {
+        None => crate::flags::APISERVER_PORT,
+        Some(p) => p
+            .parse::<i32>()
+            .ok()
+            .filter(|p| (1..=65535).contains(p))
+            .ok_or_else(|| format!("{text:?}: the port must be 1 to 65535"))?,
+    };
+    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    let is_dns = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if !is_ip && !is_dns {
+        return Err(format!("{text:?}: {host:?} is neither an IP address nor a DNS name"));
+    }
+    Ok((host.to_string(), port))
+}
+
 /// Checks `spec` against itself and against what already runs (`status`):
 /// no downgrade across minors, no etcd member count change after creation.
 pub fn validate(
@@ -60,6 +99,11 @@ pub fn validate(
         }
     }
 
+    if let Some(address) = &spec.control_plane.service.advertised_address {
+        if let Err(e) = advertised_address(address) {
+            err("spec.controlPlane.service.advertisedAddress", e);
+        }
+    }
     if let Some(schedule) = &spec.healing.defragmentation_schedule {
         if let Err(e) = crate::backup::parse_schedule(schedule) {
             err("spec.healing.defragmentationSchedule", e);
@@ -475,6 +519,26 @@ mod tests {
             "{}",
             errors[0]
         );
+    }
+
+    #[test]
+    fn advertised_addresses_are_hosts_with_an_optional_port() {
+        assert_eq!(
+            advertised_address("kok.example.com").unwrap(),
+            ("kok.example.com".to_string(), 6443)
+        );
+        assert_eq!(
+            advertised_address("10.0.0.5:443").unwrap(),
+            ("10.0.0.5".to_string(), 443)
+        );
+        assert_eq!(
+            advertised_address("[fd00::1]:8443").unwrap(),
+            ("fd00::1".to_string(), 8443)
+        );
+        assert_eq!(advertised_address("fd00::1").unwrap().0, "fd00::1");
+        for bad in ["https://x", "x:0", "x:70000", "a b", "-x.com", "[fd00::1"] {
+            assert!(advertised_address(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

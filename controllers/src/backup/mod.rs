@@ -229,6 +229,7 @@ async fn run(
         "snapshot stored"
     );
     status.size_bytes = Some(snap.size);
+    status.size = Some(kok_crds::human_size(snap.size));
     status.sha256 = Some(snap.sha256);
     status.etcd_sha256 = Some(snap.etcd_sha256);
     status.revision = Some(snap.fingerprint.revision);

@@ -11,6 +11,10 @@ pub(super) struct Kubeconfigs {
     pub scheduler: String,
     /// `None` until the apiserver Service has an address users can reach.
     pub admin: Option<String>,
+    /// kok's own: the admin identity through the apiserver Service's
+    /// ClusterIP, which the operator reaches whatever users are told to dial
+    /// (an advertised name may only resolve outside this cluster). Not stored.
+    pub operator: String,
 }
 
 pub(super) async fn ensure(
@@ -19,6 +23,7 @@ pub(super) async fn ensure(
     uid: &str,
     pki: &TenantPki,
     endpoint: Option<&Endpoint>,
+    apiserver_ip: &str,
 ) -> Result<Kubeconfigs> {
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &p.namespace);
     let tenant = &p.names.tenant;
@@ -30,6 +35,17 @@ pub(super) async fn ensure(
     let kubeconfigs = Kubeconfigs {
         controller_manager: component("system:kube-controller-manager", "controller-manager"),
         scheduler: component("system:kube-scheduler", "scheduler"),
+        operator: kubeconfig(
+            tenant,
+            &Endpoint {
+                host: apiserver_ip.to_string(),
+                port: APISERVER_PORT,
+            }
+            .url(),
+            cluster_ca,
+            "kok-admin",
+            &pki.leaves["admin"],
+        ),
         admin: endpoint.map(|e| {
             kubeconfig(
                 tenant,

@@ -34,6 +34,7 @@ use crate::runtime::error::{Error, Result};
 use crate::runtime::lenient::Lenient;
 use crate::runtime::status::{apply_status, manager};
 
+mod access;
 mod admit;
 mod cleanup;
 mod etcd_roll;
@@ -257,11 +258,20 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     }
 
     // 4. Kubeconfigs.
-    let kubeconfigs = kubeconfigs::ensure(ctx, &p, &uid, &pki, net.endpoint.as_ref()).await?;
+    let kubeconfigs = kubeconfigs::ensure(
+        ctx,
+        &p,
+        &uid,
+        &pki,
+        net.endpoint.as_ref(),
+        &net.apiserver_ip,
+    )
+    .await?;
     if kubeconfigs.admin.is_some() {
         status.kubeconfig_secret_name = Some(p.names.admin_kubeconfig_secret());
         status.endpoint = net.endpoint.as_ref().map(|e| e.url());
     }
+    access::argocd(ctx, &tc, &p, &pki, net.endpoint.as_ref(), &mut status).await?;
 
     // 5. A data migration (spec.upgrade.strategy: Migrate), when one is due
     //    or on record, drives the pass itself until it finishes.
@@ -325,7 +335,9 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     // 8. Observe: Ready only when every component has rolled out its current
     //    template (kstatus), so GitOps tools see a rollout as one.
     let readyz = match &kubeconfigs.admin {
-        Some(kc) if live.apiserver_available() > 0 => tenant_health::readyz(kc).await,
+        Some(_) if live.apiserver_available() > 0 => {
+            tenant_health::readyz(&kubeconfigs.operator).await
+        }
         _ => Err("the apiserver has no available replica yet".to_string()),
     };
     let verdict = tenant_status::verdict(&live.observed(readyz, net.endpoint.is_some()));
@@ -386,7 +398,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         let inputs = inspect::Inputs {
             p: &p,
             pki: &pki,
-            admin_kubeconfig: kubeconfigs.admin.as_deref(),
+            admin_kubeconfig: Some(kubeconfigs.operator.as_str()),
         };
         inspect::run(ctx, &tc, &inputs, &mut status).await;
     }

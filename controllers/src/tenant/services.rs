@@ -154,6 +154,12 @@ pub(super) async fn endpoint(
     svc: &Service,
     cluster_ip: &str,
 ) -> Result<Option<Endpoint>> {
+    // What users are told to dial, when a name or address is put in front.
+    if let Some(address) = &tc.spec.control_plane.service.advertised_address {
+        if let Ok((host, port)) = kok_templates::validate::advertised_address(address) {
+            return Ok(Some(Endpoint { host, port }));
+        }
+    }
     Ok(match tc.spec.control_plane.service.type_ {
         ServiceType::ClusterIP => Some(Endpoint {
             host: cluster_ip.to_string(),

@@ -1,0 +1,116 @@
+//! How tools reach a tenant: an advertised address in the kubeconfig and the
+//! serving certificate, and the Argo CD cluster Secret kok keeps current.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kok_crds::TenantCluster;
+use kok_e2e::{tenant, wait_for, with_namespace, Poll};
+use kube::api::{DeleteParams, PostParams};
+use kube::Api;
+use serde_json::json;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn data(s: &Secret, key: &str) -> String {
+    String::from_utf8(s.data.as_ref().unwrap()[key].0.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn argocd_gets_a_cluster_secret_that_follows_the_tenant() {
+    with_namespace("access", |client, ns| async move {
+        // Argo CD's namespace (Argo CD itself is not needed to check the Secret).
+        let argocd = format!("{ns}-argocd");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let n: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": argocd, "labels": {"kok.dev/e2e": "true"}}
+        }))
+        .unwrap();
+        namespaces.create(&PostParams::default(), &n).await.unwrap();
+
+        let mut tc = tenant::dev_tenant("acc", 1);
+        tc.spec.access = serde_json::from_value(
+            json!({"argocd": {"namespace": argocd, "project": "platform"}}),
+        )
+        .unwrap();
+        tenant::create(&client, &ns, &tc).await;
+        let ready = tenant::wait_ready(&client, &ns, "acc", READY_TIMEOUT).await;
+        let endpoint = ready.status.as_ref().unwrap().endpoint.clone().unwrap();
+
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &argocd);
+        let name = format!("kok-{ns}-acc");
+        let s = wait_for("the Argo CD cluster Secret", Duration::from_secs(60), || async {
+            match secrets.get_opt(&name).await {
+                Ok(Some(s)) => Poll::Ready(s),
+                other => Poll::Pending(format!("{:?}", other.map(|o| o.is_some()))),
+            }
+        })
+        .await;
+        assert_eq!(
+            s.metadata.labels.as_ref().unwrap()["argocd.argoproj.io/secret-type"],
+            "cluster"
+        );
+        assert_eq!(data(&s, "server"), endpoint);
+        assert_eq!(data(&s, "project"), "platform");
+        // The same client certificate as the admin kubeconfig.
+        let kubeconfig = tenant::secret_text(&client, &ns, "acc-kubeconfig", "value").await;
+        let config: serde_json::Value = serde_json::from_str(&data(&s, "config")).unwrap();
+        let cert = config["tlsClientConfig"]["certData"].as_str().unwrap();
+        assert!(kubeconfig.contains(cert), "the kubeconfig's certificate");
+
+        // Unset: the Secret goes.
+        tenant::patch_spec(&client, &ns, "acc", json!({"access": {"argocd": null}})).await;
+        wait_for("the Argo CD cluster Secret deleted", Duration::from_secs(60), || async {
+            match secrets.get_opt(&name).await {
+                Ok(None) => Poll::Ready(()),
+                other => Poll::Pending(format!("{:?}", other.map(|o| o.is_some()))),
+            }
+        })
+        .await;
+        let _ = namespaces.delete(&argocd, &DeleteParams::default()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_advertised_address_is_the_kubeconfig_server_and_in_the_certificate() {
+    with_namespace("advertised", |client, ns| async move {
+        let mut tc = tenant::dev_tenant("adv", 1);
+        tc.spec.control_plane.service =
+            serde_json::from_value(json!({"advertisedAddress": "adv.tenants.example.test:443"}))
+                .unwrap();
+        tenant::create(&client, &ns, &tc).await;
+        // Not Ready (nothing answers at that name here): wait for the kubeconfig.
+        let api: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
+        let endpoint = wait_for("status.endpoint", READY_TIMEOUT, || async {
+            match api.get("adv").await.ok().and_then(|t| t.status?.endpoint) {
+                Some(e) => Poll::Ready(e),
+                None => Poll::Pending("none yet".into()),
+            }
+        })
+        .await;
+        assert_eq!(endpoint, "https://adv.tenants.example.test:443");
+        let kubeconfig = tenant::secret_text(&client, &ns, "adv-kubeconfig", "value").await;
+        assert!(
+            kubeconfig.contains("server: \"https://adv.tenants.example.test:443\"")
+                || kubeconfig.contains("server: https://adv.tenants.example.test:443"),
+            "{kubeconfig}"
+        );
+        // The serving certificate names it.
+        let cert = tenant::secret_text(&client, &ns, "adv-certs", "apiserver.crt").await;
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(cert.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("openssl");
+        let sans = String::from_utf8_lossy(&out.stdout);
+        assert!(sans.contains("DNS:adv.tenants.example.test"), "{sans}");
+    })
+    .await;
+}
