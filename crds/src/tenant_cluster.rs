@@ -811,12 +811,18 @@ mod tests {
                     .unwrap(),
             )
             .unwrap();
-            assert!(schema.get("description").is_some(), "{kind} has no description");
+            assert!(
+                schema.get("description").is_some(),
+                "{kind} has no description"
+            );
             let mut m = Vec::new();
             walk(&schema, "", &mut m);
             missing.extend(m.into_iter().map(|p| format!("{kind}{p}")));
         }
-        assert!(missing.is_empty(), "fields without a description: {missing:#?}");
+        assert!(
+            missing.is_empty(),
+            "fields without a description: {missing:#?}"
+        );
     }
 
     #[test]

@@ -29,22 +29,25 @@ async fn argocd_gets_a_cluster_secret_that_follows_the_tenant() {
         namespaces.create(&PostParams::default(), &n).await.unwrap();
 
         let mut tc = tenant::dev_tenant("acc", 1);
-        tc.spec.access = serde_json::from_value(
-            json!({"argocd": {"namespace": argocd, "project": "platform"}}),
-        )
-        .unwrap();
+        tc.spec.access =
+            serde_json::from_value(json!({"argocd": {"namespace": argocd, "project": "platform"}}))
+                .unwrap();
         tenant::create(&client, &ns, &tc).await;
         let ready = tenant::wait_ready(&client, &ns, "acc", READY_TIMEOUT).await;
         let endpoint = ready.status.as_ref().unwrap().endpoint.clone().unwrap();
 
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &argocd);
         let name = format!("kok-{ns}-acc");
-        let s = wait_for("the Argo CD cluster Secret", Duration::from_secs(60), || async {
-            match secrets.get_opt(&name).await {
-                Ok(Some(s)) => Poll::Ready(s),
-                other => Poll::Pending(format!("{:?}", other.map(|o| o.is_some()))),
-            }
-        })
+        let s = wait_for(
+            "the Argo CD cluster Secret",
+            Duration::from_secs(60),
+            || async {
+                match secrets.get_opt(&name).await {
+                    Ok(Some(s)) => Poll::Ready(s),
+                    other => Poll::Pending(format!("{:?}", other.map(|o| o.is_some()))),
+                }
+            },
+        )
         .await;
         assert_eq!(
             s.metadata.labels.as_ref().unwrap()["argocd.argoproj.io/secret-type"],
@@ -60,12 +63,16 @@ async fn argocd_gets_a_cluster_secret_that_follows_the_tenant() {
 
         // Unset: the Secret goes.
         tenant::patch_spec(&client, &ns, "acc", json!({"access": {"argocd": null}})).await;
-        wait_for("the Argo CD cluster Secret deleted", Duration::from_secs(60), || async {
-            match secrets.get_opt(&name).await {
-                Ok(None) => Poll::Ready(()),
-                other => Poll::Pending(format!("{:?}", other.map(|o| o.is_some()))),
-            }
-        })
+        wait_for(
+            "the Argo CD cluster Secret deleted",
+            Duration::from_secs(60),
+            || async {
+                match secrets.get_opt(&name).await {
+                    Ok(None) => Poll::Ready(()),
+                    other => Poll::Pending(format!("{:?}", other.map(|o| o.is_some()))),
+                }
+            },
+        )
         .await;
         let _ = namespaces.delete(&argocd, &DeleteParams::default()).await;
     })

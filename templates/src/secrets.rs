@@ -205,8 +205,6 @@ mod tests {
         assert_eq!(b64(&config["tlsClientConfig"]["caData"]), "CA");
     }
 
-    use super::*;
-
     #[test]
     fn config_hash_changes_with_any_input_and_is_stable() {
         let a = config_hash([("apiserver.crt", "A"), ("args", "--x=1")]);

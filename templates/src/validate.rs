@@ -59,7 +59,9 @@ pub fn advertised_address(text: &str) -> Result<(String, i32), String> {
                 && !l.ends_with('-')
         });
     if !is_ip && !is_dns {
-        return Err(format!("{text:?}: {host:?} is neither an IP address nor a DNS name"));
+        return Err(format!(
+            "{text:?}: {host:?} is neither an IP address nor a DNS name"
+        ));
     }
     Ok((host.to_string(), port))
 }

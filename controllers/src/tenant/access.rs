@@ -25,7 +25,11 @@ pub(super) async fn argocd(
 ) -> Result<()> {
     let previous = status.argocd_cluster_secret.clone();
     let owner = format!("{}/{}/{}", p.namespace, p.names.tenant, p.owner.uid);
-    let wanted = match (tc.spec.access.argocd.as_ref(), endpoint, pki.leaves.get("admin")) {
+    let wanted = match (
+        tc.spec.access.argocd.as_ref(),
+        endpoint,
+        pki.leaves.get("admin"),
+    ) {
         (Some(spec), Some(ep), Some(admin)) => Some(argocd_cluster_secret(
             p,
             spec,
@@ -58,13 +62,28 @@ pub(super) async fn argocd(
         };
         if let Some(why) = problem {
             warn!("{why}");
-            super::publish(ctx, tc, EventType::Warning, "ArgoCDSecretFailed", "Access", &why)
-                .await;
+            super::publish(
+                ctx,
+                tc,
+                EventType::Warning,
+                "ArgoCDSecretFailed",
+                "Access",
+                &why,
+            )
+            .await;
             return Ok(());
         }
         if previous.is_none() || previous != key {
             let note = format!("Argo CD cluster Secret {ns}/{name} written");
-            super::publish(ctx, tc, EventType::Normal, "ArgoCDRegistered", "Access", &note).await;
+            super::publish(
+                ctx,
+                tc,
+                EventType::Normal,
+                "ArgoCDRegistered",
+                "Access",
+                &note,
+            )
+            .await;
         }
     }
     if let Some(old) = previous.filter(|p| Some(p) != key.as_ref()) {

@@ -22,7 +22,11 @@ pub(super) async fn cleanup(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Act
     ctx.metrics.forget_tenant(&ns, &tc.name_any());
     // The Argo CD cluster Secret lives in Argo CD's namespace: no owner
     // reference takes it along.
-    if let Some(key) = tc.status.as_ref().and_then(|s| s.argocd_cluster_secret.as_ref()) {
+    if let Some(key) = tc
+        .status
+        .as_ref()
+        .and_then(|s| s.argocd_cluster_secret.as_ref())
+    {
         let owner = format!("{ns}/{}/{}", tc.name_any(), tc.uid().unwrap_or_default());
         super::access::delete_if_ours(ctx, key, &owner).await?;
     }

@@ -392,7 +392,12 @@ async fn preflight(
             "the tenant must be healthy on what it runs before a migration starts: {down} is not True"
         )));
     }
-    let Some(kc) = x.kubeconfigs.admin.as_ref().map(|_| &x.kubeconfigs.operator) else {
+    let Some(kc) = x
+        .kubeconfigs
+        .admin
+        .as_ref()
+        .map(|_| &x.kubeconfigs.operator)
+    else {
         return Ok(Step::Stay("no admin kubeconfig yet".into()));
     };
     if let Err(why) = health::readyz(kc).await {
@@ -927,7 +932,12 @@ async fn cut_over(
     if live.apiserver_available() == 0 {
         return Ok(Step::Stay("starting the apiservers on the target".into()));
     }
-    let Some(kc) = x.kubeconfigs.admin.as_ref().map(|_| &x.kubeconfigs.operator) else {
+    let Some(kc) = x
+        .kubeconfigs
+        .admin
+        .as_ref()
+        .map(|_| &x.kubeconfigs.operator)
+    else {
         return Ok(Step::Stay("no admin kubeconfig yet".into()));
     };
     if let Err(why) = health::readyz(kc).await {
