@@ -444,7 +444,28 @@ async fn a_member_that_lost_its_volume_is_replaced_with_every_object_kept() {
             if ready == 3 {
                 Poll::Ready(())
             } else {
-                Poll::Pending(format!("{ready}/3 ready"))
+                let states: Vec<String> = pods
+                    .list(&lp)
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| {
+                        let c = p
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.container_statuses.as_ref())
+                            .and_then(|c| c.first());
+                        format!(
+                            "{}: {:?} restarts {:?} state {:?}",
+                            p.metadata.name.clone().unwrap_or_default(),
+                            p.status.as_ref().and_then(|s| s.phase.clone()),
+                            c.map(|c| c.restart_count),
+                            c.and_then(|c| c.state.clone())
+                        )
+                    })
+                    .collect();
+                Poll::Pending(format!("{ready}/3 ready: {states:?}"))
             }
         })
         .await;
@@ -843,14 +864,29 @@ async fn a_deleted_apiserver_pod_is_serving_again_quickly() {
         pods.delete(&name, &DeleteParams::default().grace_period(0))
             .await
             .unwrap();
-        // Gone first (the old pod may answer for a moment), then serving.
+        // A new pod ready (the deleted one may answer for a moment while the
+        // kubelet stops it), then the tenant API answering through it.
         wait_for(
-            "the old apiserver pod gone",
-            Duration::from_secs(60),
+            "a new apiserver pod ready",
+            Duration::from_secs(120),
             || async {
-                match pods.get_opt(&name).await {
-                    Ok(None) => Poll::Ready(()),
-                    _ => Poll::Pending("still there".into()),
+                let listed = pods.list(&lp).await.map(|l| l.items).unwrap_or_default();
+                let ready = listed.iter().any(|p| {
+                    p.metadata.name.as_deref() != Some(name.as_str())
+                        && p.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|cs| {
+                                cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            })
+                });
+                let old_gone = listed
+                    .iter()
+                    .all(|p| p.metadata.name.as_deref() != Some(name.as_str()));
+                if ready && old_gone {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(format!("new ready {ready}, old gone {old_gone}"))
                 }
             },
         )

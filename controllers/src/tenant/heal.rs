@@ -89,31 +89,7 @@ pub(super) async fn members(
     for i in 0..replicas {
         let claim = claims.get_opt(&member_claim(names, i)).await?;
         let pod = pods.get_opt(&names.etcd_member(i)).await?;
-        // A StatefulSet wedge (kubernetes#74374): a member's claim was
-        // deleted while its pod was recreated, so the new pod is bound to a
-        // claim on its way out and stays Pending for as long as it exists
-        // (it also holds the deletion up). The pod never ran: delete it, and
-        // the StatefulSet makes a new claim and pod.
-        let claim_going = claim
-            .as_ref()
-            .is_some_and(|c| c.metadata.deletion_timestamp.is_some());
-        if let (true, Some(pod)) = (claim_going, &pod) {
-            let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
-            if pending && pod.metadata.deletion_timestamp.is_none() {
-                let dp = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: pod.uid(),
-                        resource_version: None,
-                    }),
-                    ..Default::default()
-                };
-                ignore_gone(pods.delete(&names.etcd_member(i), &dp).await)?;
-                info!(
-                    member = i,
-                    "deleted a pending etcd pod bound to a claim being deleted"
-                );
-            }
-        }
+        unwedge(&claims, &pods, names, i, claim.as_ref(), pod.as_ref()).await?;
         observed.push(MemberVolume {
             ordinal: i,
             claim_uid: claim
@@ -799,6 +775,71 @@ async fn replace(
     let message = progress(&r, r.message.as_deref().unwrap_or(""));
     status.etcd_member_replacement = Some(r);
     Ok(Healing::Replacing(message))
+}
+
+/// A StatefulSet wedge (kubernetes#74374): a member's claim was deleted
+/// while its pod was recreated, so the new pod refers to a claim on its way
+/// out. It stays Pending, and as long as it exists the claim's
+/// `kubernetes.io/pvc-protection` finalizer holds the deletion up; once the
+/// claim is gone, the StatefulSet does not make it again for that pod. The
+/// pod never ran, so no one uses the volume: the finalizer is released, and
+/// a Pending pod without its claim is deleted so the StatefulSet makes both.
+async fn unwedge(
+    claims: &Api<PersistentVolumeClaim>,
+    pods: &Api<Pod>,
+    names: &Names,
+    i: i32,
+    claim: Option<&PersistentVolumeClaim>,
+    pod: Option<&Pod>,
+) -> Result<()> {
+    let Some(pod) = pod.filter(|p| {
+        p.metadata.deletion_timestamp.is_none()
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")
+            && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none()
+    }) else {
+        return Ok(());
+    };
+    match claim {
+        Some(c) if c.metadata.deletion_timestamp.is_some() => {
+            let finalizers: Vec<String> = c
+                .finalizers()
+                .iter()
+                .filter(|f| *f != "kubernetes.io/pvc-protection")
+                .cloned()
+                .collect();
+            if finalizers.len() != c.finalizers().len() {
+                let patch = serde_json::json!({"metadata": {
+                    "finalizers": finalizers,
+                    "resourceVersion": c.resource_version(),
+                }});
+                let pp = kube::api::PatchParams::default();
+                match claims
+                    .patch(&c.name_any(), &pp, &kube::api::Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => info!(
+                        member = i,
+                        "released a claim being deleted that only an unscheduled pod referred to"
+                    ),
+                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        None => {
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: pod.uid(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            ignore_gone(pods.delete(&names.etcd_member(i), &dp).await)?;
+            info!(member = i, "deleted a pending etcd pod whose claim is gone");
+        }
+        Some(_) => {}
+    }
+    Ok(())
 }
 
 /// Each member's cluster ID, as it answers alone (`None`: no answer).
