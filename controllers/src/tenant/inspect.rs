@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    MutatingWebhookConfiguration, ServiceReference, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::core::v1::{
     Endpoints, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
@@ -656,6 +656,21 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
     )
     .await;
     let mut webhooks = Vec::new();
+    // One fact per webhook, the same for validating and mutating ones.
+    let hook = |configuration: &str,
+                name: String,
+                failure_policy: Option<String>,
+                service: Option<ServiceReference>| WebhookFact {
+        configuration: configuration.to_string(),
+        webhook: name,
+        fails_closed: failure_policy.as_deref() != Some("Ignore"),
+        service: service.and_then(|s| {
+            Some((
+                format!("{}/{}", s.namespace, s.name),
+                has_endpoint(&s.namespace, &s.name)?,
+            ))
+        }),
+    };
     let validating = list_facts(
         Api::<Lenient<ValidatingWebhookConfiguration>>::all(client.clone()),
         lp(),
@@ -663,20 +678,16 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         errors,
         |c| {
             let configuration = format!("ValidatingWebhookConfiguration {}", c.name_any());
+            let hooks = c.webhooks.unwrap_or_default().into_iter();
             Some(
-                c.webhooks
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|w| WebhookFact {
-                        configuration: configuration.clone(),
-                        webhook: w.name,
-                        fails_closed: w.failure_policy.as_deref() != Some("Ignore"),
-                        service: w.client_config.service.and_then(|s| {
-                            Some((
-                                format!("{}/{}", s.namespace, s.name),
-                                has_endpoint(&s.namespace, &s.name)?,
-                            ))
-                        }),
+                hooks
+                    .map(|w| {
+                        hook(
+                            &configuration,
+                            w.name,
+                            w.failure_policy,
+                            w.client_config.service,
+                        )
                     })
                     .collect::<Vec<_>>(),
             )
@@ -690,20 +701,16 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         errors,
         |c| {
             let configuration = format!("MutatingWebhookConfiguration {}", c.name_any());
+            let hooks = c.webhooks.unwrap_or_default().into_iter();
             Some(
-                c.webhooks
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|w| WebhookFact {
-                        configuration: configuration.clone(),
-                        webhook: w.name,
-                        fails_closed: w.failure_policy.as_deref() != Some("Ignore"),
-                        service: w.client_config.service.and_then(|s| {
-                            Some((
-                                format!("{}/{}", s.namespace, s.name),
-                                has_endpoint(&s.namespace, &s.name)?,
-                            ))
-                        }),
+                hooks
+                    .map(|w| {
+                        hook(
+                            &configuration,
+                            w.name,
+                            w.failure_policy,
+                            w.client_config.service,
+                        )
                     })
                     .collect::<Vec<_>>(),
             )
