@@ -565,12 +565,20 @@ async fn nospace_is_resolved_without_a_person() {
         .await;
         let repaired_after = started.elapsed();
         let api: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
-        let status = api.get("ns").await.unwrap().status.unwrap_or_default();
-        let repair = status
-            .repairs
-            .iter()
-            .find(|r| r.check == "EtcdAlarm")
-            .unwrap_or_else(|| panic!("no EtcdAlarm repair in {:#?}", status.repairs));
+        // The repair is recorded in status by the same pass that disarmed the
+        // alarm, a moment after etcd accepts writes again.
+        let repair = wait_for(
+            "the EtcdAlarm repair recorded in status",
+            Duration::from_secs(60),
+            || async {
+                let status = api.get("ns").await.unwrap().status.unwrap_or_default();
+                match status.repairs.iter().find(|r| r.check == "EtcdAlarm") {
+                    Some(r) => Poll::Ready(r.clone()),
+                    None => Poll::Pending(format!("repairs: {:?}", status.repairs)),
+                }
+            },
+        )
+        .await;
         assert_eq!(repair.outcome, "Succeeded", "{repair:?}");
         println!(
             "NOSPACE resolved: writes accepted {:.1}s after the first refusal; {:?}",

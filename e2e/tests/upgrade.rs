@@ -30,7 +30,20 @@ struct Load {
     writes: usize,
     reads: usize,
     failures: Vec<String>,
+    /// Requests sent again after a stopping apiserver closed the kept-alive
+    /// connection they were written to (see `closed_under_us`).
+    retried: Vec<String>,
     worst: Duration,
+}
+
+/// A request written to a kept-alive connection at the instant the
+/// apiserver closed it at the end of its shutdown delay. HTTP/1.1 cannot
+/// avoid this race; Go's transport, and so kubectl and client-go, sends such a
+/// request again by itself, and kube-rs does not, so the load does it here.
+/// Connect errors (traffic routed to a stopped apiserver) are not this and
+/// still fail the test.
+fn closed_under_us(e: &kube::Error) -> bool {
+    e.to_string().contains("client error (SendRequest)")
 }
 
 /// Writes a ConfigMap and reads it back, over and over, until `stop`.
@@ -52,14 +65,36 @@ fn start_load(
             )
             .unwrap();
             let t = Instant::now();
-            let written = cms.create(&PostParams::default(), &cm).await;
+            let mut retried = Vec::new();
+            let mut written = cms.create(&PostParams::default(), &cm).await;
+            if let Err(e) = &written {
+                if closed_under_us(e) {
+                    retried.push(format!("create {name}: {e}"));
+                    // The first attempt may have been applied: then the
+                    // object is there, which is what the write asked for.
+                    written = match cms.create(&PostParams::default(), &cm).await {
+                        Err(kube::Error::Api(s)) if s.code == 409 => cms.get(&name).await,
+                        other => other,
+                    };
+                }
+            }
             let read = match &written {
-                Ok(_) => Some(cms.get(&name).await),
+                Ok(_) => {
+                    let mut read = cms.get(&name).await;
+                    if let Err(e) = &read {
+                        if closed_under_us(e) {
+                            retried.push(format!("get {name}: {e}"));
+                            read = cms.get(&name).await;
+                        }
+                    }
+                    Some(read)
+                }
                 Err(_) => None,
             };
             let took = t.elapsed();
             {
                 let mut l = seen.lock().unwrap();
+                l.retried.extend(retried);
                 l.worst = l.worst.max(took);
                 match written {
                     Ok(_) => l.writes += 1,
@@ -323,18 +358,21 @@ async fn etcd_3_4_to_3_5_member_by_member_under_load_survives_an_operator_kill()
         tokio::time::sleep(Duration::from_secs(3)).await;
         stop.store(true, Ordering::Relaxed);
         load_task.await.unwrap();
-        let (writes, reads, worst, failures) = {
+        let (writes, reads, worst, failures, retried) = {
             let l = load.lock().unwrap();
-            (l.writes, l.reads, l.worst, l.failures.clone())
+            (l.writes, l.reads, l.worst, l.failures.clone(), l.retried.clone())
         };
         println!(
-            "etcd 3.4.23 -> {target}, 3 members: {:.1} s; load {writes} writes + {reads} reads, {} failed; worst request {:.0} ms",
+            "etcd 3.4.23 -> {target}, 3 members: {:.1} s; load {writes} writes + {reads} reads, {} failed, {} sent again on a closed connection; worst request {:.0} ms",
             took.as_secs_f64(),
             failures.len(),
+            retried.len(),
             worst.as_secs_f64() * 1000.0
         );
         assert!(writes > 50, "the load barely ran: {writes} writes");
         assert!(failures.is_empty(), "requests failed during the upgrade: {failures:?}");
+        // The race happens at most once per apiserver stopped: 4 rolls of 3.
+        assert!(retried.len() <= 12, "closed connections: {retried:?}");
 
         // Every object written during the upgrade is there afterwards.
         let cms: Api<ConfigMap> = Api::namespaced(tenant_api, "default");
@@ -481,19 +519,22 @@ async fn kubernetes_patch_upgrade_rolls_apiservers_before_controllers_under_load
         stop.store(true, Ordering::Relaxed);
         load_task.await.unwrap();
         let violations = order.await.unwrap();
-        let (writes, reads, worst, failures) = {
+        let (writes, reads, worst, failures, retried) = {
             let l = load.lock().unwrap();
-            (l.writes, l.reads, l.worst, l.failures.clone())
+            (l.writes, l.reads, l.worst, l.failures.clone(), l.retried.clone())
         };
         println!(
-            "kubernetes v1.20.2 -> {target}, 3 apiservers: {:.1} s; load {writes} writes + {reads} reads, {} failed; worst request {:.0} ms",
+            "kubernetes v1.20.2 -> {target}, 3 apiservers: {:.1} s; load {writes} writes + {reads} reads, {} failed, {} sent again on a closed connection; worst request {:.0} ms",
             took.as_secs_f64(),
             failures.len(),
+            retried.len(),
             worst.as_secs_f64() * 1000.0
         );
         assert!(violations.is_empty(), "skew order broken: {violations:?}");
         assert!(writes > 50, "the load barely ran: {writes} writes");
         assert!(failures.is_empty(), "requests failed during the upgrade: {failures:?}");
+        // The race happens at most once per apiserver stopped.
+        assert!(retried.len() <= 3, "closed connections: {retried:?}");
     })
     .await;
 }
