@@ -162,6 +162,9 @@ pub enum CheckPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct EtcdSpec {
     /// Number of members: 1, 3 or 5 (an even count adds no fault tolerance).
+    /// A change is made live with the `InPlace` upgrade strategy (members
+    /// added as learners or removed one at a time, no downtime), or by a data
+    /// migration with `Migrate`.
     #[serde(default = "default_one")]
     #[schemars(extend("enum" = [1, 3, 5]))]
     pub replicas: i32,
@@ -366,9 +369,22 @@ pub struct TenantClusterStatus {
     /// The Kubernetes version the control plane runs now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    /// The etcd member count the cluster was created with.
+    /// The etcd members that serve now (the StatefulSet's replicas): the
+    /// count the cluster was created with, changed one member at a time by
+    /// a live scaling (`etcdScaling`) or by a data migration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_replicas: Option<i32>,
+    /// A live change of the etcd member count in progress (a learner added
+    /// and promoted, or a member removed, one at a time), recorded before
+    /// each step acts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_scaling: Option<EtcdScaling>,
+    /// Claims (name -> uid) of members a scale-down removed from the cluster.
+    /// Kept, never deleted by the scale-down; a later scale-up deletes such
+    /// a claim (only with this uid: its member left the cluster, so its data
+    /// is a stale copy) before the new member starts in its place.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub etcd_retired_claims: BTreeMap<String, String>,
     /// Which of the tenant's etcd clusters serves: 0 is `<name>-etcd`, a
     /// data migration's target is `<name>-etcd-g<n>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -535,6 +551,30 @@ pub struct MemberReplacement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_claim: Option<String>,
     pub detected_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// What the step waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A live change of the etcd member count (`spec.etcd.replicas` with the
+/// `InPlace` upgrade strategy): one member at a time, added as a learner
+/// and promoted once caught up, or moved off by the apiservers and removed.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdScaling {
+    /// The member count when the scaling began.
+    pub from: i32,
+    /// The member count asked for.
+    pub to: i32,
+    /// The ordinal of the member being added or removed.
+    pub member: i32,
+    /// Adding: `AddingLearner`, `Joining` (started, promoted once caught
+    /// up). Removing: `Draining` (apiservers moved off it), `Removing`.
+    pub phase: String,
+    /// The learner's etcd member ID (hex), once added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learner_id: Option<String>,
+    pub start_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
     /// What the step waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -124,7 +124,9 @@ pub async fn kill_operator(client: &Client) {
 }
 
 pub mod bench;
+pub mod etcd;
 pub mod http;
+pub mod load;
 pub mod tenant;
 pub mod volumes;
 pub mod workloads;

@@ -266,12 +266,23 @@ pub fn apiserver_etcd_servers(names: &Names, replicas: i32, drained: Option<i32>
     }
 }
 
-fn etcd_args(
-    p: &Placement,
-    spec: &TenantClusterSpec,
-    valid: &ValidSpec,
-    r: &Resolved,
-) -> Vec<String> {
+/// An etcd environment variable read from the bootstrap ConfigMap.
+fn bootstrap_env(p: &Placement, name: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            config_map_key_ref: Some(ConfigMapKeySelector {
+                name: p.names.etcd_bootstrap_config(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn etcd_args(spec: &TenantClusterSpec, valid: &ValidSpec, r: &Resolved) -> Vec<String> {
     let pki = |f: &str| format!("{PKI_DIR}/{f}");
     vec![
         "--name=$(POD_NAME)".into(),
@@ -281,10 +292,9 @@ fn etcd_args(
         format!("--listen-peer-urls=https://0.0.0.0:{ETCD_PEER_PORT}"),
         format!("--initial-advertise-peer-urls=https://$(POD_NAME):{ETCD_PEER_PORT}"),
         format!("--listen-metrics-urls=http://0.0.0.0:{ETCD_METRICS_PORT}"),
-        format!(
-            "--initial-cluster={}",
-            etcd_initial_cluster(&p.names, valid.etcd_replicas)
-        ),
+        // `--initial-cluster` comes from the bootstrap ConfigMap
+        // (ETCD_INITIAL_CLUSTER): a member joining a live scaling must see
+        // the membership of that moment, and the template must not change.
         format!("--initial-cluster-token={}", r.etcd_cluster_token),
         "--client-cert-auth=true".into(),
         "--peer-client-cert-auth=true".into(),
@@ -310,6 +320,9 @@ fn etcd_args(
 /// The key of [`etcd_bootstrap_config`] that etcd reads as
 /// `ETCD_INITIAL_CLUSTER_STATE`.
 pub const INITIAL_CLUSTER_STATE_KEY: &str = "initial-cluster-state";
+/// The key of [`etcd_bootstrap_config`] that etcd reads as
+/// `ETCD_INITIAL_CLUSTER`.
+pub const INITIAL_CLUSTER_KEY: &str = "initial-cluster";
 
 /// How a member that finds no data starts. `new`, except while kok re-adds
 /// a member that lost its data (removed, then added back as a learner):
@@ -319,13 +332,24 @@ pub const INITIAL_CLUSTER_STATE_KEY: &str = "initial-cluster-state";
 /// `existing` at all times, two members that lost their data together could
 /// elect each other with empty logs. A ConfigMap rather than a flag, so the
 /// switch does not change the pod template and roll every member.
-pub fn etcd_bootstrap_config(p: &Placement, existing: bool) -> ConfigMap {
+///
+/// `members` is the membership a member that starts now must find: every
+/// member at creation, and during a live scaling the members up to and
+/// including the learner being added (etcd refuses to join a cluster whose
+/// membership differs from its `--initial-cluster`).
+pub fn etcd_bootstrap_config(p: &Placement, existing: bool, members: i32) -> ConfigMap {
     ConfigMap {
         metadata: p.meta(p.names.etcd_bootstrap_config(), names::ETCD),
-        data: Some(BTreeMap::from([(
-            INITIAL_CLUSTER_STATE_KEY.to_string(),
-            if existing { "existing" } else { "new" }.to_string(),
-        )])),
+        data: Some(BTreeMap::from([
+            (
+                INITIAL_CLUSTER_STATE_KEY.to_string(),
+                if existing { "existing" } else { "new" }.to_string(),
+            ),
+            (
+                INITIAL_CLUSTER_KEY.to_string(),
+                etcd_initial_cluster(&p.names, members),
+            ),
+        ])),
         ..Default::default()
     }
 }
@@ -545,7 +569,7 @@ fn etcd_statefulset_of_generation(
         image: Some(etcd_image(spec, valid)),
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(vec!["etcd".into()]),
-        args: Some(etcd_args(p, spec, valid, r)),
+        args: Some(etcd_args(spec, valid, r)),
         env: Some(vec![
             EnvVar {
                 name: "POD_NAME".into(),
@@ -559,18 +583,8 @@ fn etcd_statefulset_of_generation(
                 ..Default::default()
             },
             // Read when the data dir is empty (ignored otherwise).
-            EnvVar {
-                name: "ETCD_INITIAL_CLUSTER_STATE".into(),
-                value_from: Some(EnvVarSource {
-                    config_map_key_ref: Some(ConfigMapKeySelector {
-                        name: p.names.etcd_bootstrap_config(),
-                        key: INITIAL_CLUSTER_STATE_KEY.into(),
-                        optional: Some(false),
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
+            bootstrap_env(p, "ETCD_INITIAL_CLUSTER_STATE", INITIAL_CLUSTER_STATE_KEY),
+            bootstrap_env(p, "ETCD_INITIAL_CLUSTER", INITIAL_CLUSTER_KEY),
         ]),
         ports: Some(vec![
             container_port("client", ETCD_CLIENT_PORT),

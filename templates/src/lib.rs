@@ -5,6 +5,7 @@ pub mod backup;
 pub mod backup_source;
 pub mod controlplane;
 pub mod etcd_roll;
+pub mod etcd_scale;
 pub mod field_error;
 pub mod flags;
 pub mod inspection;

@@ -143,14 +143,9 @@ pub fn validate(
             "spec.etcd.replicas",
             format!("must be 1, 3 or 5 (an odd quorum size), got {etcd_replicas}"),
         );
-    } else if let Some(created) = status.and_then(|s| s.etcd_replicas) {
-        if created != etcd_replicas && spec.upgrade.strategy != UpgradeStrategy::Migrate {
-            err(
-                "spec.etcd.replicas",
-                format!("the etcd cluster runs {created} members; the member count changes only by a data migration (spec.upgrade.strategy: Migrate)"),
-            );
-        }
     }
+    // A changed member count is scaled live (InPlace, see etcd_scale) or
+    // moved by a data migration (Migrate).
     if spec.upgrade.strategy == UpgradeStrategy::Migrate {
         // The copy goes through a snapshot in the backup destination, into
         // new claims: both must exist.
@@ -587,18 +582,16 @@ mod tests {
     }
 
     #[test]
-    fn etcd_member_count_is_fixed_after_creation() {
+    fn etcd_member_count_may_change_after_creation() {
         let status = TenantClusterStatus {
             etcd_replicas: Some(1),
             ..Default::default()
         };
-        let errors = validate(
-            &spec("version: v1.20.2\netcd: {replicas: 3}"),
-            Some(&status),
-            &Policy::default(),
-        )
-        .unwrap_err();
-        assert_eq!(fields(&errors), ["spec.etcd.replicas"]);
+        for replicas in [3, 5] {
+            let s = spec(&format!("version: v1.20.2\netcd: {{replicas: {replicas}}}"));
+            let v = validate(&s, Some(&status), &Policy::default()).unwrap();
+            assert_eq!(v.etcd_replicas, replicas);
+        }
     }
 
     #[test]

@@ -35,7 +35,7 @@ fn render(tc: TenantCluster) -> Rendered {
         owner: tc.controller_owner_ref(&()).expect("fixture has a uid"),
     };
     let r = Resolved {
-        etcd_member_ips: (0..valid.etcd_replicas)
+        etcd_member_ips: (0..kok_templates::names::MAX_ETCD_MEMBERS)
             .map(|i| format!("10.202.0.{}", 10 + i))
             .collect(),
         apiserver_ip: "10.202.0.50".into(),
@@ -99,14 +99,19 @@ fn etcd_members_find_each_other_without_dns() {
     assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
     let podspec = spec.template.spec.as_ref().unwrap();
     let a = args(podspec);
-    let initial = flag(&a, "initial-cluster").unwrap();
+    // The membership is read from the bootstrap ConfigMap, not a flag.
+    assert_eq!(flag(&a, "initial-cluster"), None);
+    let bootstrap = cp::etcd_bootstrap_config(&x.p, false, x.valid.etcd_replicas);
     assert_eq!(
-        initial,
+        bootstrap.data.unwrap()[cp::INITIAL_CLUSTER_KEY],
         "demo-etcd-0=https://demo-etcd-0:2380,demo-etcd-1=https://demo-etcd-1:2380,demo-etcd-2=https://demo-etcd-2:2380"
     );
+    // Every name a member may ever have is pinned, so a member added by a
+    // live scaling is reachable without rolling the others.
     let pinned = aliases(podspec);
     assert_eq!(pinned["demo-etcd-0"], "10.202.0.10");
     assert_eq!(pinned["demo-etcd-2"], "10.202.0.12");
+    assert_eq!(pinned["demo-etcd-4"], "10.202.0.14");
     assert_eq!(flag(&a, "initial-cluster-token"), Some("token-1"));
     assert_eq!(flag(&a, "client-cert-auth"), Some("true"));
     assert_eq!(
@@ -575,11 +580,24 @@ fn a_member_without_data_reads_how_to_start_from_a_config_map_not_a_flag() {
         .config_map_key_ref
         .as_ref()
         .unwrap();
-    let forming = cp::etcd_bootstrap_config(&x.p, false);
+    let forming = cp::etcd_bootstrap_config(&x.p, false, 3);
     assert_eq!(key.name, forming.metadata.name.clone().unwrap());
     assert_eq!(forming.data.as_ref().unwrap()[&key.key], "new");
-    let formed = cp::etcd_bootstrap_config(&x.p, true);
+    let formed = cp::etcd_bootstrap_config(&x.p, true, 3);
     assert_eq!(formed.data.unwrap()[&key.key], "existing");
+    // The membership comes from the same ConfigMap: a member joining a
+    // scaling from 3 to 5 sees the 3 and itself, not all 5.
+    let members = env
+        .iter()
+        .find(|e| e.name == "ETCD_INITIAL_CLUSTER")
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.config_map_key_ref.as_ref())
+        .expect("the membership comes from the ConfigMap");
+    assert_eq!(members.name, key.name);
+    let joining = cp::etcd_bootstrap_config(&x.p, true, 4);
+    let initial = joining.data.unwrap()[&members.key].clone();
+    assert_eq!(initial.split(',').count(), 4, "{initial}");
+    assert!(initial.ends_with("demo-etcd-3=https://demo-etcd-3:2380"));
     assert_eq!(
         forming.metadata.owner_references.unwrap()[0].uid,
         x.p.owner.uid

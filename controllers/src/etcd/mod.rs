@@ -131,14 +131,25 @@ impl EtcdAccess {
         options
     }
 
-    /// The members of a running tenant, by their Services' ClusterIPs.
+    /// The members of a running tenant, by their Services' ClusterIPs;
+    /// not a learner a live scaling is adding (it refuses most requests) nor
+    /// a member it is removing.
     pub async fn for_tenant(client: &kube::Client, tc: &TenantCluster) -> Result<Self, EtcdError> {
-        let replicas = tc
-            .status
-            .as_ref()
+        let status = tc.status.as_ref();
+        let replicas = status
             .and_then(|s| s.etcd_replicas)
             .unwrap_or(tc.spec.etcd.replicas);
-        Self::for_generation(client, tc, &tenant_names(tc), replicas).await
+        let names = tenant_names(tc);
+        let mut access = Self::for_generation(client, tc, &names, replicas).await?;
+        let kept_off =
+            kok_templates::etcd_scale::kept_off(status.and_then(|s| s.etcd_scaling.as_ref()))
+                .map(|i| names.etcd_member(i));
+        if access.members.len() > 1 {
+            access
+                .members
+                .retain(|m| kept_off.is_none() || m.tls_name != kept_off);
+        }
+        Ok(access)
     }
 
     /// The `replicas` members of the etcd generation `names` refers to (a

@@ -275,7 +275,7 @@ async fn roll_members(
 /// Whether no apiserver dials member `i`: the Deployment's template leaves
 /// it out, that template is rolled out, and no other pod (an old one still
 /// terminating, with open etcd connections) is left.
-async fn apiservers_off(ctx: &Context, ns: &str, names: &Names, i: i32) -> Result<bool> {
+pub(super) async fn apiservers_off(ctx: &Context, ns: &str, names: &Names, i: i32) -> Result<bool> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let Some(d) = deployments.get_opt(&names.apiserver()).await? else {
         return Ok(true);

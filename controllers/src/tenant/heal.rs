@@ -36,9 +36,11 @@ pub(super) async fn ensure_bootstrap_config(
     ctx: &Context,
     p: &Placement,
     existing: bool,
+    members: i32,
 ) -> Result<()> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &p.namespace);
-    apply_child(&api, &cp::etcd_bootstrap_config(p, existing), &p.owner.uid).await?;
+    let config = cp::etcd_bootstrap_config(p, existing, members);
+    apply_child(&api, &config, &p.owner.uid).await?;
     Ok(())
 }
 

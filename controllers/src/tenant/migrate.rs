@@ -353,8 +353,7 @@ async fn target_resolved(
     m: &MigrationStatus,
 ) -> Result<Resolved> {
     let tp = target_placement(x, m);
-    let (_, valid) = target_spec(tc, x, m);
-    let net = services::ensure(ctx, tc, &tp, &valid, &tp.owner.uid).await?;
+    let net = services::ensure(ctx, tc, &tp, &tp.owner.uid).await?;
     Ok(Resolved {
         etcd_member_ips: net.etcd_member_ips,
         apiserver_ip: x.apiserver_ip.to_string(),
@@ -795,7 +794,7 @@ async fn verify(
     // The target's members start on restored data: how a member without
     // data would start is moot until it has served (then the main pass
     // switches it to `existing`).
-    super::heal::ensure_bootstrap_config(ctx, &tp, false).await?;
+    super::heal::ensure_bootstrap_config(ctx, &tp, false, valid.etcd_replicas).await?;
     let sts = apply_child(
         &statefulsets,
         &cp::etcd_statefulset(&tp, &spec, &valid, &resolved),
@@ -1091,7 +1090,8 @@ async fn roll_back(
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     let id = migration_id(tc, m);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    for i in 0..m.target.etcd_replicas {
+    // Every member Service (one per possible member), the claims it made.
+    for i in 0..kok_templates::names::MAX_ETCD_MEMBERS {
         let claim = format!("data-{}", tp.names.etcd_member(i));
         if let Some(c) = claims.get_opt(&claim).await? {
             let ours = created_by(&c, &id);

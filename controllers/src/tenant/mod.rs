@@ -12,6 +12,7 @@ use kok_crds::{
     UpgradeStrategy,
 };
 use kok_templates::controlplane::{self as cp, Placement, Resolved};
+use kok_templates::etcd_scale;
 use kok_templates::flags::APISERVER_PORT;
 use kok_templates::names::{tenant_names, tenant_selector, Names};
 use kok_templates::pki::{kubeconfig, CaKind};
@@ -44,6 +45,7 @@ mod inspect;
 mod kubeconfigs;
 mod migrate;
 pub mod pki;
+mod scale;
 mod services;
 mod upgrade;
 mod workloads;
@@ -218,7 +220,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
             check_kept_volumes(ctx, &tc, &p.names, valid.etcd_replicas).await?;
         }
     }
-    let net = services::ensure(ctx, &tc, &p, &valid, &uid).await?;
+    let net = services::ensure(ctx, &tc, &p, &uid).await?;
 
     // 3. PKI. A CA that does not parse is never replaced: it stops here.
     let host = net.endpoint.as_ref().map(|e| e.host.as_str());
@@ -306,14 +308,16 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
 
     // 7. Act on the workloads. A member that finds no data starts as the
     //    ConfigMap says: `existing` only while kok re-adds a lost member.
-    let joining = heal::joining(&old_status);
-    heal::ensure_bootstrap_config(ctx, &p, joining).await?;
+    let scaling_record = old_status.etcd_scaling.as_ref();
+    let joining = heal::joining(&old_status) || etcd_scale::joining(scaling_record);
+    heal::ensure_bootstrap_config(ctx, &p, joining, valid.etcd_replicas).await?;
     let resolved = Resolved {
         etcd_member_ips: net.etcd_member_ips,
         apiserver_ip: net.apiserver_ip,
         etcd_cluster_token: tc.uid().unwrap_or_default(),
-        // Decided by the etcd roll in this pass (see workloads::apply).
-        etcd_drained_member: None,
+        // A learner joining or a member leaving by a live scaling; else
+        // decided by the etcd roll in this pass (see workloads::apply).
+        etcd_drained_member: etcd_scale::kept_off(scaling_record),
         hashes: config_hashes(
             &pki,
             &p.names,
@@ -330,6 +334,22 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         heal::members(ctx, &tc, &p, valid.etcd_replicas, &mut status, joining).await?
     } else {
         heal::Healing::Idle
+    };
+    // Live scaling (InPlace): one member per recorded phase, only while
+    // nothing else moves etcd members.
+    let settled = live.etcd_rolling.is_none()
+        && matches!(healing, heal::Healing::Idle)
+        && status.etcd_member_replacement.is_none()
+        && status.quorum_loss.is_none();
+    let scaling = if in_place && settled {
+        scale::step(ctx, &tc, &p, tc.spec.etcd.replicas, &mut status).await?
+    } else if let Some(s) = &status.etcd_scaling {
+        scale::Scaling::Moving(format!(
+            "{}: waiting for the etcd roll or repair to finish",
+            etcd_scale::describe(s)
+        ))
+    } else {
+        scale::Scaling::Idle
     };
 
     // 8. Observe: Ready only when every component has rolled out its current
@@ -376,6 +396,26 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
             conditions::set(c, condition::RECONCILING, false, "EtcdQuorumLost", r, g);
         }
         heal::Healing::Idle => {}
+    }
+    match &scaling {
+        scale::Scaling::Moving(why) => {
+            conditions::set(c, condition::READY, false, "ScalingEtcd", why, g);
+            conditions::set(c, condition::RECONCILING, true, "ScalingEtcd", why, g);
+        }
+        scale::Scaling::Blocked(why) => {
+            let r = "EtcdScalingBlocked";
+            conditions::set(c, condition::READY, false, r, why, g);
+            conditions::set(c, condition::STALLED, true, r, why, g);
+            conditions::set(
+                c,
+                condition::RECONCILING,
+                false,
+                r,
+                "waiting for a person",
+                g,
+            );
+        }
+        scale::Scaling::Idle => {}
     }
 
     if let Some(why) = migration_refused {
@@ -432,7 +472,22 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
-    let replacing = matches!(healing, heal::Healing::Replacing(_));
+    let replacing = matches!(healing, heal::Healing::Replacing(_))
+        || matches!(scaling, scale::Scaling::Moving(_));
+    if let scale::Scaling::Blocked(why) = &scaling {
+        let before = old_status
+            .etcd_scaling
+            .as_ref()
+            .and_then(|s| s.message.as_deref());
+        if before != Some(why.as_str()) {
+            let (t, r) = (EventType::Warning, "EtcdScalingBlocked");
+            publish(ctx, &tc, t, r, "ScaleEtcd", why).await;
+        }
+    }
+    if let scale::Scaling::Blocked(_) = scaling {
+        // Waiting for a person: looked at again on the resync, not polled.
+        return Ok(Action::requeue(RESYNC));
+    }
     if let heal::Healing::QuorumLost(_) = healing {
         // Waiting for a person (or a restore, whose end wakes this pass).
         return Ok(Action::requeue(RESYNC));

@@ -233,14 +233,7 @@ pub(super) fn pki_inputs(
         });
     }
     apiserver_sans.extend(valid.extra_sans.iter().cloned());
-    // The active etcd's size: during a migration the spec may already ask
-    // for the target's.
-    let active_replicas = tc
-        .status
-        .as_ref()
-        .and_then(|s| s.etcd_replicas)
-        .unwrap_or(valid.etcd_replicas);
-    let etcd_sans = etcd_sans_of(&p.names, active_replicas);
+    let etcd_sans = etcd_sans_of(&p.names);
     TenantPkiInputs {
         cluster_name: p.names.tenant.clone(),
         cluster_domain: tc.spec.networking.cluster_domain.clone(),
@@ -256,17 +249,15 @@ pub(super) fn pki_inputs(
             .filter(|m| kok_templates::migration::builds_target(&m.phase))
             .map(|m| {
                 let target = p.names.at_etcd_generation(m.target.etcd_generation);
-                (
-                    m.target.etcd_generation,
-                    etcd_sans_of(&target, m.target.etcd_replicas),
-                )
+                (m.target.etcd_generation, etcd_sans_of(&target))
             }),
     }
 }
 
-/// Every member of one etcd generation, its client Service name, localhost.
-fn etcd_sans_of(names: &kok_templates::names::Names, replicas: i32) -> Vec<San> {
-    let mut sans: Vec<San> = (0..replicas)
+/// Every member one etcd generation may ever have (a live scaling adds
+/// members without new certificates), its client Service name, localhost.
+fn etcd_sans_of(names: &kok_templates::names::Names) -> Vec<San> {
+    let mut sans: Vec<San> = (0..kok_templates::names::MAX_ETCD_MEMBERS)
         .map(|i| San::Dns(names.etcd_member(i)))
         .collect();
     sans.push(San::Dns(names.etcd()));

@@ -17,7 +17,6 @@ pub(super) async fn ensure(
     ctx: &Context,
     tc: &TenantCluster,
     p: &Placement,
-    valid: &ValidSpec,
     uid: &str,
 ) -> Result<Network> {
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &p.namespace);
@@ -38,8 +37,11 @@ pub(super) async fn ensure(
             .and_then(|d| d.spec)
             .map(|d| d.template),
     )));
+    // A Service (and so a pinned address) for every member the tenant may
+    // ever have, not only those it runs: a member added by a live scaling
+    // is then reachable from the others without rolling them.
     let mut etcd_member_ips = Vec::new();
-    for i in 0..valid.etcd_replicas {
+    for i in 0..kok_templates::names::MAX_ETCD_MEMBERS {
         let svc = apply_service(&services, cp::etcd_member_service(p, i), &pinned, uid).await?;
         etcd_member_ips
             .push(cluster_ip(&svc).ok_or_else(|| Error::IncompleteObject(p.names.etcd_member(i)))?);

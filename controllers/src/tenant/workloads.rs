@@ -92,7 +92,7 @@ pub(super) async fn apply(
         EtcdRoll::Rolling(why) => Some(why),
     };
     let resolved = &Resolved {
-        etcd_drained_member: outcome.drained,
+        etcd_drained_member: outcome.drained.or(resolved.etcd_drained_member),
         ..resolved.clone()
     };
     // The apiservers are created once etcd has quorum. Not earlier: their

@@ -1,0 +1,508 @@
+//! Live etcd scaling: `spec.etcd.replicas` changed with the `InPlace`
+//! strategy moves the serving member count one member per recorded phase
+//! (see `kok_templates::etcd_scale`). Each phase is recorded in
+//! `status.etcdScaling` before it acts, and each action is idempotent (the
+//! membership is read first), so a restarted operator resumes.
+
+use etcd_client::MemberAddOptions;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kok_crds::{EtcdScaling, TenantCluster, TenantClusterStatus};
+use kok_templates::controlplane::{Placement, ETCD_PEER_PORT};
+use kok_templates::etcd_scale::{self as es, Move};
+use kok_templates::restore::member_claim;
+use kube::api::{DeleteParams, Preconditions};
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+use tracing::info;
+
+use crate::etcd::EtcdAccess;
+use crate::runtime::context::Context;
+use crate::runtime::error::{Error, Result};
+
+/// What the scaling did in this pass.
+pub(super) enum Scaling {
+    /// The member count is what the spec asks.
+    Idle,
+    /// A member is being added or removed (message for `Reconciling`).
+    Moving(String),
+    /// Waiting for a person: the message names what to do (for `Stalled`).
+    Blocked(String),
+}
+
+fn etcd_err(e: impl std::fmt::Display) -> Error {
+    Error::Etcd(e.to_string())
+}
+
+/// One step of the scaling towards `target` members. `status.etcdReplicas`
+/// is the serving count the workloads were rendered with in this pass.
+pub(super) async fn step(
+    ctx: &Context,
+    tc: &TenantCluster,
+    p: &Placement,
+    target: i32,
+    status: &mut TenantClusterStatus,
+) -> Result<Scaling> {
+    let serving = status.etcd_replicas.unwrap_or(target);
+    let mut s = match status.etcd_scaling.clone() {
+        // The spec changed back before this member did anything: start
+        // over from the count reached.
+        Some(s)
+            if !es::towards(&s, target)
+                && (s.phase == es::ADDING_LEARNER || s.phase == es::DRAINING) =>
+        {
+            status.etcd_scaling = None;
+            return open(ctx, tc, serving, target, status).await;
+        }
+        Some(s) => s,
+        None => return open(ctx, tc, serving, target, status).await,
+    };
+    let outcome = match s.phase.as_str() {
+        es::ADDING_LEARNER => add_learner(ctx, tc, p, &mut s, status).await?,
+        es::JOINING if !es::towards(&s, target) && target <= s.member => {
+            withdraw_learner(ctx, tc, p, &mut s, status).await?
+        }
+        es::JOINING => promote(ctx, tc, p, &mut s, status).await?,
+        es::DRAINING => {
+            if super::etcd_roll::apiservers_off(ctx, &p.namespace, &p.names, s.member).await? {
+                s.phase = es::REMOVING.into();
+                s.message = None;
+            } else {
+                s.message = Some("waiting for the apiservers to stop dialling it".into());
+            }
+            Step::Wait
+        }
+        es::REMOVING => remove(ctx, tc, p, &mut s, status).await?,
+        other => {
+            s.message = Some(format!("unknown phase {other}; starting over"));
+            s.phase = match es::next_move(serving, s.to) {
+                Some(m) => es::first_phase(m).into(),
+                None => {
+                    status.etcd_scaling = None;
+                    return Ok(Scaling::Idle);
+                }
+            };
+            Step::Wait
+        }
+    };
+    match outcome {
+        Step::Wait => {
+            let message = match &s.message {
+                Some(m) => format!("{}: {m}", es::describe(&s)),
+                None => es::describe(&s),
+            };
+            status.etcd_scaling = Some(s);
+            Ok(Scaling::Moving(message))
+        }
+        Step::Blocked(why) => {
+            s.message = Some(why.clone());
+            status.etcd_scaling = Some(s);
+            Ok(Scaling::Blocked(why))
+        }
+        Step::MemberDone => {
+            let reached = status.etcd_replicas.unwrap_or(target);
+            match es::next_move(reached, target) {
+                Some(m) => {
+                    s.member = match m {
+                        Move::Add(i) | Move::Remove(i) => i,
+                    };
+                    s.phase = es::first_phase(m).into();
+                    s.to = target;
+                    s.learner_id = None;
+                    s.message = None;
+                    let message = es::describe(&s);
+                    status.etcd_scaling = Some(s);
+                    Ok(Scaling::Moving(message))
+                }
+                None => {
+                    let seconds = (Timestamp::now().as_millisecond()
+                        - s.start_time.0.as_millisecond()) as f64
+                        / 1000.0;
+                    let note = format!(
+                        "etcd scaled from {} to {reached} members in {seconds:.1}s",
+                        s.from
+                    );
+                    info!("{note}");
+                    super::publish(ctx, tc, EventType::Normal, "EtcdScaled", "ScaleEtcd", &note)
+                        .await;
+                    status.etcd_scaling = None;
+                    Ok(Scaling::Idle)
+                }
+            }
+        }
+    }
+}
+
+enum Step {
+    Wait,
+    MemberDone,
+    Blocked(String),
+}
+
+/// Opens a scaling record when the serving count differs from the spec.
+async fn open(
+    ctx: &Context,
+    tc: &TenantCluster,
+    serving: i32,
+    target: i32,
+    status: &mut TenantClusterStatus,
+) -> Result<Scaling> {
+    let Some(m) = es::next_move(serving, target) else {
+        return Ok(Scaling::Idle);
+    };
+    let member = match m {
+        Move::Add(i) | Move::Remove(i) => i,
+    };
+    let s = EtcdScaling {
+        from: serving,
+        to: target,
+        member,
+        phase: es::first_phase(m).into(),
+        learner_id: None,
+        start_time: Time(Timestamp::now()),
+        message: None,
+    };
+    let note = format!("scaling etcd from {serving} to {target} members, one member at a time");
+    info!("{note}");
+    super::publish(
+        ctx,
+        tc,
+        EventType::Normal,
+        "EtcdScaling",
+        "ScaleEtcd",
+        &note,
+    )
+    .await;
+    let message = es::describe(&s);
+    status.etcd_scaling = Some(s);
+    Ok(Scaling::Moving(message))
+}
+
+fn peer_url(p: &Placement, i: i32) -> String {
+    format!("https://{}:{ETCD_PEER_PORT}", p.names.etcd_member(i))
+}
+
+/// The first `count` members, `except` one.
+async fn members(
+    ctx: &Context,
+    tc: &TenantCluster,
+    p: &Placement,
+    count: i32,
+    except: Option<i32>,
+) -> Result<EtcdAccess> {
+    let mut access = EtcdAccess::for_generation(&ctx.client, tc, &p.names, count)
+        .await
+        .map_err(etcd_err)?;
+    if let Some(i) = except {
+        let name = p.names.etcd_member(i);
+        access
+            .members
+            .retain(|m| m.tls_name.as_deref() != Some(name.as_str()));
+    }
+    Ok(access)
+}
+
+/// Up, first phase: the new ordinal's place is cleared (a claim a
+/// scale-down retired is deleted; any other claim stops the scaling), every
+/// serving member is healthy, and the member is added as a learner. Then the
+/// serving count includes it: the StatefulSet starts its pod next pass,
+/// after the bootstrap ConfigMap says `existing` with it in the membership.
+async fn add_learner(
+    ctx: &Context,
+    tc: &TenantCluster,
+    p: &Placement,
+    s: &mut EtcdScaling,
+    status: &mut TenantClusterStatus,
+) -> Result<Step> {
+    let k = s.member;
+    if !tc.spec.etcd.storage.ephemeral {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &p.namespace);
+        let claim_name = member_claim(&p.names, k);
+        if let Some(claim) = claims.get_opt(&claim_name).await? {
+            if claim.metadata.deletion_timestamp.is_some() {
+                s.message = Some(format!("waiting for the old claim {claim_name} to go"));
+                return Ok(Step::Wait);
+            }
+            let uid = claim.uid().unwrap_or_default();
+            if status.etcd_retired_claims.get(&claim_name) != Some(&uid) {
+                return Ok(Step::Blocked(format!(
+                    "PersistentVolumeClaim {claim_name} exists and was not retired by a scale-down of this tenant: it may hold data kok must not delete. Delete it, or set spec.etcd.replicas back to {}",
+                    status.etcd_replicas.unwrap_or(k)
+                )));
+            }
+            // Its member was removed from the cluster by kok: its data is
+            // a stale copy of what the serving members hold, and a member
+            // starting on it would find itself removed and exit.
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            claims.delete(&claim_name, &dp).await?;
+            status.etcd_retired_claims.remove(&claim_name);
+            let note = format!(
+                "deleted {claim_name}, kept from the scale-down that removed its member, so member {k} starts on a fresh volume"
+            );
+            super::publish(
+                ctx,
+                tc,
+                EventType::Normal,
+                "RetiredClaimDeleted",
+                "ScaleEtcd",
+                &note,
+            )
+            .await;
+            s.message = Some(format!("waiting for the old claim {claim_name} to go"));
+            return Ok(Step::Wait);
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.namespace);
+    if pods.get_opt(&p.names.etcd_member(k)).await?.is_some() {
+        s.message = Some(format!(
+            "waiting for the pod of the removed member {k} to go"
+        ));
+        return Ok(Step::Wait);
+    }
+    let serving = members(ctx, tc, p, k, None).await?;
+    let probes = serving.probe().await;
+    if let Some(down) = probes.iter().find(|m| !m.serves_quorum_reads) {
+        s.message = Some(format!(
+            "waiting: member {} is not healthy ({})",
+            down.name,
+            down.error.clone().unwrap_or_default()
+        ));
+        return Ok(Step::Wait);
+    }
+    let mut client = serving.connect().await.map_err(etcd_err)?;
+    let url = peer_url(p, k);
+    let list = client.member_list().await.map_err(etcd_err)?;
+    let id = match list
+        .members()
+        .iter()
+        .find(|m| m.peer_urls().iter().any(|u| u == &url))
+    {
+        // Added in a pass whose record was not written: resume.
+        Some(m) => m.id(),
+        None => {
+            let added = client
+                .member_add(
+                    [url.as_str()],
+                    Some(MemberAddOptions::new().with_is_learner()),
+                )
+                .await
+                .map_err(|e| Error::Etcd(format!("adding member {k} as a learner: {e}")))?;
+            added.member().map(|m| m.id()).unwrap_or_default()
+        }
+    };
+    s.learner_id = Some(format!("{id:x}"));
+    s.phase = es::JOINING.into();
+    s.message = Some("starting it; promoted once it caught up".into());
+    status.etcd_replicas = Some(k + 1);
+    let note = format!("added {} as a learner ({id:x})", p.names.etcd_member(k));
+    info!("{note}");
+    super::publish(
+        ctx,
+        tc,
+        EventType::Normal,
+        "EtcdMemberAdded",
+        "ScaleEtcd",
+        &note,
+    )
+    .await;
+    Ok(Step::Wait)
+}
+
+/// Up, second phase: promote the learner once etcd says it is in sync.
+async fn promote(
+    ctx: &Context,
+    tc: &TenantCluster,
+    p: &Placement,
+    s: &mut EtcdScaling,
+    status: &mut TenantClusterStatus,
+) -> Result<Step> {
+    let k = s.member;
+    let voters = members(ctx, tc, p, k + 1, Some(k)).await?;
+    let mut client = voters.connect().await.map_err(etcd_err)?;
+    let url = peer_url(p, k);
+    let list = client.member_list().await.map_err(etcd_err)?;
+    let Some(member) = list
+        .members()
+        .iter()
+        .find(|m| m.peer_urls().iter().any(|u| u == &url))
+    else {
+        // Not in the membership (removed by hand?): add it again.
+        s.phase = es::ADDING_LEARNER.into();
+        status.etcd_replicas = Some(k);
+        s.message = Some("the learner left the membership; adding it again".into());
+        return Ok(Step::Wait);
+    };
+    let id = member.id();
+    if member.is_learner() {
+        if let Err(e) = client.member_promote(id).await {
+            // "can only promote a learner member which is in sync with
+            // leader": its pod is starting or still receiving the snapshot.
+            s.message = Some(format!("waiting for the learner to catch up: {e}"));
+            return Ok(Step::Wait);
+        }
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &p.namespace);
+    let claim_name = member_claim(&p.names, k);
+    if let Some(uid) = claims.get_opt(&claim_name).await?.and_then(|c| c.uid()) {
+        status.etcd_member_claims.insert(claim_name, uid);
+    }
+    let note = format!(
+        "promoted {} ({id:x}) to a voting member",
+        p.names.etcd_member(k)
+    );
+    info!("{note}");
+    super::publish(
+        ctx,
+        tc,
+        EventType::Normal,
+        "EtcdMemberPromoted",
+        "ScaleEtcd",
+        &note,
+    )
+    .await;
+    Ok(Step::MemberDone)
+}
+
+/// The spec asked for fewer members while a learner was joining: the
+/// learner (no vote, so no quorum at stake) is removed and its claim retired.
+async fn withdraw_learner(
+    ctx: &Context,
+    tc: &TenantCluster,
+    p: &Placement,
+    s: &mut EtcdScaling,
+    status: &mut TenantClusterStatus,
+) -> Result<Step> {
+    let k = s.member;
+    let voters = members(ctx, tc, p, k + 1, Some(k)).await?;
+    let mut client = voters.connect().await.map_err(etcd_err)?;
+    let url = peer_url(p, k);
+    let list = client.member_list().await.map_err(etcd_err)?;
+    if let Some(m) = list
+        .members()
+        .iter()
+        .find(|m| m.peer_urls().iter().any(|u| u == &url))
+    {
+        if !m.is_learner() {
+            // Promoted meanwhile: it is a voter now, removed the usual way.
+            return promote(ctx, tc, p, s, status).await;
+        }
+        client
+            .member_remove(m.id())
+            .await
+            .map_err(|e| Error::Etcd(format!("removing learner {k}: {e}")))?;
+    }
+    retire(ctx, p, k, status).await?;
+    Ok(Step::MemberDone)
+}
+
+/// Down, last phase: with the apiservers off it, the member is removed
+/// (leadership moved away first; only if the others keep a healthy
+/// quorum). The serving count drops, the StatefulSet shrinks next pass, and
+/// the member's claim is kept, recorded as retired.
+async fn remove(
+    ctx: &Context,
+    tc: &TenantCluster,
+    p: &Placement,
+    s: &mut EtcdScaling,
+    status: &mut TenantClusterStatus,
+) -> Result<Step> {
+    let k = s.member;
+    let all = members(ctx, tc, p, k + 1, None).await?;
+    let others = members(ctx, tc, p, k + 1, Some(k)).await?;
+    let healthy = others
+        .probe()
+        .await
+        .iter()
+        .filter(|m| m.serves_quorum_reads)
+        .count();
+    let mut client = others.connect().await.map_err(etcd_err)?;
+    let url = peer_url(p, k);
+    let list = client.member_list().await.map_err(etcd_err)?;
+    let voting = list.members().iter().filter(|m| !m.is_learner()).count();
+    let Some(target) = list
+        .members()
+        .iter()
+        .find(|m| m.peer_urls().iter().any(|u| u == &url))
+    else {
+        // Removed in a pass whose record was not written.
+        retire(ctx, p, k, status).await?;
+        return Ok(Step::MemberDone);
+    };
+    let id = target.id();
+    if !super::heal::removal_keeps_quorum(voting, healthy) {
+        s.message = Some(format!(
+            "waiting: only {healthy} of the other {} members are healthy",
+            voting.saturating_sub(1)
+        ));
+        return Ok(Step::Wait);
+    }
+    let leader = client.status().await.map_err(etcd_err)?.leader();
+    if leader == id {
+        // Removing the leader costs an election with writes stalled;
+        // handing leadership over first does not.
+        let successor = list
+            .members()
+            .iter()
+            .find(|m| m.id() != id && !m.is_learner())
+            .map(|m| m.id());
+        let own = all
+            .members
+            .iter()
+            .find(|m| m.tls_name.as_deref() == Some(p.names.etcd_member(k).as_str()));
+        if let (Some(to), Some(own)) = (successor, own) {
+            let mut on_leader = all.connect_member(own).await.map_err(etcd_err)?;
+            on_leader
+                .move_leader(to)
+                .await
+                .map_err(|e| Error::Etcd(format!("moving etcd leadership off member {k}: {e}")))?;
+            s.message = Some(format!("leadership moved to {to:x}"));
+            return Ok(Step::Wait);
+        }
+    }
+    client
+        .member_remove(id)
+        .await
+        .map_err(|e| Error::Etcd(format!("removing member {k}: {e}")))?;
+    let note = format!(
+        "removed {} ({id:x}) from the cluster",
+        p.names.etcd_member(k)
+    );
+    info!("{note}");
+    super::publish(
+        ctx,
+        tc,
+        EventType::Normal,
+        "EtcdMemberRemoved",
+        "ScaleEtcd",
+        &note,
+    )
+    .await;
+    retire(ctx, p, k, status).await?;
+    Ok(Step::MemberDone)
+}
+
+/// Member `k` left the cluster: the serving count drops to `k`, its claim
+/// is kept and recorded as retired (a later scale-up may delete it, and
+/// only it), and it is no longer watched for data loss.
+async fn retire(
+    ctx: &Context,
+    p: &Placement,
+    k: i32,
+    status: &mut TenantClusterStatus,
+) -> Result<()> {
+    status.etcd_replicas = Some(k);
+    let claim_name = member_claim(&p.names, k);
+    status.etcd_member_claims.remove(&claim_name);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &p.namespace);
+    if let Some(uid) = claims.get_opt(&claim_name).await?.and_then(|c| c.uid()) {
+        status.etcd_retired_claims.insert(claim_name, uid);
+    }
+    Ok(())
+}
