@@ -381,6 +381,23 @@ async fn a_member_that_lost_its_volume_is_replaced_with_every_object_kept() {
                 .and_then(|d| d.get("initial-cluster-state").cloned())
         };
         assert_eq!(bootstrap_state().await.as_deref(), Some("new"));
+        // Formed: the initial cluster names no member any more, so a member
+        // that loses its data exits instead of bootstrapping anything.
+        wait_for("the bootstrap ConfigMap sealed", Duration::from_secs(60), || async {
+            let initial = cms
+                .get("hm-etcd-bootstrap")
+                .await
+                .ok()
+                .and_then(|c| c.data)
+                .and_then(|d| d.get("initial-cluster").cloned())
+                .unwrap_or_default();
+            if initial.contains("hm-etcd-") {
+                Poll::Pending(initial)
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
         let t = tenant::tenant_client(&client, &ns, "hm").await;
         let tenant_cms: Api<ConfigMap> = Api::namespaced(t.clone(), "default");
         for i in 0..50 {

@@ -324,31 +324,59 @@ pub const INITIAL_CLUSTER_STATE_KEY: &str = "initial-cluster-state";
 /// `ETCD_INITIAL_CLUSTER`.
 pub const INITIAL_CLUSTER_KEY: &str = "initial-cluster";
 
-/// How a member that finds no data starts. `new`, except while kok re-adds
-/// a member that lost its data (removed, then added back as a learner):
-/// `existing`, so it joins the running cluster. With `new`, a member that
-/// lost its data finds its name already bootstrapped among its peers and
-/// exits before it writes anything, until kok has made room for it; with
-/// `existing` at all times, two members that lost their data together could
-/// elect each other with empty logs. A ConfigMap rather than a flag, so the
-/// switch does not change the pod template and roll every member.
-///
-/// `members` is the membership a member that starts now must find: every
-/// member at creation, and during a live scaling the members up to and
-/// including the learner being added (etcd refuses to join a cluster whose
-/// membership differs from its `--initial-cluster`).
-pub fn etcd_bootstrap_config(p: &Placement, existing: bool, members: i32) -> ConfigMap {
+/// How a member that finds no data in its volume starts (a member with data
+/// ignores both settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Until every member has served once (and always for ephemeral
+    /// storage, whose members start empty by design): `new`, every member.
+    Forming { members: i32 },
+    /// While kok adds a member (a lost one re-added, or a live scaling's
+    /// learner): `existing`, with the membership of that moment, the
+    /// learner included (etcd refuses to join a cluster whose membership
+    /// differs from its `--initial-cluster`).
+    Joining { members: i32 },
+    /// Formed, nothing joining: an initial cluster that names no member, so
+    /// a member that lost its data exits ("couldn't find local name", etcd
+    /// 3.4 and 3.5 alike) instead of starting anything, until kok acts.
+    /// `new` with every member listed would not do: a member added by
+    /// `member add` has no deterministic ID, so two of them that lost their
+    /// data together would bootstrap a new cluster of their own and serve
+    /// an empty keyspace.
+    Sealed,
+}
+
+/// The `--initial-cluster` of [`Bootstrap::Sealed`]: a name no member has,
+/// on an address that cannot resolve.
+pub const SEALED_INITIAL_CLUSTER: &str = "kok-sealed=https://kok-sealed.invalid:2380";
+
+/// Which [`Bootstrap`] the members of a tenant get now. `formed`: every
+/// member was seen serving on its volume.
+pub fn bootstrap_mode(ephemeral: bool, members: i32, joining: bool, formed: bool) -> Bootstrap {
+    if joining {
+        Bootstrap::Joining { members }
+    } else if ephemeral || !formed {
+        Bootstrap::Forming { members }
+    } else {
+        Bootstrap::Sealed
+    }
+}
+
+/// The ConfigMap etcd reads its bootstrap settings from
+/// (`ETCD_INITIAL_CLUSTER_STATE`, `ETCD_INITIAL_CLUSTER`). A ConfigMap
+/// rather than flags, so switching them does not change the pod template
+/// and roll every member.
+pub fn etcd_bootstrap_config(p: &Placement, mode: Bootstrap) -> ConfigMap {
+    let (state, initial) = match mode {
+        Bootstrap::Forming { members } => ("new", etcd_initial_cluster(&p.names, members)),
+        Bootstrap::Joining { members } => ("existing", etcd_initial_cluster(&p.names, members)),
+        Bootstrap::Sealed => ("new", SEALED_INITIAL_CLUSTER.to_string()),
+    };
     ConfigMap {
         metadata: p.meta(p.names.etcd_bootstrap_config(), names::ETCD),
         data: Some(BTreeMap::from([
-            (
-                INITIAL_CLUSTER_STATE_KEY.to_string(),
-                if existing { "existing" } else { "new" }.to_string(),
-            ),
-            (
-                INITIAL_CLUSTER_KEY.to_string(),
-                etcd_initial_cluster(&p.names, members),
-            ),
+            (INITIAL_CLUSTER_STATE_KEY.to_string(), state.to_string()),
+            (INITIAL_CLUSTER_KEY.to_string(), initial),
         ])),
         ..Default::default()
     }
@@ -595,7 +623,11 @@ fn etcd_statefulset_of_generation(
         // quorum ready, so a slow readiness probe is start-up time (issue 12:
         // a 5 s period cost up to 5 s per tenant start).
         readiness_probe: Some(http_probe("/health", ETCD_METRICS_PORT, "HTTP", 1, 3, 0)),
-        liveness_probe: Some(http_probe("/health", ETCD_METRICS_PORT, "HTTP", 10, 8, 15)),
+        // A member receiving a large snapshot (a learner joining, a member
+        // restarting far behind) is unhealthy until it applied it: up to 10
+        // minutes before the liveness probe may kill it.
+        startup_probe: Some(http_probe("/health", ETCD_METRICS_PORT, "HTTP", 1, 600, 0)),
+        liveness_probe: Some(http_probe("/health", ETCD_METRICS_PORT, "HTTP", 10, 8, 0)),
         resources: Some(
             spec.etcd
                 .resources
@@ -1060,6 +1092,23 @@ mod tests {
             selected(&[]),
             labels(&[(NAMESPACE_NAME_LABEL, "kok-system")])
         );
+    }
+
+    #[test]
+    fn a_member_without_data_may_bootstrap_only_before_the_cluster_formed() {
+        use Bootstrap::*;
+        // Forming: every member starts `new`.
+        assert_eq!(
+            bootstrap_mode(false, 3, false, false),
+            Forming { members: 3 }
+        );
+        // kok adding a member wins over everything.
+        assert_eq!(bootstrap_mode(false, 4, true, true), Joining { members: 4 });
+        assert_eq!(bootstrap_mode(true, 2, true, true), Joining { members: 2 });
+        // Formed: sealed, so a member that lost its data waits for kok.
+        assert_eq!(bootstrap_mode(false, 3, false, true), Sealed);
+        // Ephemeral members start empty by design: never sealed.
+        assert_eq!(bootstrap_mode(true, 1, false, true), Forming { members: 1 });
     }
 
     #[test]

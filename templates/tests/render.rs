@@ -101,7 +101,12 @@ fn etcd_members_find_each_other_without_dns() {
     let a = args(podspec);
     // The membership is read from the bootstrap ConfigMap, not a flag.
     assert_eq!(flag(&a, "initial-cluster"), None);
-    let bootstrap = cp::etcd_bootstrap_config(&x.p, false, x.valid.etcd_replicas);
+    let bootstrap = cp::etcd_bootstrap_config(
+        &x.p,
+        cp::Bootstrap::Forming {
+            members: x.valid.etcd_replicas,
+        },
+    );
     assert_eq!(
         bootstrap.data.unwrap()[cp::INITIAL_CLUSTER_KEY],
         "demo-etcd-0=https://demo-etcd-0:2380,demo-etcd-1=https://demo-etcd-1:2380,demo-etcd-2=https://demo-etcd-2:2380"
@@ -580,11 +585,11 @@ fn a_member_without_data_reads_how_to_start_from_a_config_map_not_a_flag() {
         .config_map_key_ref
         .as_ref()
         .unwrap();
-    let forming = cp::etcd_bootstrap_config(&x.p, false, 3);
+    let forming = cp::etcd_bootstrap_config(&x.p, cp::Bootstrap::Forming { members: 3 });
     assert_eq!(key.name, forming.metadata.name.clone().unwrap());
     assert_eq!(forming.data.as_ref().unwrap()[&key.key], "new");
-    let formed = cp::etcd_bootstrap_config(&x.p, true, 3);
-    assert_eq!(formed.data.unwrap()[&key.key], "existing");
+    let re_adding = cp::etcd_bootstrap_config(&x.p, cp::Bootstrap::Joining { members: 3 });
+    assert_eq!(re_adding.data.unwrap()[&key.key], "existing");
     // The membership comes from the same ConfigMap: a member joining a
     // scaling from 3 to 5 sees the 3 and itself, not all 5.
     let members = env
@@ -594,10 +599,16 @@ fn a_member_without_data_reads_how_to_start_from_a_config_map_not_a_flag() {
         .and_then(|v| v.config_map_key_ref.as_ref())
         .expect("the membership comes from the ConfigMap");
     assert_eq!(members.name, key.name);
-    let joining = cp::etcd_bootstrap_config(&x.p, true, 4);
+    let joining = cp::etcd_bootstrap_config(&x.p, cp::Bootstrap::Joining { members: 4 });
     let initial = joining.data.unwrap()[&members.key].clone();
     assert_eq!(initial.split(',').count(), 4, "{initial}");
     assert!(initial.ends_with("demo-etcd-3=https://demo-etcd-3:2380"));
+    // Formed, nothing joining: no member is named, so one without data
+    // exits instead of bootstrapping anything.
+    let sealed = cp::etcd_bootstrap_config(&x.p, cp::Bootstrap::Sealed);
+    let data = sealed.data.unwrap();
+    assert_eq!(data[&key.key], "new");
+    assert!(!data[&members.key].contains("demo-etcd-"), "{data:?}");
     assert_eq!(
         forming.metadata.owner_references.unwrap()[0].uid,
         x.p.owner.uid

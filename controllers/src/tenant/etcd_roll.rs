@@ -52,6 +52,17 @@ pub(super) async fn roll(
     sts: &StatefulSet,
     drained: Option<i32>,
 ) -> Result<RollOutcome> {
+    // A live scaling with a member in flight (a learner joining, a member
+    // leaving) finishes it first: the roll would see that member as down.
+    let scaling = tc.status.as_ref().and_then(|s| s.etcd_scaling.as_ref());
+    if let Some(member) = kok_templates::etcd_scale::kept_off(scaling) {
+        return Ok(RollOutcome {
+            state: EtcdRoll::Rolling(format!(
+                "held until the etcd scaling has moved member {member}"
+            )),
+            drained: None,
+        });
+    }
     let state = roll_members(ctx, tc, sts, drained).await?;
     Ok(match state {
         // Done: the apiservers go back to every member.

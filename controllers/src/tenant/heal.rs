@@ -16,6 +16,7 @@ use kok_crds::{
     RestorePhase, TenantCluster, TenantClusterStatus,
 };
 use kok_templates::controlplane::{self as cp, Placement, ETCD_PEER_PORT};
+use kok_templates::etcd_scale;
 use kok_templates::inspection::{self as insp, ETCD_MEMBER_LOST};
 use kok_templates::names::Names;
 use kok_templates::restore::member_claim;
@@ -31,25 +32,24 @@ use crate::runtime::context::Context;
 use crate::runtime::error::{Error, Result};
 
 /// Applies the member bootstrap ConfigMap of the etcd generation `p`
-/// names (see `controlplane::etcd_bootstrap_config`).
+/// names (see `controlplane::Bootstrap`).
 pub(super) async fn ensure_bootstrap_config(
     ctx: &Context,
     p: &Placement,
-    existing: bool,
-    members: i32,
+    mode: cp::Bootstrap,
 ) -> Result<()> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &p.namespace);
-    let config = cp::etcd_bootstrap_config(p, existing, members);
+    let config = cp::etcd_bootstrap_config(p, mode);
     apply_child(&api, &config, &p.owner.uid).await?;
     Ok(())
 }
 
 /// Whether a member without data may join the running cluster: only while
 /// kok re-adds a lost member (it was removed and added back as a learner
-/// first). At any other time such a member starts as `new`, finds its
-/// name already bootstrapped in the cluster and exits before it writes
-/// anything; with `existing` two members that lost their data together
-/// could elect each other and serve an empty keyspace.
+/// first). At any other time such a member finds no place (the bootstrap
+/// ConfigMap is sealed) and exits before it writes anything; with
+/// `existing` two members that lost their data together could elect each
+/// other and serve an empty keyspace.
 pub(super) fn joining(status: &TenantClusterStatus) -> bool {
     status
         .etcd_member_replacement
@@ -114,12 +114,15 @@ pub(super) async fn members(
         }
     }
     let mut lost = lost_members(&status.etcd_member_claims, names, &observed);
+    // A learner a live scaling is adding has no vote: quorum is counted
+    // over the voters.
+    let voters = replicas - i32::from(etcd_scale::joining(status.etcd_scaling.as_ref()));
     // A new claim is not lost data when the member serves on it in the
     // same cluster as the others (a volume restored from a snapshot, moved
     // by hand): recorded, nothing replaced. A single member is never judged
     // so: one that lost its data serves too, an empty cluster of its own.
     // The member being replaced is judged by its replacement.
-    if !lost.is_empty() && replicas >= 3 {
+    if !lost.is_empty() && voters >= 3 {
         let access = EtcdAccess::for_tenant(&ctx.client, tc)
             .await
             .map_err(|e| Error::Etcd(e.to_string()))?;
@@ -132,7 +135,7 @@ pub(super) async fn members(
                 .filter(|(n, id)| *n != name && id.is_some() && *id == mine)
                 .count();
             // It and a quorum of the others answer with one cluster ID.
-            let serving = mine.is_some() && agreeing + 1 >= insp::quorum(replicas) as usize;
+            let serving = mine.is_some() && agreeing + 1 >= insp::quorum(voters) as usize;
             let being_replaced = replacing.as_ref().is_some_and(|r| r.member == *i);
             if serving && !being_replaced {
                 if let Some(uid) = uid {
@@ -147,7 +150,7 @@ pub(super) async fn members(
     }
     // A lost quorum is checked first, also while a replacement runs: a
     // second member lost meanwhile ends it.
-    if insp::quorum_lost(replicas, lost.len() as i32) || status.quorum_loss.is_some() {
+    if insp::quorum_lost(voters, lost.len() as i32) || status.quorum_loss.is_some() {
         status.etcd_member_replacement = None;
         let lost: Vec<String> = lost.iter().map(|(i, _)| names.etcd_member(*i)).collect();
         return quorum_loss(ctx, tc, p, status, lost, &observed).await;
@@ -159,6 +162,16 @@ pub(super) async fn members(
             others_lost,
         };
         return replace(ctx, tc, p, status, r, &observed, around).await;
+    }
+    // Not while a live scaling has a member in flight (a learner joining:
+    // etcd takes one learner at a time; a member being removed): reported
+    // by the inspection, replaced once that member settled.
+    if status
+        .etcd_scaling
+        .as_ref()
+        .is_some_and(|s| s.phase == etcd_scale::JOINING || s.phase == etcd_scale::REMOVING)
+    {
+        return Ok(Healing::Idle);
     }
     // One member at a time, and only when it is the only one lost: while
     // the bootstrap ConfigMap says `existing` for the one re-added, another
@@ -174,7 +187,7 @@ pub(super) async fn members(
     };
     let name = names.etcd_member(member);
     let policy = insp::policy(&tc.spec.healing, ETCD_MEMBER_LOST);
-    if policy != CheckPolicy::Repair || replicas < 3 {
+    if policy != CheckPolicy::Repair || voters < 3 {
         // Reported by the inspection; a single member that lost its data
         // is a lost quorum: only a restore brings the data back.
         return Ok(Healing::Idle);

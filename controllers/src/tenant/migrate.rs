@@ -130,7 +130,7 @@ pub(super) async fn pass(
     // A phase runs only on the status its previous step wrote: a reconcile
     // handed a cached object from before that write must not repeat a step
     // (a Verifying after a finished rollback would recreate the target).
-    if status.migration.is_some() {
+    if status.migration.is_some() || status.etcd_scaling.is_some() {
         let api: Api<TenantCluster> = Api::namespaced(ctx.client.clone(), &x.p.namespace);
         let fresh = api.get_opt(&tc.name_any()).await?;
         if fresh.is_some_and(|f| f.metadata.resource_version != tc.metadata.resource_version) {
@@ -177,6 +177,7 @@ pub(super) async fn pass(
             Decision::Done => {
                 if !(tc.spec.upgrade.strategy == UpgradeStrategy::Migrate
                     && mig::due(&running, &desired))
+                    || status.etcd_scaling.is_some()
                 {
                     return Ok(Outcome::None);
                 }
@@ -185,8 +186,11 @@ pub(super) async fn pass(
             }
         },
         None => {
+            // Not while a live scaling is open: it would copy from a member
+            // count in between (the scaling is reported as blocked).
             if !(tc.spec.upgrade.strategy == UpgradeStrategy::Migrate
                 && mig::due(&running, &desired))
+                || status.etcd_scaling.is_some()
             {
                 return Ok(Outcome::None);
             }
@@ -794,7 +798,10 @@ async fn verify(
     // The target's members start on restored data: how a member without
     // data would start is moot until it has served (then the main pass
     // switches it to `existing`).
-    super::heal::ensure_bootstrap_config(ctx, &tp, false, valid.etcd_replicas).await?;
+    let forming = cp::Bootstrap::Forming {
+        members: valid.etcd_replicas,
+    };
+    super::heal::ensure_bootstrap_config(ctx, &tp, forming).await?;
     let sts = apply_child(
         &statefulsets,
         &cp::etcd_statefulset(&tp, &spec, &valid, &resolved),

@@ -310,7 +310,18 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     //    ConfigMap says: `existing` only while kok re-adds a lost member.
     let scaling_record = old_status.etcd_scaling.as_ref();
     let joining = heal::joining(&old_status) || etcd_scale::joining(scaling_record);
-    heal::ensure_bootstrap_config(ctx, &p, joining, valid.etcd_replicas).await?;
+    let formed = (0..valid.etcd_replicas).all(|i| {
+        old_status
+            .etcd_member_claims
+            .contains_key(&kok_templates::restore::member_claim(&p.names, i))
+    });
+    let bootstrap = cp::bootstrap_mode(
+        tc.spec.etcd.storage.ephemeral,
+        valid.etcd_replicas,
+        joining,
+        formed,
+    );
+    heal::ensure_bootstrap_config(ctx, &p, bootstrap).await?;
     let resolved = Resolved {
         etcd_member_ips: net.etcd_member_ips,
         apiserver_ip: net.apiserver_ip,
@@ -330,18 +341,30 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     status.etcd_drained_member = live.etcd_drained_member;
     // Healing: a member that lost its data is replaced, one step a pass
     // (not while members are rolled for an upgrade).
-    let healing = if live.etcd_rolling.is_none() || status.etcd_member_replacement.is_some() {
-        heal::members(ctx, &tc, &p, valid.etcd_replicas, &mut status, joining).await?
-    } else {
-        heal::Healing::Idle
-    };
+    // A roll waits while a scaling has a member in flight (etcd_roll), so
+    // that member is finished first.
+    let roll_held = etcd_scale::kept_off(scaling_record).is_some();
+    let healing =
+        if live.etcd_rolling.is_none() || roll_held || status.etcd_member_replacement.is_some() {
+            heal::members(ctx, &tc, &p, valid.etcd_replicas, &mut status, joining).await?
+        } else {
+            heal::Healing::Idle
+        };
     // Live scaling (InPlace): one member per recorded phase, only while
     // nothing else moves etcd members.
-    let settled = live.etcd_rolling.is_none()
+    let settled = (live.etcd_rolling.is_none() || roll_held)
         && matches!(healing, heal::Healing::Idle)
         && status.etcd_member_replacement.is_none()
         && status.quorum_loss.is_none();
-    let scaling = if in_place && settled {
+    let scaling = if !in_place {
+        match &status.etcd_scaling {
+            Some(s) => scale::Scaling::Blocked(format!(
+                "{} is open: set spec.upgrade.strategy back to InPlace to finish it (no migration starts meanwhile)",
+                etcd_scale::describe(s)
+            )),
+            None => scale::Scaling::Idle,
+        }
+    } else if settled {
         scale::step(ctx, &tc, &p, tc.spec.etcd.replicas, &mut status).await?
     } else if let Some(s) = &status.etcd_scaling {
         scale::Scaling::Moving(format!(

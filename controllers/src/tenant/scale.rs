@@ -1,8 +1,9 @@
 //! Live etcd scaling: `spec.etcd.replicas` changed with the `InPlace`
 //! strategy moves the serving member count one member per recorded phase
-//! (see `kok_templates::etcd_scale`). Each phase is recorded in
-//! `status.etcdScaling` before it acts, and each action is idempotent (the
-//! membership is read first), so a restarted operator resumes.
+//! (see `kok_templates::etcd_scale`), recorded in `status.etcdScaling`.
+//! Each action reads the membership first (a learner already added, a
+//! member already removed is found, not repeated), so a restarted operator
+//! whose last status write was lost resumes.
 
 use etcd_client::MemberAddOptions;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -52,6 +53,11 @@ pub(super) async fn step(
             if !es::towards(&s, target)
                 && (s.phase == es::ADDING_LEARNER || s.phase == es::DRAINING) =>
         {
+            if s.phase == es::ADDING_LEARNER {
+                // Added in a pass whose record was lost: never started, so
+                // removed (it would hold etcd's one learner slot).
+                drop_unstarted_learner(ctx, tc, p, serving, s.member).await?;
+            }
             status.etcd_scaling = None;
             return open(ctx, tc, serving, target, status).await;
         }
@@ -414,14 +420,21 @@ async fn remove(
     status: &mut TenantClusterStatus,
 ) -> Result<Step> {
     let k = s.member;
+    if !super::etcd_roll::apiservers_off(ctx, &p.namespace, &p.names, k).await? {
+        s.phase = es::DRAINING.into();
+        s.message = Some("the apiservers dial it again; draining".into());
+        return Ok(Step::Wait);
+    }
     let all = members(ctx, tc, p, k + 1, None).await?;
     let others = members(ctx, tc, p, k + 1, Some(k)).await?;
-    let healthy = others
+    let healthy_names: Vec<String> = others
         .probe()
         .await
-        .iter()
+        .into_iter()
         .filter(|m| m.serves_quorum_reads)
-        .count();
+        .map(|m| m.name)
+        .collect();
+    let healthy = healthy_names.len();
     let mut client = others.connect().await.map_err(etcd_err)?;
     let url = peer_url(p, k);
     let list = client.member_list().await.map_err(etcd_err)?;
@@ -450,7 +463,9 @@ async fn remove(
         let successor = list
             .members()
             .iter()
-            .find(|m| m.id() != id && !m.is_learner())
+            .find(|m| {
+                m.id() != id && !m.is_learner() && healthy_names.iter().any(|n| n == m.name())
+            })
             .map(|m| m.id());
         let own = all
             .members
@@ -486,6 +501,32 @@ async fn remove(
     .await;
     retire(ctx, p, k, status).await?;
     Ok(Step::MemberDone)
+}
+
+/// Removes a learner at ordinal `k` that never started (no record of it
+/// survived), from the `serving` voters.
+async fn drop_unstarted_learner(
+    ctx: &Context,
+    tc: &TenantCluster,
+    p: &Placement,
+    serving: i32,
+    k: i32,
+) -> Result<()> {
+    let voters = members(ctx, tc, p, serving, None).await?;
+    let mut client = voters.connect().await.map_err(etcd_err)?;
+    let url = peer_url(p, k);
+    let list = client.member_list().await.map_err(etcd_err)?;
+    if let Some(m) = list
+        .members()
+        .iter()
+        .find(|m| m.is_learner() && m.peer_urls().iter().any(|u| u == &url))
+    {
+        client
+            .member_remove(m.id())
+            .await
+            .map_err(|e| Error::Etcd(format!("removing learner {k}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Member `k` left the cluster: the serving count drops to `k`, its claim
