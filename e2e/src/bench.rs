@@ -27,21 +27,8 @@ pub async fn reconciles(addr: &str) -> f64 {
 /// RSS and CPU of the operator replica holding the Lease, read from /proc on
 /// this node (the local cluster is one node, so the pod's process is visible).
 pub async fn sample_leader(client: &Client, window: Duration) -> Sample {
-    let lease = Api::<Lease>::namespaced(client.clone(), "kok-system")
-        .get("kok-operator")
-        .await
-        .expect("reading the leader Lease");
-    let holder = lease
-        .spec
-        .and_then(|s| s.holder_identity)
-        .expect("the Lease has a holder");
+    let (holder, pod_ip) = leader_pod(client).await;
     let pid = operator_pid(&holder).unwrap_or_else(|| panic!("no process for pod {holder}"));
-    let pod_ip = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "kok-system")
-        .get(&holder)
-        .await
-        .ok()
-        .and_then(|p| p.status?.pod_ip)
-        .expect("the leader pod has an IP");
     let metrics = format!("{pod_ip}:8080");
     let ticks = || cpu_ticks(pid).expect("reading /proc/<pid>/stat");
     let (t0, c0, r0) = (Instant::now(), ticks(), reconciles(&metrics).await);
@@ -140,4 +127,41 @@ pub fn pod_usage(pod_uid: &str) -> Option<PodUsage> {
         working_set_bytes: usage.saturating_sub(inactive_file),
         cpu_nanos,
     })
+}
+
+/// The operator pod holding the Lease, and its IP.
+pub async fn leader_pod(client: &Client) -> (String, String) {
+    let lease = Api::<Lease>::namespaced(client.clone(), "kok-system")
+        .get("kok-operator")
+        .await
+        .expect("reading the leader Lease");
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("the Lease has a holder");
+    let pod_ip = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "kok-system")
+        .get(&holder)
+        .await
+        .ok()
+        .and_then(|p| p.status?.pod_ip)
+        .expect("the leader pod has an IP");
+    (holder, pod_ip)
+}
+
+/// The `/metrics` text of the operator replica holding the Lease.
+pub async fn leader_metrics(client: &Client) -> String {
+    let (_, pod_ip) = leader_pod(client).await;
+    crate::http::get(&format!("{pod_ip}:8080"), "/metrics")
+        .await
+        .expect("scraping the operator's /metrics")
+        .1
+}
+
+/// The value of the sample of `name` whose labels contain `labels`.
+pub fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }

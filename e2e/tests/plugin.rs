@@ -118,6 +118,29 @@ async fn kubectl_kok_prints_a_kubeconfig_backs_up_restores_and_plans() {
             "restored to the backup"
         );
 
+        // What alerting reads (issue 11), scraped from the leader's /metrics.
+        let metrics = kok_e2e::bench::leader_metrics(&client).await;
+        let tenant = format!("namespace=\"{ns}\",tenant=\"pl\"");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let sample = |name: &str, labels: &str| {
+            kok_e2e::bench::sample(&metrics, name, labels)
+                .unwrap_or_else(|| panic!("{name}{{{labels}}} in:\n{metrics}"))
+        };
+        assert_eq!(sample("kok_tenant_ready", &tenant), 1.0);
+        let expiry = sample("kok_certificate_expiry_timestamp_seconds", &tenant);
+        assert!(
+            expiry > now + 300.0 * 86400.0,
+            "certificates valid about a year: {expiry}"
+        );
+        let backed_up = sample("kok_last_successful_backup_timestamp_seconds", &tenant);
+        assert!(now - backed_up < 900.0, "the backup above: {backed_up}");
+        assert!(sample("kok_last_backup_size_bytes", &tenant) > 0.0);
+        assert!(sample("kok_etcd_restores_total", "result=\"completed\"") >= 1.0);
+        assert_eq!(sample("kok_leader", ""), 1.0);
+
         // An upgrade plan, printed only.
         let plan = kubectl_kok(&["-n", &ns, "upgrade", "pl", "--to", "v1.22.3", "--dry-run"]);
         assert!(
