@@ -293,14 +293,17 @@ async fn add_learner(
         // Added in a pass whose record was not written: resume.
         Some(m) => m.id(),
         None => {
-            let added = client
-                .member_add(
-                    [url.as_str()],
-                    Some(MemberAddOptions::new().with_is_learner()),
-                )
-                .await
-                .map_err(|e| Error::Etcd(format!("adding member {k} as a learner: {e}")))?;
-            added.member().map(|m| m.id()).unwrap_or_default()
+            let options = MemberAddOptions::new().with_is_learner();
+            match client.member_add([url.as_str()], Some(options)).await {
+                Ok(added) => added.member().map(|m| m.id()).unwrap_or_default(),
+                Err(e) => {
+                    // Right after a promotion etcd refuses a new member for
+                    // a few seconds (measured: about 7 s) while the
+                    // promoted one settles: asked again next pass.
+                    s.message = Some(format!("etcd does not take a learner yet: {e}"));
+                    return Ok(Step::Wait);
+                }
+            }
         }
     };
     s.learner_id = Some(format!("{id:x}"));
