@@ -431,10 +431,12 @@ async fn bad_specs_stall_with_the_field_named_and_touch_nothing() {
                 "spec.etcd.version",
                 "going down",
             ),
+            // A flag kok sets itself. (A member count change is no longer
+            // refused: it is scaled live, tests/scale.rs.)
             (
-                json!({"etcd": {"replicas": 3}}),
-                "spec.etcd.replicas",
-                "only by a data migration",
+                json!({"controlPlane": {"apiserver": {"extraArgs": {"etcd-servers": "http://evil:2379"}}}}),
+                "spec.controlPlane.apiserver.extraArgs",
+                "managed by kok",
             ),
         ] {
             tenant::patch_spec(&client, &ns, "bad", patch.clone()).await;
@@ -453,7 +455,8 @@ async fn bad_specs_stall_with_the_field_named_and_touch_nothing() {
                 &client,
                 &ns,
                 "bad",
-                json!({"version": "v1.20.2", "etcd": {"replicas": 1, "version": "3.4.23"}}),
+                json!({"version": "v1.20.2", "etcd": {"version": "3.4.23"},
+                       "controlPlane": {"apiserver": {"extraArgs": null}}}),
             )
             .await;
             tenant::wait_condition(
