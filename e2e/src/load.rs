@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::PostParams;
+use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -100,4 +100,21 @@ pub fn start_load(
         }
     });
     (task, load)
+}
+
+/// How many of the load's objects the tenant holds now.
+pub async fn objects_present(tenant: Client) -> usize {
+    let cms: Api<ConfigMap> = Api::namespaced(tenant, "default");
+    cms.list(&ListParams::default())
+        .await
+        .expect("listing the load's ConfigMaps")
+        .items
+        .iter()
+        .filter(|c| {
+            c.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("load-"))
+        })
+        .count()
 }

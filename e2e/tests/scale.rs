@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Event};
+use k8s_openapi::api::core::v1::Event;
 use kok_crds::TenantCluster;
-use kok_e2e::load::start_load;
+use kok_e2e::load::{objects_present, start_load};
 use kok_e2e::volumes::{make_volumes, remove_volumes};
 use kok_e2e::{etcd, tenant, wait_for, with_namespace, Poll};
 use kube::api::ListParams;
@@ -119,15 +119,7 @@ async fn etcd_scales_live_from_one_to_five_and_back_under_load() {
         // Each step rolls the apiservers once (at most one race each).
         assert!(retried.len() <= 5, "closed connections: {retried:?}");
         // Every object written is there.
-        let cms: Api<ConfigMap> = Api::namespaced(tenant_api, "default");
-        let present = cms
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|c| c.metadata.name.as_deref().is_some_and(|n| n.starts_with("load-")))
-            .count();
+        let present = objects_present(tenant_api).await;
         assert_eq!(present, writes, "objects written while scaling");
 
         let events: Api<Event> = Api::namespaced(client.clone(), &ns);

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kok_crds::{BackupPhase, EtcdBackup, TenantCluster, TenantClusterStatus};
-use kok_e2e::load::start_load;
+use kok_e2e::load::{objects_present, start_load};
 use kok_e2e::volumes::{make_volumes, remove_volumes};
 use kok_e2e::{kill_operator, tenant, wait_for, with_namespace, Poll};
 use kube::api::{DeleteParams, ListParams};
@@ -284,15 +284,7 @@ async fn etcd_3_4_to_3_5_member_by_member_under_load_survives_an_operator_kill()
         assert!(retried.len() <= 12, "closed connections: {retried:?}");
 
         // Every object written during the upgrade is there afterwards.
-        let cms: Api<ConfigMap> = Api::namespaced(tenant_api, "default");
-        let present = cms
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|c| c.metadata.name.as_deref().is_some_and(|n| n.starts_with("load-")))
-            .count();
+        let present = objects_present(tenant_api).await;
         assert_eq!(present, writes, "objects lost in the upgrade");
 
         Api::<TenantCluster>::namespaced(client.clone(), &ns)

@@ -185,6 +185,17 @@ async fn open(
     Ok(Scaling::Moving(message))
 }
 
+/// The member whose peer URL is `url` (how a member kok added is found
+/// again: its name is empty until it started).
+fn with_peer_url<'a>(
+    members: &'a [etcd_client::Member],
+    url: &str,
+) -> Option<&'a etcd_client::Member> {
+    members
+        .iter()
+        .find(|m| m.peer_urls().iter().any(|u| u == url))
+}
+
 fn peer_url(p: &Placement, i: i32) -> String {
     format!("https://{}:{ETCD_PEER_PORT}", p.names.etcd_member(i))
 }
@@ -285,11 +296,7 @@ async fn add_learner(
     let mut client = serving.connect().await.map_err(etcd_err)?;
     let url = peer_url(p, k);
     let list = client.member_list().await.map_err(etcd_err)?;
-    let id = match list
-        .members()
-        .iter()
-        .find(|m| m.peer_urls().iter().any(|u| u == &url))
-    {
+    let id = match with_peer_url(list.members(), &url) {
         // Added in a pass whose record was not written: resume.
         Some(m) => m.id(),
         None => {
@@ -337,11 +344,7 @@ async fn promote(
     let mut client = voters.connect().await.map_err(etcd_err)?;
     let url = peer_url(p, k);
     let list = client.member_list().await.map_err(etcd_err)?;
-    let Some(member) = list
-        .members()
-        .iter()
-        .find(|m| m.peer_urls().iter().any(|u| u == &url))
-    else {
+    let Some(member) = with_peer_url(list.members(), &url) else {
         // Not in the membership (removed by hand?): add it again.
         s.phase = es::ADDING_LEARNER.into();
         status.etcd_replicas = Some(k);
@@ -393,11 +396,7 @@ async fn withdraw_learner(
     let mut client = voters.connect().await.map_err(etcd_err)?;
     let url = peer_url(p, k);
     let list = client.member_list().await.map_err(etcd_err)?;
-    if let Some(m) = list
-        .members()
-        .iter()
-        .find(|m| m.peer_urls().iter().any(|u| u == &url))
-    {
+    if let Some(m) = with_peer_url(list.members(), &url) {
         if !m.is_learner() {
             // Promoted meanwhile: it is a voter now, removed the usual way.
             return promote(ctx, tc, p, s, status).await;
@@ -442,11 +441,7 @@ async fn remove(
     let url = peer_url(p, k);
     let list = client.member_list().await.map_err(etcd_err)?;
     let voting = list.members().iter().filter(|m| !m.is_learner()).count();
-    let Some(target) = list
-        .members()
-        .iter()
-        .find(|m| m.peer_urls().iter().any(|u| u == &url))
-    else {
+    let Some(target) = with_peer_url(list.members(), &url) else {
         // Removed in a pass whose record was not written.
         retire(ctx, p, k, status).await?;
         return Ok(Step::MemberDone);
@@ -519,11 +514,7 @@ async fn drop_unstarted_learner(
     let mut client = voters.connect().await.map_err(etcd_err)?;
     let url = peer_url(p, k);
     let list = client.member_list().await.map_err(etcd_err)?;
-    if let Some(m) = list
-        .members()
-        .iter()
-        .find(|m| m.is_learner() && m.peer_urls().iter().any(|u| u == &url))
-    {
+    if let Some(m) = with_peer_url(list.members(), &url).filter(|m| m.is_learner()) {
         client
             .member_remove(m.id())
             .await
