@@ -125,6 +125,14 @@ etcd35_version() { # the version string of the cached trixie etcd, e.g. 3.5.16
 # All image tags the local cluster provides, "name:tag" per line.
 local_images() {
   local e35="${ETCD35_TAG:-}"
+  # On an 'up' of a running cluster build_images did not run: take the 3.5 tag
+  # from the cache, so an image the kubelet's image GC removed comes back too.
+  if [ -z "$e35" ]; then
+    local t
+    for t in "$IMAGE_CACHE_DIR"/etcd_3.5.*.tar; do
+      [ -f "$t" ] && { t=${t##*/etcd_}; e35=${t%.tar}; }
+    done
+  fi
   echo "pause:$PAUSE_TAG"
   echo "busybox:$BUSYBOX_TAG"
   echo "etcd:$ETCD34_VERSION"
