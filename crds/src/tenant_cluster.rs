@@ -128,6 +128,15 @@ pub struct HealingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128))]
     pub defragmentation_schedule: Option<String>,
+    /// An etcd member that stays unhealthy on its own volume this many
+    /// seconds (default 600: a member that crash-loops on corrupt data, or
+    /// cannot start where its volume is), while the others keep a healthy
+    /// quorum, is replaced (check `EtcdMemberUnhealthy`): its volume is kept
+    /// aside with its data (reclaim policy `Retain`), the member is removed,
+    /// added back as a learner on a fresh volume and promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub member_unhealthy_seconds: Option<u32>,
 }
 
 /// When a majority of etcd members lost their data, no member can be
@@ -438,6 +447,11 @@ pub struct TenantClusterStatus {
     /// (`spec.healing.defragmentationSchedule`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_defragmentation_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// etcd members (by pod name) unhealthy on their own volume, and since
+    /// when: replaced after `spec.healing.memberUnhealthySeconds`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub etcd_unhealthy_since:
+        BTreeMap<String, k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// An etcd member replacement in progress, recorded before each step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_member_replacement: Option<MemberReplacement>,
@@ -547,9 +561,17 @@ pub struct MemberReplacement {
     /// The learner's etcd member ID (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learner_id: Option<String>,
-    /// The claim (uid) found in place of the one the member served with.
+    /// The claim (uid) found in place of the one the member served with;
+    /// for a member replaced because it stayed unhealthy, the claim it
+    /// served on, released once its volume is kept (`keptVolume`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_claim: Option<String>,
+    /// Set for a member replaced because it stayed unhealthy on its own
+    /// volume: the PersistentVolume kept with its data (reclaim policy
+    /// `Retain`, left `Released`): kok never deletes it; delete it once it is
+    /// no longer needed (docs/runbooks/etcd-member-unhealthy.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_volume: Option<String>,
     pub detected_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
     /// What the step waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -441,51 +441,7 @@ async fn a_member_that_lost_its_volume_is_replaced_with_every_object_kept() {
         .await;
         let replaced_after = started.elapsed();
         // Back to 3/3 ready members, member 1 on a new claim.
-        wait_for("3 ready etcd members", Duration::from_secs(120), || async {
-            let lp = ListParams::default().labels("kok.dev/tenant-cluster=hm,kok.dev/component=etcd");
-            let ready = pods
-                .list(&lp)
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .filter(|p| {
-                    p.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|cs| {
-                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                        })
-                })
-                .count();
-            if ready == 3 {
-                Poll::Ready(())
-            } else {
-                let states: Vec<String> = pods
-                    .list(&lp)
-                    .await
-                    .map(|l| l.items)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|p| {
-                        let c = p
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.container_statuses.as_ref())
-                            .and_then(|c| c.first());
-                        format!(
-                            "{}: {:?} restarts {:?} state {:?}",
-                            p.metadata.name.clone().unwrap_or_default(),
-                            p.status.as_ref().and_then(|s| s.phase.clone()),
-                            c.map(|c| c.restart_count),
-                            c.and_then(|c| c.state.clone())
-                        )
-                    })
-                    .collect();
-                Poll::Pending(format!("{ready}/3 ready: {states:?}"))
-            }
-        })
-        .await;
+        wait_members_ready(&pods, "hm", 3).await;
         let healed_after = started.elapsed();
         // Back to `new`: a member that loses its data now waits for kok.
         wait_for("bootstrap state new again", Duration::from_secs(60), || async {
@@ -529,6 +485,150 @@ async fn a_member_that_lost_its_volume_is_replaced_with_every_object_kept() {
             .await
             .unwrap();
         remove_volumes(&client, &ns, 5).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_member_unhealthy_on_its_own_volume_is_replaced_and_its_volume_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    with_namespace("heal-unhealthy", |client, ns| async move {
+        // 3 members' volumes and the fresh one the replaced member starts on.
+        make_volumes(&client, &ns, 4).await;
+        let mut tc = tenant::dev_tenant("hu", 3);
+        tc.spec.etcd.storage =
+            serde_json::from_value(json!({"size": "1Gi", "storageClassName": ns})).unwrap();
+        tc.spec.healing.member_unhealthy_seconds = Some(30);
+        tenant::create(&client, &ns, &tc).await;
+        tenant::wait_ready(&client, &ns, "hu", READY_TIMEOUT).await;
+        let api: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
+        wait_for("3 member claims recorded", Duration::from_secs(60), || async {
+            let s = api.get("hu").await.unwrap().status.unwrap_or_default();
+            if s.etcd_member_claims.len() == 3 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{:?}", s.etcd_member_claims))
+            }
+        })
+        .await;
+        let t = tenant::tenant_client(&client, &ns, "hu").await;
+        let tenant_cms: Api<ConfigMap> = Api::namespaced(t.clone(), "default");
+        for i in 0..50 {
+            create(
+                &tenant_cms,
+                json!({"metadata": {"name": format!("keep-{i:02}"), "labels": {"keep": "yes"}},
+                       "data": {"i": i.to_string()}}),
+            )
+            .await;
+        }
+
+        // Member 2 can no longer start on its own volume: its data
+        // directory becomes unreadable to etcd (a stand-in for corrupt data:
+        // the member exits at start, every time). Its volume and claim stay.
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let old_claim = claims.get("data-hu-etcd-2").await.unwrap();
+        let old_volume = old_claim.spec.clone().unwrap().volume_name.unwrap();
+        let dir = kok_e2e::volumes::member_dir(&client, &ns, "hu", 2).await;
+        let data = format!("{dir}/data");
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let started = Instant::now();
+        pods.delete("hu-etcd-2", &DeleteParams::default())
+            .await
+            .unwrap();
+
+        // Timed as unhealthy (a finding's source), then replaced.
+        let seen_unhealthy = std::sync::atomic::AtomicBool::new(false);
+        let status = wait_for(
+            "member hu-etcd-2 replaced",
+            Duration::from_secs(300),
+            || {
+                let api = api.clone();
+                let seen = &seen_unhealthy;
+                async move {
+                    let s = api.get("hu").await.unwrap().status.unwrap_or_default();
+                    if s.etcd_unhealthy_since.contains_key("hu-etcd-2")
+                        || s.etcd_member_replacement
+                            .as_ref()
+                            .is_some_and(|r| r.kept_volume.is_some())
+                    {
+                        seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let replaced = s.repairs.iter().any(|r| {
+                        r.check == "EtcdMemberUnhealthy" && r.outcome == "Succeeded"
+                    });
+                    if replaced && s.etcd_member_replacement.is_none() {
+                        Poll::Ready(s)
+                    } else {
+                        Poll::Pending(format!(
+                            "since {:?}; {:?}",
+                            s.etcd_unhealthy_since, s.etcd_member_replacement
+                        ))
+                    }
+                }
+            },
+        )
+        .await;
+        let replaced_after = started.elapsed();
+        assert!(
+            seen_unhealthy.load(std::sync::atomic::Ordering::Relaxed),
+            "the member was timed as unhealthy first");
+        wait_members_ready(&pods, "hu", 3).await;
+        let healed_after = started.elapsed();
+        let repair = status
+            .repairs
+            .iter()
+            .find(|r| r.check == "EtcdMemberUnhealthy")
+            .unwrap();
+        assert!(repair.action.contains(&old_volume), "{}", repair.action);
+        assert!(
+            !status.repairs.iter().any(|r| r.check == "EtcdMemberLost"),
+            "one repair, of the unhealthy member: {:?}",
+            status.repairs
+        );
+
+        // A new claim serves; the old volume is kept with its data.
+        let new_claim = claims.get("data-hu-etcd-2").await.unwrap();
+        assert_ne!(new_claim.metadata.uid, old_claim.metadata.uid);
+        assert_eq!(
+            status.etcd_member_claims.get("data-hu-etcd-2"),
+            new_claim.metadata.uid.as_ref()
+        );
+        let kept = Api::<PersistentVolume>::all(client.clone())
+            .get(&old_volume)
+            .await
+            .expect("the old volume is kept");
+        let spec = kept.spec.clone().unwrap();
+        assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Retain"));
+        assert_eq!(
+            kept.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("kok.dev/kept-from-claim"))
+                .map(String::as_str),
+            Some(format!("{ns}/data-hu-etcd-2").as_str())
+        );
+        assert_ne!(new_claim.spec.unwrap().volume_name.as_deref(), Some(old_volume.as_str()));
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let db = std::fs::metadata(format!("{data}/member/snap/db")).expect("its data is still there");
+        assert!(db.len() > 0);
+        println!(
+            "unhealthy etcd member replaced: promoted {:.1}s after its pod was deleted onto an unreadable volume ({:.1}s after kok first saw it unhealthy, threshold 30s), 3/3 ready after {:.1}s; volume {old_volume} kept ({} byte db)",
+            replaced_after.as_secs_f64(),
+            repair.seconds_to_repair.unwrap_or_default(),
+            healed_after.as_secs_f64(),
+            db.len()
+        );
+        let kept_objects = tenant_cms
+            .list(&ListParams::default().labels("keep=yes"))
+            .await
+            .unwrap()
+            .items
+            .len();
+        assert_eq!(kept_objects, 50);
+        create(&tenant_cms, json!({"metadata": {"name": "after-heal"}})).await;
+        api.delete("hu", &DeleteParams::default()).await.unwrap();
+        remove_volumes(&client, &ns, 4).await;
     })
     .await;
 }
@@ -934,5 +1034,53 @@ async fn a_deleted_apiserver_pod_is_serving_again_quickly() {
             started.elapsed().as_secs_f64()
         );
     })
+    .await;
+}
+
+/// Waits until `n` etcd pods of tenant `tc` are Ready (their state is
+/// printed while waiting).
+async fn wait_members_ready(pods: &Api<Pod>, tc: &str, n: usize) {
+    let lp = ListParams::default().labels(&format!(
+        "kok.dev/tenant-cluster={tc},kok.dev/component=etcd"
+    ));
+    wait_for(
+        &format!("{n} ready etcd members"),
+        Duration::from_secs(120),
+        || async {
+            let items = pods.list(&lp).await.map(|l| l.items).unwrap_or_default();
+            let ready = items
+                .iter()
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        })
+                })
+                .count();
+            if ready == n {
+                return Poll::Ready(());
+            }
+            let states: Vec<String> = items
+                .iter()
+                .map(|p| {
+                    let c = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .and_then(|c| c.first());
+                    format!(
+                        "{}: {:?} restarts {:?} state {:?}",
+                        p.metadata.name.clone().unwrap_or_default(),
+                        p.status.as_ref().and_then(|s| s.phase.clone()),
+                        c.map(|c| c.restart_count),
+                        c.and_then(|c| c.state.clone())
+                    )
+                })
+                .collect();
+            Poll::Pending(format!("{ready}/{n} ready: {states:?}"))
+        },
+    )
     .await;
 }

@@ -32,6 +32,7 @@ pub const CHECKS: &[(&str, CheckPolicy, &str)] = &[
     (ETCD_ALARM, CheckPolicy::Repair, "etcd alarms: NOSPACE (repair: compact, defragment, disarm once below 80% of the quota), CORRUPT"),
     (ETCD_QUORUM_LOST, CheckPolicy::Report, "a majority of etcd members lost their data (repair is spec.healing.quorumLoss: a restore of the newest verified backup)"),
     (ETCD_MEMBER_LOST, CheckPolicy::Repair, "an etcd member whose volume was replaced (its data is gone) (repair: remove it, add it back as a learner, promote when caught up)"),
+    (ETCD_MEMBER_UNHEALTHY, CheckPolicy::Repair, "an etcd member not ready and not answering a quorum read through itself for spec.healing.memberUnhealthySeconds (default 10 min) while every other member is healthy (repair: keep its volume aside with its data (reclaim policy Retain), remove the member, add it back as a learner on a fresh volume, promote when caught up)"),
     (CONTROL_PLANE_CRASH_LOOP, CheckPolicy::Repair, "control-plane pods crash-looping or unready (repair: delete the pod so it is recreated, rate-limited)"),
     (BACKUP_OVERDUE, CheckPolicy::Report, "no successful backup within twice the schedule's interval"),
     (VERSION_SKEW, CheckPolicy::Report, "control-plane components more than the supported skew apart"),
@@ -53,6 +54,9 @@ pub const ETCD_FRAGMENTED: &str = "EtcdFragmented";
 pub const ETCD_ALARM: &str = "EtcdAlarm";
 pub const ETCD_MEMBER_LOST: &str = "EtcdMemberLost";
 pub const ETCD_QUORUM_LOST: &str = "EtcdQuorumLost";
+pub const ETCD_MEMBER_UNHEALTHY: &str = "EtcdMemberUnhealthy";
+/// `spec.healing.memberUnhealthySeconds` when unset.
+pub const DEFAULT_MEMBER_UNHEALTHY_SECS: i64 = 600;
 pub const CONTROL_PLANE_CRASH_LOOP: &str = "ControlPlaneCrashLoop";
 pub const BACKUP_OVERDUE: &str = "BackupOverdue";
 pub const VERSION_SKEW: &str = "VersionSkew";
@@ -280,6 +284,10 @@ pub struct Facts {
     /// `etcd_replicas`.
     pub etcd_lost: Vec<String>,
     pub etcd_replicas: i32,
+    /// Members unhealthy on their own volume, since when (the heal pass
+    /// records it), and after how long they are replaced.
+    pub etcd_unhealthy: BTreeMap<String, i64>,
+    pub member_unhealthy_secs: i64,
     pub components: Option<Vec<ComponentPodFact>>,
     /// Seconds between scheduled backups, and the newest successful backup.
     pub backup_interval_secs: Option<i64>,
@@ -336,6 +344,11 @@ pub fn detect(f: &Facts) -> Vec<Detected> {
         out.extend(etcd_problems(members, f.etcd_quota_bytes, &f.etcd_alarms));
     }
     out.extend(lost_members(&f.etcd_lost, f.etcd_replicas));
+    out.extend(unhealthy_members(
+        &f.etcd_unhealthy,
+        f.now,
+        f.member_unhealthy_secs,
+    ));
     if let Some(components) = &f.components {
         out.extend(control_plane_problems(components));
         out.extend(version_skew(components));
@@ -696,6 +709,67 @@ pub fn lost_members(lost: &[String], replicas: i32) -> Vec<Detected> {
                 Severity::Critical,
                 format!("etcd member {m}"),
                 "its volume was replaced: its data is gone; the others hold a quorum, so it is rebuilt from them",
+            )
+        })
+        .collect()
+}
+
+/// Since when each member is unhealthy: the earlier time for one still
+/// unhealthy, `now` for one newly so; a member healthy again is dropped.
+pub fn track_unhealthy(
+    before: &BTreeMap<String, i64>,
+    unhealthy_now: &[String],
+    now: i64,
+) -> BTreeMap<String, i64> {
+    unhealthy_now
+        .iter()
+        .map(|m| (m.clone(), before.get(m).copied().unwrap_or(now)))
+        .collect()
+}
+
+/// The member to replace because it stayed unhealthy past `after_secs`:
+/// only when it is the only unhealthy one of at least 3 voters (so the
+/// others keep a healthy quorum once it is removed); two or more unhealthy
+/// at once is a shared cause a replacement would not fix.
+pub fn unhealthy_member_due(
+    since: &BTreeMap<String, i64>,
+    voters: i32,
+    now: i64,
+    after_secs: i64,
+) -> Option<&str> {
+    if voters < 3 || since.len() != 1 {
+        return None;
+    }
+    let (member, from) = since.iter().next()?;
+    (now - from >= after_secs).then_some(member.as_str())
+}
+
+/// Members unhealthy on their own volume, each a finding (its repair is
+/// the member replacement, which the heal pass drives).
+pub fn unhealthy_members(
+    since: &BTreeMap<String, i64>,
+    now: i64,
+    after_secs: i64,
+) -> Vec<Detected> {
+    since
+        .iter()
+        .map(|(m, from)| {
+            let plan = if since.len() == 1 {
+                format!(
+                    "replaced (its volume kept aside) once unhealthy for {} while the others keep a healthy quorum",
+                    duration(after_secs)
+                )
+            } else {
+                "not replaced while another member is unhealthy too (a shared cause)".into()
+            };
+            found(
+                ETCD_MEMBER_UNHEALTHY,
+                Severity::Critical,
+                format!("etcd member {m}"),
+                format!(
+                    "not ready and no answer to a quorum read for {}; {plan}",
+                    duration(now - from)
+                ),
             )
         })
         .collect()
@@ -1383,5 +1457,56 @@ mod tests {
         assert!(!circuit_open(1, 2, 50, 3), "too few to call it shared");
         assert!(circuit_open(6, 10, 50, 3));
         assert!(!circuit_open(5, 10, 50, 3));
+    }
+
+    fn since(v: &[(&str, i64)]) -> BTreeMap<String, i64> {
+        v.iter().map(|(m, t)| (m.to_string(), *t)).collect()
+    }
+
+    #[test]
+    fn an_unhealthy_member_keeps_its_first_time_until_it_is_healthy_again() {
+        let before = since(&[("t-etcd-1", 100), ("t-etcd-2", 150)]);
+        let now = track_unhealthy(&before, &["t-etcd-1".into(), "t-etcd-0".into()], 200);
+        assert_eq!(now, since(&[("t-etcd-0", 200), ("t-etcd-1", 100)]));
+    }
+
+    #[test]
+    fn only_a_lone_unhealthy_member_of_three_or_more_is_replaced_after_the_threshold() {
+        let one = since(&[("t-etcd-1", 100)]);
+        assert_eq!(unhealthy_member_due(&one, 3, 699, 600), None, "not yet");
+        assert_eq!(unhealthy_member_due(&one, 3, 700, 600), Some("t-etcd-1"));
+        assert_eq!(unhealthy_member_due(&one, 5, 700, 600), Some("t-etcd-1"));
+        assert_eq!(
+            unhealthy_member_due(&one, 1, 9999, 600),
+            None,
+            "a single member has no others to rebuild it from"
+        );
+        let two = since(&[("t-etcd-1", 100), ("t-etcd-2", 100)]);
+        assert_eq!(
+            unhealthy_member_due(&two, 5, 9999, 600),
+            None,
+            "two at once: a shared cause"
+        );
+        assert_eq!(unhealthy_member_due(&BTreeMap::new(), 3, 9999, 600), None);
+    }
+
+    #[test]
+    fn an_unhealthy_member_is_a_finding_that_says_what_kok_will_do() {
+        let f = Facts {
+            now: 400,
+            etcd_unhealthy: since(&[("t-etcd-1", 100)]),
+            member_unhealthy_secs: 600,
+            ..Default::default()
+        };
+        let found = detect(&f);
+        let d = found
+            .iter()
+            .find(|d| d.check == ETCD_MEMBER_UNHEALTHY)
+            .expect("a finding");
+        assert_eq!(d.object, "etcd member t-etcd-1");
+        assert!(d.message.contains("for 5m;"), "{}", d.message);
+        assert!(d.message.contains("replaced"), "{}", d.message);
+        let two = unhealthy_members(&since(&[("a", 0), ("b", 0)]), 10, 600);
+        assert!(two.iter().all(|d| d.message.contains("not replaced")));
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{AlarmAction, AlarmType, CompactionOptions, GetOptions, MemberAddOptions};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kok_crds::{
@@ -17,7 +17,7 @@ use kok_crds::{
 };
 use kok_templates::controlplane::{self as cp, Placement, ETCD_PEER_PORT};
 use kok_templates::etcd_scale;
-use kok_templates::inspection::{self as insp, ETCD_MEMBER_LOST};
+use kok_templates::inspection::{self as insp, ETCD_MEMBER_LOST, ETCD_MEMBER_UNHEALTHY};
 use kok_templates::names::Names;
 use kok_templates::restore::member_claim;
 use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
@@ -81,6 +81,9 @@ pub(super) async fn members(
     status: &mut TenantClusterStatus,
     joining_rendered: bool,
 ) -> Result<Healing> {
+    // Kept only by a pass that looks at it (below): any other pass (a
+    // replacement, a scaling, a roll) restarts the clock.
+    let unhealthy_before = std::mem::take(&mut status.etcd_unhealthy_since);
     if tc.spec.etcd.storage.ephemeral {
         return Ok(Healing::Idle);
     }
@@ -183,7 +186,7 @@ pub(super) async fn members(
         )));
     }
     let Some((member, found)) = lost.into_iter().next() else {
-        return Ok(Healing::Idle);
+        return unhealthy(ctx, tc, p, voters, status, &observed, unhealthy_before).await;
     };
     let name = names.etcd_member(member);
     let policy = insp::policy(&tc.spec.healing, ETCD_MEMBER_LOST);
@@ -198,6 +201,7 @@ pub(super) async fn members(
         removed_id: None,
         learner_id: None,
         lost_claim: found,
+        kept_volume: None,
         detected_time: Time(Timestamp::now()),
         message: Some(format!(
             "the volume of etcd member {name} was replaced: its data is gone"
@@ -211,6 +215,160 @@ pub(super) async fn members(
     status.etcd_member_replacement = Some(r);
     Ok(Healing::Replacing(note))
 }
+
+/// A member unhealthy on its own volume (not ready, no answer to a quorum
+/// read through itself) is timed; once it stayed so for
+/// `spec.healing.memberUnhealthySeconds` while every other member is
+/// healthy, and the repair budgets allow, its replacement starts: the same
+/// steps as for a lost volume, with its volume kept aside first.
+async fn unhealthy(
+    ctx: &Context,
+    tc: &TenantCluster,
+    p: &Placement,
+    voters: i32,
+    status: &mut TenantClusterStatus,
+    observed: &[MemberVolume],
+    before: BTreeMap<String, Time>,
+) -> Result<Healing> {
+    let policy = insp::policy(&tc.spec.healing, ETCD_MEMBER_UNHEALTHY);
+    if policy == CheckPolicy::Off || voters < 3 {
+        return Ok(Healing::Idle);
+    }
+    let names = &p.names;
+    // A ready pod passed etcd's own health check: only the others are asked.
+    let suspects: Vec<String> = observed
+        .iter()
+        .filter(|m| !m.pod_ready)
+        .map(|m| names.etcd_member(m.ordinal))
+        .collect();
+    let mut unhealthy_now = Vec::new();
+    if !suspects.is_empty() {
+        let access = EtcdAccess::for_tenant(&ctx.client, tc)
+            .await
+            .map_err(|e| Error::Etcd(e.to_string()))?;
+        let probes = access.probe().await;
+        unhealthy_now = suspects
+            .into_iter()
+            .filter(|n| {
+                probes
+                    .iter()
+                    .any(|p| p.name == *n && !p.serves_quorum_reads)
+            })
+            .collect();
+    }
+    let now = Timestamp::now();
+    let before: BTreeMap<String, i64> = before
+        .into_iter()
+        .map(|(m, t)| (m, t.0.as_second()))
+        .collect();
+    let since = insp::track_unhealthy(&before, &unhealthy_now, now.as_second());
+    let after = tc
+        .spec
+        .healing
+        .member_unhealthy_seconds
+        .map_or(insp::DEFAULT_MEMBER_UNHEALTHY_SECS, i64::from);
+    let due =
+        insp::unhealthy_member_due(&since, voters, now.as_second(), after).map(str::to_string);
+    status.etcd_unhealthy_since = since
+        .iter()
+        .filter_map(|(m, t)| Some((m.clone(), Time(Timestamp::from_second(*t).ok()?))))
+        .collect();
+    let Some(name) = due.filter(|_| policy == CheckPolicy::Repair) else {
+        return Ok(Healing::Idle);
+    };
+    let Some(member) = observed
+        .iter()
+        .map(|m| m.ordinal)
+        .find(|i| names.etcd_member(*i) == name)
+    else {
+        return Ok(Healing::Idle);
+    };
+    if let Some(why) = super::inspect::repair_refused(ctx, tc, status, ETCD_MEMBER_UNHEALTHY) {
+        info!(member = %name, "unhealthy etcd member not replaced now: {why}");
+        return Ok(Healing::Idle);
+    }
+    // The claim it served on, and the volume behind it, to keep.
+    let claim_name = member_claim(names, member);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &p.namespace);
+    let claim = claims.get_opt(&claim_name).await?;
+    let recorded = status.etcd_member_claims.get(&claim_name).cloned();
+    let (Some(claim), Some(recorded)) = (claim, recorded) else {
+        return Ok(Healing::Idle);
+    };
+    let volume = claim.spec.as_ref().and_then(|s| s.volume_name.clone());
+    let (Some(volume), true) = (volume, claim.uid() == Some(recorded.clone())) else {
+        // Not the claim it served on, or not bound: not this repair's case.
+        return Ok(Healing::Idle);
+    };
+    let detected = before.get(&name).copied().unwrap_or(now.as_second());
+    let note = format!(
+        "etcd member {name} is unhealthy on its own volume for {}s (not ready, no answer to a quorum read); replacing it: its volume {volume} is kept aside with its data, the member removed, added back as a learner on a fresh volume, promoted",
+        now.as_second() - detected
+    );
+    info!("{note}");
+    super::publish(
+        ctx,
+        tc,
+        EventType::Warning,
+        "EtcdMemberUnhealthy",
+        "Heal",
+        &note,
+    )
+    .await;
+    status.etcd_unhealthy_since.clear();
+    status.etcd_member_replacement = Some(MemberReplacement {
+        member,
+        phase: PHASE_REMOVING.into(),
+        removed_id: None,
+        learner_id: None,
+        lost_claim: Some(recorded),
+        kept_volume: Some(volume),
+        detected_time: Time(Timestamp::from_second(detected).unwrap_or(now)),
+        message: Some(format!("unhealthy for {}s", now.as_second() - detected)),
+    });
+    Ok(Healing::Replacing(note))
+}
+
+/// Keeps the volume of a claim about to be released, with its data: its
+/// reclaim policy is set to `Retain` (a `Delete` policy would have the
+/// provisioner erase it once the claim is gone) and it is annotated with
+/// where it came from. kok never deletes it.
+async fn keep_volume(ctx: &Context, tc: &TenantCluster, pv: &str, claim: &str) -> Result<()> {
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let Some(v) = api.get_opt(pv).await? else {
+        return Ok(());
+    };
+    let retained = v
+        .spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+        == Some("Retain");
+    let from = format!("{}/{claim}", tc.namespace().unwrap_or_default());
+    let marked = v.annotations().get(KEPT_FROM_ANNOTATION) == Some(&from);
+    if retained && marked {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "metadata": {"annotations": {KEPT_FROM_ANNOTATION: from}},
+        "spec": {"persistentVolumeReclaimPolicy": "Retain"},
+    });
+    api.patch(
+        pv,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+    let note = format!(
+        "kept volume {pv} of claim {from} with its data (reclaim policy Retain): the claim is released so the member starts on a fresh one; delete the volume once it is no longer needed"
+    );
+    info!("{note}");
+    super::publish(ctx, tc, EventType::Normal, "EtcdVolumeKept", "Heal", &note).await;
+    Ok(())
+}
+
+/// On a volume kept aside by an unhealthy member's replacement: the claim
+/// (namespace/name) it was released from.
+pub const KEPT_FROM_ANNOTATION: &str = "kok.dev/kept-from-claim";
 
 /// A majority of members lost their data. With
 /// `spec.healing.quorumLoss.restoreFromBackup`, an EtcdRestore of the newest
@@ -657,10 +815,17 @@ async fn replace(
                 .find(|m| m.ordinal == i)
                 .and_then(|m| m.claim_uid.clone());
             let recorded = status.etcd_member_claims.get(&claim_name).cloned();
+            // An unhealthy member's claim is the one it served on: released
+            // only once its volume is kept with the data.
+            let release = |uid: &String| {
+                Some(uid) == r.lost_claim.as_ref()
+                    && (Some(uid) != recorded.as_ref() || r.kept_volume.is_some())
+            };
             match now {
-                Some(uid)
-                    if Some(&uid) == r.lost_claim.as_ref() && Some(&uid) != recorded.as_ref() =>
-                {
+                Some(uid) if release(&uid) => {
+                    if let Some(pv) = &r.kept_volume {
+                        keep_volume(ctx, tc, pv, &claim_name).await?;
+                    }
                     let dp = DeleteParams {
                         preconditions: Some(Preconditions {
                             uid: Some(uid.clone()),
@@ -753,16 +918,29 @@ async fn replace(
                         &note,
                     )
                     .await;
-                    ctx.metrics.repaired(ETCD_MEMBER_LOST, true, Some(seconds));
+                    let (check, action) = match &r.kept_volume {
+                        Some(pv) => (
+                            ETCD_MEMBER_UNHEALTHY,
+                            format!("kept its volume {pv} aside with its data (Retain), removed the member, added it back as a learner on a fresh volume, promoted it once caught up"),
+                        ),
+                        None => (
+                            ETCD_MEMBER_LOST,
+                            "removed the member, added it back as a learner on a fresh volume, promoted it once caught up".into(),
+                        ),
+                    };
+                    ctx.metrics.repaired(check, true, Some(seconds));
                     super::inspect::push_repair(
                         status,
                         Repair {
-                            check: ETCD_MEMBER_LOST.into(),
+                            check: check.into(),
                             object: format!("etcd member {name}"),
-                            action: "removed the member, added it back as a learner on a fresh volume, promoted it once caught up".into(),
+                            action,
                             outcome: "Succeeded".into(),
                             message: r.removed_id.as_ref().map(|old| {
-                                format!("member id {old} -> {}", r.learner_id.clone().unwrap_or_default())
+                                format!(
+                                    "member id {old} -> {}",
+                                    r.learner_id.clone().unwrap_or_default()
+                                )
                             }),
                             detected_time: Some(r.detected_time.clone()),
                             time: Time(now),

@@ -176,7 +176,7 @@ pub(super) async fn run(
             continue;
         };
         if let RepairAction::RestartControlPlanePod { .. } = action {
-            if let Some(why) = control_plane_repair_refused(ctx, tc, status) {
+            if let Some(why) = repair_refused(ctx, tc, status, insp::CONTROL_PLANE_CRASH_LOOP) {
                 finding.repair = Some(format!("not repaired: {why}"));
                 continue;
             }
@@ -219,12 +219,15 @@ pub(super) async fn run(
     info!(findings = status.findings.len(), "tenant inspected");
 }
 
-/// Why a control-plane restart may not run now: the tenant's hourly budget
-/// is spent, or too many tenants are unhealthy at once (fleet breaker).
-fn control_plane_repair_refused(
+/// Why a control-plane repair (a pod restart, the replacement of an
+/// unhealthy etcd member) may not run now: the tenant's hourly budget for
+/// that check is spent, or too many tenants are unhealthy at once (fleet
+/// breaker).
+pub(super) fn repair_refused(
     ctx: &Context,
     tc: &TenantCluster,
     status: &TenantClusterStatus,
+    check: &str,
 ) -> Option<String> {
     let max = tc
         .spec
@@ -234,12 +237,12 @@ fn control_plane_repair_refused(
     let times: Vec<i64> = status
         .repairs
         .iter()
-        .filter(|r| r.check == insp::CONTROL_PLANE_CRASH_LOOP)
+        .filter(|r| r.check == check)
         .map(|r| r.time.0.as_second())
         .collect();
     if !insp::repair_allowed(&times, Timestamp::now().as_second(), max) {
         return Some(format!(
-            "{max} control-plane repairs in the last hour (spec.healing.maxRepairsPerHour)"
+            "{max} {check} repairs in the last hour (spec.healing.maxRepairsPerHour)"
         ));
     }
     let (unhealthy, total) = ctx.fleet_health();
@@ -875,6 +878,16 @@ async fn read_lost_members(
 ) {
     let replicas = status.etcd_replicas.unwrap_or(tc.spec.etcd.replicas);
     f.etcd_replicas = replicas;
+    f.etcd_unhealthy = status
+        .etcd_unhealthy_since
+        .iter()
+        .map(|(m, t)| (m.clone(), t.0.as_second()))
+        .collect();
+    f.member_unhealthy_secs = tc
+        .spec
+        .healing
+        .member_unhealthy_seconds
+        .map_or(insp::DEFAULT_MEMBER_UNHEALTHY_SECS, i64::from);
     if tc.spec.etcd.storage.ephemeral {
         return;
     }

@@ -348,6 +348,8 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         if live.etcd_rolling.is_none() || roll_held || status.etcd_member_replacement.is_some() {
             heal::members(ctx, &tc, &p, valid.etcd_replicas, &mut status, joining).await?
         } else {
+            // Members restart during a roll: their health is timed afresh.
+            status.etcd_unhealthy_since.clear();
             heal::Healing::Idle
         };
     // Live scaling (InPlace): one member per recorded phase, only while
