@@ -915,19 +915,30 @@ pub fn merge(
 }
 
 /// The `Healthy` condition: `(status, reason, message)`.
-pub fn healthy(findings: &[Finding]) -> (bool, String, String) {
+/// The `Healthy` condition: False on a finding of Warning or worse;
+/// otherwise True, or Unknown (`None`) when a part could not be read (the
+/// tenant API down, say): not read is not passed.
+pub fn healthy(findings: &[Finding], unread: &[String]) -> (Option<bool>, String, String) {
     let serious: Vec<&Finding> = findings
         .iter()
         .filter(|f| f.severity != Severity::Info.as_str())
         .collect();
     match serious.first() {
+        None if !unread.is_empty() => (
+            None,
+            "InspectionIncomplete".into(),
+            format!(
+                "nothing of Warning or worse in what was read; not read: {}",
+                unread.join("; ")
+            ),
+        ),
         None => (
-            true,
+            Some(true),
             "NoFindings".into(),
             "the last inspection found nothing of Warning or worse".into(),
         ),
         Some(first) => (
-            false,
+            Some(false),
             first.check.clone(),
             format!(
                 "{} finding(s); first: {}: {}",
@@ -1379,10 +1390,20 @@ mod tests {
         assert_eq!(second[1].count, 2);
         let off = merge(&[], &[(d("x", Severity::Warning).0, CheckPolicy::Off)], t0);
         assert!(off.is_empty());
-        let (ok, reason, _) = healthy(&second);
-        assert!(!ok);
+        let (ok, reason, _) = healthy(&second, &[]);
+        assert_eq!(ok, Some(false));
         assert_eq!(reason, POD_ON_MISSING_NODE);
-        assert!(healthy(&merge(&[], &[d("i", Severity::Info)], t0)).0);
+        let info_only = merge(&[], &[d("i", Severity::Info)], t0);
+        assert_eq!(healthy(&info_only, &[]).0, Some(true));
+        let (unknown, reason, message) = healthy(&info_only, &["tenant API: refused".into()]);
+        assert_eq!(unknown, None, "not read is not passed");
+        assert_eq!(reason, "InspectionIncomplete");
+        assert!(message.contains("tenant API: refused"), "{message}");
+        assert_eq!(
+            healthy(&second, &["tenant API: refused".into()]).0,
+            Some(false),
+            "a finding still counts when another part was not read"
+        );
     }
 
     #[test]

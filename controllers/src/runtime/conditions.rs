@@ -11,7 +11,23 @@ pub fn set(
     message: impl Into<String>,
     generation: Option<i64>,
 ) {
-    let status = if status { "True" } else { "False" };
+    set_known(conditions, type_, Some(status), reason, message, generation);
+}
+
+/// Like `set`; `None` is status Unknown.
+pub fn set_known(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: Option<bool>,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) {
+    let status = match status {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    };
     let mut message = message.into();
     // Apiservers up to at least v1.20 reject an empty `message` on a CRD
     // condition as "null" (measured), so an empty message falls back to the reason.

@@ -39,7 +39,44 @@ pub struct Context {
     failures: Mutex<HashMap<String, usize>>,
     /// Per tenant (`namespace/name`): whether its last inspection found it
     /// unhealthy. The fleet-wide repair breaker reads it.
-    fleet: Mutex<HashMap<String, bool>>,
+    fleet: Mutex<FleetHealth>,
+}
+
+/// Per tenant (`namespace/name`): whether it is unhealthy, as this replica
+/// last inspected it or, until then, as its status last recorded.
+#[derive(Default, Debug)]
+pub struct FleetHealth(HashMap<String, (bool, Source)>);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Source {
+    Recorded,
+    Inspected,
+}
+
+impl FleetHealth {
+    fn inspected(&mut self, tenant: String, unhealthy: bool) {
+        self.0.insert(tenant, (unhealthy, Source::Inspected));
+    }
+
+    /// A recorded state never overrides one this replica inspected.
+    fn recorded(&mut self, tenant: String, unhealthy: bool) {
+        let e = self
+            .0
+            .entry(tenant)
+            .or_insert((unhealthy, Source::Recorded));
+        if e.1 == Source::Recorded {
+            e.0 = unhealthy;
+        }
+    }
+
+    fn forget(&mut self, tenant: &str) {
+        self.0.remove(tenant);
+    }
+
+    /// `(unhealthy, known)` tenants.
+    fn counts(&self) -> (usize, usize) {
+        (self.0.values().filter(|(u, _)| *u).count(), self.0.len())
+    }
 }
 
 /// What the operator is told at start (flags or their environment
@@ -91,23 +128,30 @@ impl Context {
     /// Records a tenant's health as its last inspection found it.
     pub fn record_fleet_health(&self, namespace: &str, tenant: &str, unhealthy: bool) {
         if let Ok(mut fleet) = self.fleet.lock() {
-            fleet.insert(format!("{namespace}/{tenant}"), unhealthy);
+            fleet.inspected(format!("{namespace}/{tenant}"), unhealthy);
+        }
+    }
+
+    /// Seeds the breaker with a tenant's last recorded inspection (its
+    /// `Healthy` condition) until this replica inspects it: a replica that
+    /// just became leader knows the fleet's state from the first pass over
+    /// every tenant, not only after each tenant's next inspection.
+    pub fn seed_fleet_health(&self, namespace: &str, tenant: &str, unhealthy: bool) {
+        if let Ok(mut fleet) = self.fleet.lock() {
+            fleet.recorded(format!("{namespace}/{tenant}"), unhealthy);
         }
     }
 
     /// Forgets a deleted tenant.
     pub fn forget_fleet_member(&self, namespace: &str, tenant: &str) {
         if let Ok(mut fleet) = self.fleet.lock() {
-            fleet.remove(&format!("{namespace}/{tenant}"));
+            fleet.forget(&format!("{namespace}/{tenant}"));
         }
     }
 
     /// `(unhealthy, inspected)` tenants.
     pub fn fleet_health(&self) -> (usize, usize) {
-        self.fleet
-            .lock()
-            .map(|f| (f.values().filter(|u| **u).count(), f.len()))
-            .unwrap_or((0, 0))
+        self.fleet.lock().map(|f| f.counts()).unwrap_or((0, 0))
     }
 
     /// The delay before retrying `obj` after its n-th consecutive failure:
@@ -177,8 +221,27 @@ pub fn retry_delay(consecutive_failures: usize) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use super::retry_delay;
+    use super::{retry_delay, FleetHealth};
     use std::time::Duration;
+
+    #[test]
+    fn the_fleet_is_known_from_status_until_inspected() {
+        let mut f = FleetHealth::default();
+        f.recorded("a/t1".into(), true);
+        f.recorded("a/t2".into(), false);
+        assert_eq!(f.counts(), (1, 2), "a new leader knows the recorded state");
+        f.inspected("a/t1".into(), false);
+        f.recorded("a/t1".into(), true);
+        assert_eq!(
+            f.counts(),
+            (0, 2),
+            "an older record never overrides an inspection"
+        );
+        f.recorded("a/t2".into(), true);
+        assert_eq!(f.counts(), (1, 2), "a newer record replaces a record");
+        f.forget("a/t2");
+        assert_eq!(f.counts(), (0, 1));
+    }
 
     #[test]
     fn retry_delay_grows_and_is_capped() {

@@ -186,9 +186,9 @@ pub(super) async fn run(
         record_repair(ctx, tc, status, finding, action, result, started).await;
     }
 
-    let (ok, reason, message) = insp::healthy(&findings);
+    let (ok, reason, message) = insp::healthy(&findings, &errors);
     let g = tc.metadata.generation;
-    conditions::set(
+    conditions::set_known(
         &mut status.conditions,
         condition::HEALTHY,
         ok,
@@ -204,7 +204,13 @@ pub(super) async fn run(
             .map(|f| (f.check.clone(), f.severity.clone()))
             .collect::<Vec<_>>(),
     );
-    ctx.record_fleet_health(&inputs.p.namespace, &inputs.p.names.tenant, !ok);
+    // Not read counts as unhealthy for the breaker: a tenant API that does
+    // not answer is the first sign of a shared cause.
+    ctx.record_fleet_health(
+        &inputs.p.namespace,
+        &inputs.p.names.tenant,
+        ok != Some(true),
+    );
     findings.truncate(insp::MAX_FINDINGS);
     status.findings = findings;
     status.inspection = Some(kok_crds::InspectionStatus {

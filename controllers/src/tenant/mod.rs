@@ -186,6 +186,14 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     let old_status = tc.status.clone().unwrap_or_default();
     let mut status = old_status.clone();
     status.observed_generation = generation;
+    if let Some(h) = old_status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::HEALTHY)
+    {
+        let ns = tc.namespace().unwrap_or_default();
+        ctx.seed_fleet_health(&ns, &tc.name_any(), h.status != "True");
+    }
 
     // 1. Admit: an invalid spec, a restore or a pause stops the pass here.
     let valid = match admit(&tc, ctx, &mut status).await? {
