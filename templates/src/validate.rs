@@ -444,6 +444,27 @@ fn is_dns_name(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// The examples the docs point users at are accepted as they are.
+    #[test]
+    fn the_shipped_examples_are_valid() {
+        for (file, text) in [
+            (
+                "tenantcluster.yaml",
+                include_str!("../../examples/tenantcluster.yaml"),
+            ),
+            (
+                "tenantcluster-production.yaml",
+                include_str!("../../examples/tenantcluster-production.yaml"),
+            ),
+        ] {
+            let tc: kok_crds::TenantCluster = serde_yaml::from_str(text)
+                .unwrap_or_else(|e| panic!("examples/{file} does not parse: {e}"));
+            if let Err(errors) = super::validate(&tc.spec, None, &Default::default()) {
+                panic!("examples/{file} is refused: {errors:?}");
+            }
+        }
+    }
+
     #[test]
     fn etcd_moves_up_one_minor_at_a_time_and_never_down() {
         assert_eq!(
