@@ -90,6 +90,13 @@ enum Command {
         /// File holding the base64 key (the key Secret's value).
         key_file: std::path::PathBuf,
     },
+    /// GET an http:// URL; fail unless it answers 200 with every `--expect`
+    /// text in the answer (the chart's `helm test` Pod runs this).
+    Probe {
+        url: String,
+        #[arg(long)]
+        expect: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -109,6 +116,12 @@ async fn main() -> anyhow::Result<()> {
                 &mut std::io::stdin().lock(),
                 &mut std::io::stdout().lock(),
             )?;
+            return Ok(());
+        }
+        Some(Command::Probe { url, expect }) => {
+            kok_controllers::runtime::probe::check(url, expect, std::time::Duration::from_secs(10))
+                .await?;
+            println!("{url}: 200, with {expect:?}");
             return Ok(());
         }
         None => {}

@@ -6,6 +6,7 @@ pub mod context;
 pub mod error;
 pub mod leader;
 pub mod lenient;
+pub mod probe;
 pub mod status;
 pub mod telemetry;
 pub mod triggers;
