@@ -76,6 +76,27 @@ local cases = {
         cond("Ready", "False", "RestoringEtcd", "member Jobs running"),
         cond("Reconciling", "True", "RestoringEtcd", "member Jobs running") } },
     }, "Progressing", "member Jobs" },
+  { "restore completed", {
+      kind = "EtcdRestore", metadata = { generation = 1 },
+      status = { observedGeneration = 1, phase = "Completed", conditions = {
+        cond("Ready", "True", "Completed", "every member restored and the tenant API answers"),
+        cond("Reconciling", "False", "Completed"), cond("Stalled", "False", "Completed") } },
+    }, "Healthy", "every member restored" },
+  { "restore failed", {
+      kind = "EtcdRestore", metadata = { generation = 1 },
+      status = { observedGeneration = 1, phase = "Failed", conditions = {
+        cond("Ready", "False", "DeadlineExceeded", "phase RestoringEtcd did not finish within its 30-minute deadline"),
+        cond("Reconciling", "False", "DeadlineExceeded"),
+        cond("Stalled", "True", "DeadlineExceeded", "phase RestoringEtcd did not finish within its 30-minute deadline") } },
+    }, "Degraded", "DeadlineExceeded: phase RestoringEtcd" },
+  { "tenant held by a restore", tc(3, 3, {
+      cond("Ready", "False", "RestoreInProgress", "EtcdRestore r1 is restoring etcd"),
+      cond("Reconciling", "True", "RestoreInProgress", "EtcdRestore r1 is restoring etcd; the control plane is left to it"),
+      cond("Stalled", "False", "SpecValid"),
+    }), "Progressing", "RestoreInProgress: EtcdRestore r1" },
+  { "conditions without Ready yet", tc(1, 1, {
+      cond("Stalled", "False", "SpecValid"),
+    }), "Progressing", "waiting for the Ready condition" },
 }
 
 local failed = 0

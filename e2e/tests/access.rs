@@ -6,7 +6,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kok_crds::TenantCluster;
 use kok_e2e::{tenant, wait_for, with_namespace, Poll};
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
 
@@ -60,6 +60,43 @@ async fn argocd_gets_a_cluster_secret_that_follows_the_tenant() {
         let config: serde_json::Value = serde_json::from_str(&data(&s, "config")).unwrap();
         let cert = config["tlsClientConfig"]["certData"].as_str().unwrap();
         assert!(kubeconfig.contains(cert), "the kubeconfig's certificate");
+
+        // A renewed admin certificate reaches Argo CD: the stored one is made
+        // unreadable, kok issues a new one (as it does 30 days before expiry)
+        // and rewrites the cluster Secret with it.
+        let old_cert = cert.to_string();
+        let mgmt_secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        mgmt_secrets
+            .patch(
+                "acc-certs",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"stringData": {"admin.crt": "not a certificate"}})),
+            )
+            .await
+            .unwrap();
+        let renewed = wait_for(
+            "the Argo CD cluster Secret with the renewed certificate",
+            Duration::from_secs(120),
+            || async {
+                let s = secrets.get(&name).await.unwrap();
+                let config: serde_json::Value = serde_json::from_str(&data(&s, "config")).unwrap();
+                let now = config["tlsClientConfig"]["certData"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                if !now.is_empty() && now != old_cert {
+                    Poll::Ready(now)
+                } else {
+                    Poll::Pending("still the old certificate".into())
+                }
+            },
+        )
+        .await;
+        let kubeconfig = tenant::secret_text(&client, &ns, "acc-kubeconfig", "value").await;
+        assert!(
+            kubeconfig.contains(&renewed),
+            "the renewed certificate is the admin kubeconfig's too"
+        );
 
         // Unset: the Secret goes.
         tenant::patch_spec(&client, &ns, "acc", json!({"access": {"argocd": null}})).await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Pod, Secret};
 use kok_crds::{
     BackupPhase, EtcdBackup, EtcdBackupStatus, EtcdRestore, RestorePhase, TenantCluster,
     RESTORE_ANNOTATION,
@@ -232,6 +232,37 @@ async fn restore_round_trip(prefix: &str, members: i32, restart_operator: bool, 
             "{:?}",
             done.message
         );
+        // Its steps are Events on the EtcdRestore (best effort each: one
+        // lost under load must not fail the test, none at all does).
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        wait_for(
+            "Normal Events on EtcdRestore r1",
+            Duration::from_secs(60),
+            || async {
+                let steps: Vec<String> = events
+                    .list(&ListParams::default().fields("involvedObject.name=r1,type=Normal"))
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|e| e.involved_object.kind.as_deref() == Some("EtcdRestore"))
+                    .filter_map(|e| e.reason)
+                    .collect();
+                let phases = [
+                    "StoppingControlPlane",
+                    "RestoringEtcd",
+                    "StartingControlPlane",
+                    "Verifying",
+                    "Completed",
+                ];
+                if steps.iter().any(|r| phases.contains(&r.as_str())) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(format!("{steps:?}"))
+                }
+            },
+        )
+        .await;
 
         // The objects are back, read through the tenant API.
         let tenant_api = tenant::tenant_client(&client, &ns, "rs").await;

@@ -145,11 +145,14 @@ async fn run(er: Arc<EtcdRestore>, ctx: &Context) -> Result<Action> {
             info!(phase = ?next, %message, "restore step");
             status.phase = Some(next);
             status.phase_start_time = Some(now());
-            status.message = Some(message);
+            status.message = Some(message.clone());
             if next == RestorePhase::Completed {
                 status.completion_time = Some(now());
                 ctx.metrics.restore_finished(true);
             }
+            // Each step on the object (`kubectl describe`), not only the log.
+            let reason = format!("{next:?}");
+            publish(ctx, &er, EventType::Normal, &reason, "Restore", &message).await;
             Action::requeue(Duration::from_millis(100))
         }
         Step::Wait(message) => {
