@@ -129,11 +129,13 @@ pub struct HealingSpec {
     #[schemars(length(min = 1, max = 128))]
     pub defragmentation_schedule: Option<String>,
     /// An etcd member that stays unhealthy on its own volume this many
-    /// seconds (default 600: a member that crash-loops on corrupt data, or
-    /// cannot start where its volume is), while the others keep a healthy
-    /// quorum, is replaced (check `EtcdMemberUnhealthy`): its volume is kept
+    /// seconds (default 1200: a member that crash-loops on corrupt data, or
+    /// cannot start where its volume is), while every other member is
+    /// healthy, is replaced (check `EtcdMemberUnhealthy`): its volume is kept
     /// aside with its data (reclaim policy `Retain`), the member is removed,
-    /// added back as a learner on a fresh volume and promoted.
+    /// added back as a learner on a fresh volume and promoted. One kept
+    /// volume per tenant at a time: another replacement waits until it is
+    /// deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 30, max = 86400))]
     pub member_unhealthy_seconds: Option<u32>,
@@ -452,6 +454,11 @@ pub struct TenantClusterStatus {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub etcd_unhealthy_since:
         BTreeMap<String, k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// When kok last looked at the members' health: a gap of more than two
+    /// minutes (a pause, a restore, the operator down) restarts the clocks
+    /// of `etcdUnhealthySince`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_health_observed_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// An etcd member replacement in progress, recorded before each step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_member_replacement: Option<MemberReplacement>,
@@ -553,7 +560,8 @@ pub struct Repair {
 pub struct MemberReplacement {
     /// The member's ordinal.
     pub member: i32,
-    /// `Removing`, `AddingLearner`, `Restarting`, `Promoting`.
+    /// `KeepingVolume` (only for a member replaced because it stayed
+    /// unhealthy), `Removing`, `AddingLearner`, `Restarting`, `Promoting`.
     pub phase: String,
     /// The etcd member ID removed (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]

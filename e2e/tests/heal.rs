@@ -529,6 +529,16 @@ async fn a_member_unhealthy_on_its_own_volume_is_replaced_and_its_volume_kept() 
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let old_claim = claims.get("data-hu-etcd-2").await.unwrap();
         let old_volume = old_claim.spec.clone().unwrap().volume_name.unwrap();
+        // As a dynamic provisioner would make it: deleted with its claim,
+        // unless kok keeps it.
+        let pvs: Api<PersistentVolume> = Api::all(client.clone());
+        pvs.patch(
+            &old_volume,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"persistentVolumeReclaimPolicy": "Delete"}})),
+        )
+        .await
+        .unwrap();
         let dir = kok_e2e::volumes::member_dir(&client, &ns, "hu", 2).await;
         let data = format!("{dir}/data");
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o000)).unwrap();
@@ -547,11 +557,7 @@ async fn a_member_unhealthy_on_its_own_volume_is_replaced_and_its_volume_kept() 
                 let seen = &seen_unhealthy;
                 async move {
                     let s = api.get("hu").await.unwrap().status.unwrap_or_default();
-                    if s.etcd_unhealthy_since.contains_key("hu-etcd-2")
-                        || s.etcd_member_replacement
-                            .as_ref()
-                            .is_some_and(|r| r.kept_volume.is_some())
-                    {
+                    if s.etcd_unhealthy_since.contains_key("hu-etcd-2") {
                         seen.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                     let replaced = s.repairs.iter().any(|r| {
@@ -582,6 +588,10 @@ async fn a_member_unhealthy_on_its_own_volume_is_replaced_and_its_volume_kept() 
             .unwrap();
         assert!(repair.action.contains(&old_volume), "{}", repair.action);
         assert!(
+            repair.seconds_to_repair.unwrap_or_default() >= 30.0,
+            "not replaced before memberUnhealthySeconds: {repair:?}"
+        );
+        assert!(
             !status.repairs.iter().any(|r| r.check == "EtcdMemberLost"),
             "one repair, of the unhealthy member: {:?}",
             status.repairs
@@ -594,12 +604,17 @@ async fn a_member_unhealthy_on_its_own_volume_is_replaced_and_its_volume_kept() 
             status.etcd_member_claims.get("data-hu-etcd-2"),
             new_claim.metadata.uid.as_ref()
         );
-        let kept = Api::<PersistentVolume>::all(client.clone())
+        let kept = pvs
             .get(&old_volume)
             .await
             .expect("the old volume is kept");
         let spec = kept.spec.clone().unwrap();
         assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Retain"));
+        assert_ne!(
+            kept.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Failed"),
+            "kept before its claim was released (hostPath cannot be deleted: a Delete policy ends Failed)"
+        );
         assert_eq!(
             kept.metadata
                 .annotations

@@ -32,7 +32,7 @@ pub const CHECKS: &[(&str, CheckPolicy, &str)] = &[
     (ETCD_ALARM, CheckPolicy::Repair, "etcd alarms: NOSPACE (repair: compact, defragment, disarm once below 80% of the quota), CORRUPT"),
     (ETCD_QUORUM_LOST, CheckPolicy::Report, "a majority of etcd members lost their data (repair is spec.healing.quorumLoss: a restore of the newest verified backup)"),
     (ETCD_MEMBER_LOST, CheckPolicy::Repair, "an etcd member whose volume was replaced (its data is gone) (repair: remove it, add it back as a learner, promote when caught up)"),
-    (ETCD_MEMBER_UNHEALTHY, CheckPolicy::Repair, "an etcd member not ready and not answering a quorum read through itself for spec.healing.memberUnhealthySeconds (default 10 min) while every other member is healthy (repair: keep its volume aside with its data (reclaim policy Retain), remove the member, add it back as a learner on a fresh volume, promote when caught up)"),
+    (ETCD_MEMBER_UNHEALTHY, CheckPolicy::Repair, "an etcd member not ready and not answering a quorum read through itself for spec.healing.memberUnhealthySeconds (default 20 min) while every other member is healthy (repair: keep its volume aside with its data (reclaim policy Retain), remove the member, add it back as a learner on a fresh volume, promote when caught up)"),
     (CONTROL_PLANE_CRASH_LOOP, CheckPolicy::Repair, "control-plane pods crash-looping or unready (repair: delete the pod so it is recreated, rate-limited)"),
     (BACKUP_OVERDUE, CheckPolicy::Report, "no successful backup within twice the schedule's interval"),
     (VERSION_SKEW, CheckPolicy::Report, "control-plane components more than the supported skew apart"),
@@ -55,8 +55,13 @@ pub const ETCD_ALARM: &str = "EtcdAlarm";
 pub const ETCD_MEMBER_LOST: &str = "EtcdMemberLost";
 pub const ETCD_QUORUM_LOST: &str = "EtcdQuorumLost";
 pub const ETCD_MEMBER_UNHEALTHY: &str = "EtcdMemberUnhealthy";
-/// `spec.healing.memberUnhealthySeconds` when unset.
-pub const DEFAULT_MEMBER_UNHEALTHY_SECS: i64 = 600;
+/// `spec.healing.memberUnhealthySeconds` when unset: well past the 10
+/// minutes a member's startup probe gives it to receive a snapshot, so a
+/// member catching up is not taken for a broken one.
+pub const DEFAULT_MEMBER_UNHEALTHY_SECS: i64 = 1200;
+/// Member health unobserved this long (a paused tenant, a restore, a
+/// migration, the operator down, passes failing): the clock starts again.
+pub const HEALTH_OBSERVATION_GAP_SECS: i64 = 120;
 pub const CONTROL_PLANE_CRASH_LOOP: &str = "ControlPlaneCrashLoop";
 pub const BACKUP_OVERDUE: &str = "BackupOverdue";
 pub const VERSION_SKEW: &str = "VersionSkew";
@@ -714,16 +719,27 @@ pub fn lost_members(lost: &[String], replicas: i32) -> Vec<Detected> {
         .collect()
 }
 
-/// Since when each member is unhealthy: the earlier time for one still
-/// unhealthy, `now` for one newly so; a member healthy again is dropped.
+/// Since when each member is unhealthy *alone*: the earlier time for one
+/// still unhealthy, `now` for one newly so; a member healthy again is
+/// dropped. The clock starts again for every member while more than one
+/// member is down (`shared`: after a shared outage the last member back is
+/// not judged by the outage's length), and when health was last observed
+/// more than `HEALTH_OBSERVATION_GAP_SECS` ago (`last_observed`).
 pub fn track_unhealthy(
     before: &BTreeMap<String, i64>,
+    last_observed: Option<i64>,
     unhealthy_now: &[String],
+    shared: bool,
     now: i64,
 ) -> BTreeMap<String, i64> {
+    let continuous =
+        !shared && last_observed.is_some_and(|t| now - t <= HEALTH_OBSERVATION_GAP_SECS);
     unhealthy_now
         .iter()
-        .map(|m| (m.clone(), before.get(m).copied().unwrap_or(now)))
+        .map(|m| {
+            let since = before.get(m).copied().filter(|_| continuous);
+            (m.clone(), since.unwrap_or(now))
+        })
         .collect()
 }
 
@@ -754,6 +770,7 @@ pub fn unhealthy_members(
     since
         .iter()
         .map(|(m, from)| {
+            let due = now - from >= after_secs;
             let plan = if since.len() == 1 {
                 format!(
                     "replaced (its volume kept aside) once unhealthy for {} while the others keep a healthy quorum",
@@ -762,9 +779,14 @@ pub fn unhealthy_members(
             } else {
                 "not replaced while another member is unhealthy too (a shared cause)".into()
             };
+            // A member restarting is normal: Critical once it is due.
             found(
                 ETCD_MEMBER_UNHEALTHY,
-                Severity::Critical,
+                if due {
+                    Severity::Critical
+                } else {
+                    Severity::Warning
+                },
                 format!("etcd member {m}"),
                 format!(
                     "not ready and no answer to a quorum read for {}; {plan}",
@@ -914,7 +936,6 @@ pub fn merge(
     out.into_iter().take(MAX_FINDINGS).map(|(_, f)| f).collect()
 }
 
-/// The `Healthy` condition: `(status, reason, message)`.
 /// The `Healthy` condition: False on a finding of Warning or worse;
 /// otherwise True, or Unknown (`None`) when a part could not be read (the
 /// tenant API down, say): not read is not passed.
@@ -1487,8 +1508,28 @@ mod tests {
     #[test]
     fn an_unhealthy_member_keeps_its_first_time_until_it_is_healthy_again() {
         let before = since(&[("t-etcd-1", 100), ("t-etcd-2", 150)]);
-        let now = track_unhealthy(&before, &["t-etcd-1".into(), "t-etcd-0".into()], 200);
-        assert_eq!(now, since(&[("t-etcd-0", 200), ("t-etcd-1", 100)]));
+        let now = track_unhealthy(&before, Some(170), &["t-etcd-1".into()], false, 200);
+        assert_eq!(now, since(&[("t-etcd-1", 100)]), "healthy again: dropped");
+        let two = track_unhealthy(
+            &before,
+            Some(170),
+            &["t-etcd-1".into(), "t-etcd-0".into()],
+            true,
+            200,
+        );
+        assert_eq!(
+            two,
+            since(&[("t-etcd-0", 200), ("t-etcd-1", 200)]),
+            "a shared outage restarts every clock"
+        );
+        let after_gap = track_unhealthy(&before, Some(10), &["t-etcd-1".into()], false, 200);
+        assert_eq!(
+            after_gap,
+            since(&[("t-etcd-1", 200)]),
+            "unobserved for more than the gap: the clock starts again"
+        );
+        let never = track_unhealthy(&before, None, &["t-etcd-1".into()], false, 200);
+        assert_eq!(never, since(&[("t-etcd-1", 200)]));
     }
 
     #[test]
@@ -1527,6 +1568,9 @@ mod tests {
         assert_eq!(d.object, "etcd member t-etcd-1");
         assert!(d.message.contains("for 5m;"), "{}", d.message);
         assert!(d.message.contains("replaced"), "{}", d.message);
+        assert_eq!(d.severity, Severity::Warning, "not due yet");
+        let due = unhealthy_members(&since(&[("t-etcd-1", 100)]), 700, 600);
+        assert_eq!(due[0].severity, Severity::Critical);
         let two = unhealthy_members(&since(&[("a", 0), ("b", 0)]), 10, 600);
         assert!(two.iter().all(|d| d.message.contains("not replaced")));
     }

@@ -235,18 +235,31 @@ async fn unhealthy(
         return Ok(Healing::Idle);
     }
     let names = &p.names;
-    // A ready pod passed etcd's own health check: only the others are asked.
+    let now = Timestamp::now();
+    let last_observed = status
+        .etcd_health_observed_time
+        .replace(Time(now))
+        .map(|t| t.0.as_second());
+    // A ready pod passed etcd's own health check: the members are asked
+    // only when a pod is not ready.
     let suspects: Vec<String> = observed
         .iter()
         .filter(|m| !m.pod_ready)
         .map(|m| names.etcd_member(m.ordinal))
         .collect();
-    let mut unhealthy_now = Vec::new();
+    let (mut unhealthy_now, mut down) = (Vec::new(), 0);
     if !suspects.is_empty() {
-        let access = EtcdAccess::for_tenant(&ctx.client, tc)
-            .await
-            .map_err(|e| Error::Etcd(e.to_string()))?;
+        let access = match EtcdAccess::for_tenant(&ctx.client, tc).await {
+            Ok(a) => a,
+            Err(e) => {
+                // Not observed: the clocks restart once kok can look again.
+                info!("etcd member health not read: {e}");
+                status.etcd_health_observed_time = None;
+                return Ok(Healing::Idle);
+            }
+        };
         let probes = access.probe().await;
+        down = probes.iter().filter(|p| !p.serves_quorum_reads).count();
         unhealthy_now = suspects
             .into_iter()
             .filter(|n| {
@@ -256,12 +269,17 @@ async fn unhealthy(
             })
             .collect();
     }
-    let now = Timestamp::now();
     let before: BTreeMap<String, i64> = before
         .into_iter()
         .map(|(m, t)| (m, t.0.as_second()))
         .collect();
-    let since = insp::track_unhealthy(&before, &unhealthy_now, now.as_second());
+    let since = insp::track_unhealthy(
+        &before,
+        last_observed,
+        &unhealthy_now,
+        down > 1,
+        now.as_second(),
+    );
     let after = tc
         .spec
         .healing
@@ -273,7 +291,7 @@ async fn unhealthy(
         .iter()
         .filter_map(|(m, t)| Some((m.clone(), Time(Timestamp::from_second(*t).ok()?))))
         .collect();
-    let Some(name) = due.filter(|_| policy == CheckPolicy::Repair) else {
+    let Some(name) = due.filter(|_| policy == CheckPolicy::Repair && down == 1) else {
         return Ok(Healing::Idle);
     };
     let Some(member) = observed
@@ -283,8 +301,24 @@ async fn unhealthy(
     else {
         return Ok(Healing::Idle);
     };
-    if let Some(why) = super::inspect::repair_refused(ctx, tc, status, ETCD_MEMBER_UNHEALTHY) {
-        info!(member = %name, "unhealthy etcd member not replaced now: {why}");
+    let refused = match kept_volume_of(ctx, tc, names).await? {
+        Some(pv) => Some(format!(
+            "volume {pv}, kept by an earlier replacement, still exists: one kept volume per tenant at a time (delete it, or remove its annotation {KEPT_FROM_ANNOTATION}, see docs/runbooks/etcd-member-unhealthy.md)"
+        )),
+        None => super::inspect::repair_refused(ctx, tc, status, ETCD_MEMBER_UNHEALTHY),
+    };
+    if let Some(why) = refused {
+        let note = format!("etcd member {name} is due for replacement but not replaced: {why}");
+        info!("{note}");
+        super::publish(
+            ctx,
+            tc,
+            EventType::Warning,
+            "EtcdMemberNotReplaced",
+            "Heal",
+            &note,
+        )
+        .await;
         return Ok(Healing::Idle);
     }
     // The claim it served on, and the volume behind it, to keep.
@@ -302,7 +336,7 @@ async fn unhealthy(
     };
     let detected = before.get(&name).copied().unwrap_or(now.as_second());
     let note = format!(
-        "etcd member {name} is unhealthy on its own volume for {}s (not ready, no answer to a quorum read); replacing it: its volume {volume} is kept aside with its data, the member removed, added back as a learner on a fresh volume, promoted",
+        "etcd member {name} is unhealthy on its own volume for {}s (not ready, no answer to a quorum read), every other member healthy; replacing it: its volume {volume} is kept aside with its data, then the member is removed, added back as a learner on a fresh volume, promoted",
         now.as_second() - detected
     );
     info!("{note}");
@@ -318,7 +352,7 @@ async fn unhealthy(
     status.etcd_unhealthy_since.clear();
     status.etcd_member_replacement = Some(MemberReplacement {
         member,
-        phase: PHASE_REMOVING.into(),
+        phase: PHASE_KEEPING.into(),
         removed_id: None,
         learner_id: None,
         lost_claim: Some(recorded),
@@ -327,6 +361,31 @@ async fn unhealthy(
         message: Some(format!("unhealthy for {}s", now.as_second() - detected)),
     });
     Ok(Healing::Replacing(note))
+}
+
+/// A volume an earlier replacement of this tenant kept, if one still
+/// exists (the annotation names the namespace and one of its claims).
+async fn kept_volume_of(
+    ctx: &Context,
+    tc: &TenantCluster,
+    names: &Names,
+) -> Result<Option<String>> {
+    let ns = tc.namespace().unwrap_or_default();
+    let ours: Vec<String> = (0..kok_templates::names::MAX_ETCD_MEMBERS)
+        .map(|i| format!("{ns}/{}", member_claim(names, i)))
+        .collect();
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    Ok(api
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|v| {
+            v.annotations()
+                .get(KEPT_FROM_ANNOTATION)
+                .is_some_and(|from| ours.contains(from))
+        })
+        .map(|v| v.name_any()))
 }
 
 /// Keeps the volume of a claim about to be released, with its data: its
@@ -635,6 +694,7 @@ struct Around {
 }
 
 const PHASE_REMOVING: &str = "Removing";
+const PHASE_KEEPING: &str = "KeepingVolume";
 const PHASE_ADDING: &str = "AddingLearner";
 const PHASE_RESTARTING: &str = "Restarting";
 const PHASE_PROMOTING: &str = "Promoting";
@@ -705,6 +765,62 @@ async fn replace(
         format!("replacing etcd member {name} ({}): {what}", r.phase)
     };
     match r.phase.as_str() {
+        PHASE_KEEPING => {
+            // Recovered meanwhile (a slow start that finished, kok's own
+            // view of it healed): nothing to replace.
+            let ready = observed.iter().any(|m| m.ordinal == i && m.pod_ready);
+            let serves = access
+                .probe()
+                .await
+                .iter()
+                .any(|m| m.name == name && m.serves_quorum_reads);
+            if ready || serves {
+                let note = format!(
+                    "etcd member {name} is healthy again: its replacement is called off before anything was changed"
+                );
+                info!("{note}");
+                super::publish(
+                    ctx,
+                    tc,
+                    EventType::Normal,
+                    "EtcdMemberRecovered",
+                    "Heal",
+                    &note,
+                )
+                .await;
+                status.etcd_member_replacement = None;
+                return Ok(Healing::Idle);
+            }
+            // The volume is kept before its claim is released, and the claim
+            // released while the ConfigMap is still sealed: the member's old
+            // data is never started on as a learner, and a member without data
+            // exits until it is re-added.
+            let claims: Api<PersistentVolumeClaim> =
+                Api::namespaced(ctx.client.clone(), &p.namespace);
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.namespace);
+            let claim_name = member_claim(names, i);
+            if let Some(pv) = &r.kept_volume {
+                keep_volume(ctx, tc, pv, &claim_name).await?;
+            }
+            if let Some(uid) = &r.lost_claim {
+                // By uid: never a claim made since (a repeat of this step).
+                let dp = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid.clone()),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                match claims.delete(&claim_name, &dp).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            ignore_gone(pods.delete(&name, &DeleteParams::default()).await)?;
+            r.phase = PHASE_REMOVING.into();
+            r.message = Some("its volume is kept and its claim released".into());
+        }
         PHASE_REMOVING => {
             let probes = others.probe().await;
             let healthy = probes.iter().filter(|p| p.serves_quorum_reads).count();
@@ -801,6 +917,30 @@ async fn replace(
             // The bootstrap ConfigMap said `new` when this pass began: the
             // member restarts once it says `existing` (next pass).
         }
+        PHASE_RESTARTING if r.kept_volume.is_some() => {
+            // Its claim was released in KeepingVolume, so the member's pod
+            // runs on a fresh claim; started while the ConfigMap was sealed,
+            // it exited. It is restarted once now that the ConfigMap says
+            // `existing`, rather than after a crash-loop back-off.
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.namespace);
+            let now = observed
+                .iter()
+                .find(|m| m.ordinal == i)
+                .and_then(|m| m.claim_uid.clone());
+            match now {
+                Some(uid) if Some(&uid) != r.lost_claim.as_ref() => {
+                    r.phase = PHASE_PROMOTING.into();
+                    r.lost_claim = Some(uid);
+                    status.etcd_member_replacement = Some(r.clone());
+                    ignore_gone(pods.delete(&name, &DeleteParams::default()).await)?;
+                    return Ok(Healing::Replacing(progress(
+                        &r,
+                        "restarted on its fresh volume to join",
+                    )));
+                }
+                _ => clear_stuck_pod(&pods, &name).await?,
+            }
+        }
         PHASE_RESTARTING => {
             // The member must start on an empty volume: the claim found in
             // place of the lost one was written by whatever the member did
@@ -815,17 +955,10 @@ async fn replace(
                 .find(|m| m.ordinal == i)
                 .and_then(|m| m.claim_uid.clone());
             let recorded = status.etcd_member_claims.get(&claim_name).cloned();
-            // An unhealthy member's claim is the one it served on: released
-            // only once its volume is kept with the data.
-            let release = |uid: &String| {
-                Some(uid) == r.lost_claim.as_ref()
-                    && (Some(uid) != recorded.as_ref() || r.kept_volume.is_some())
-            };
             match now {
-                Some(uid) if release(&uid) => {
-                    if let Some(pv) = &r.kept_volume {
-                        keep_volume(ctx, tc, pv, &claim_name).await?;
-                    }
+                Some(uid)
+                    if Some(&uid) == r.lost_claim.as_ref() && Some(&uid) != recorded.as_ref() =>
+                {
                     let dp = DeleteParams {
                         preconditions: Some(Preconditions {
                             uid: Some(uid.clone()),
@@ -851,18 +984,7 @@ async fn replace(
                         r.lost_claim = Some(uid);
                     }
                 }
-                None => {
-                    // The claim is gone and a pod made before it was (and so
-                    // bound to the deleted claim) waits forever: delete it,
-                    // the StatefulSet makes the claim and the pod again.
-                    if let Some(pod) = pods.get_opt(&name).await? {
-                        let pending =
-                            pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
-                        if pending && pod.metadata.deletion_timestamp.is_none() {
-                            ignore_gone(pods.delete(&name, &DeleteParams::default()).await)?;
-                        }
-                    }
-                }
+                None => clear_stuck_pod(&pods, &name).await?,
             }
         }
         PHASE_PROMOTING => {
@@ -1033,6 +1155,37 @@ async fn unwedge(
         Some(_) => {}
     }
     Ok(())
+}
+
+/// A member's pod that cannot go by itself: Pending on a claim that is
+/// gone (it never ran; the StatefulSet makes both again once it is
+/// deleted), or still Terminating a minute past its grace period (its node
+/// is gone, no kubelet confirms). Called only for a member already removed from etcd whose new
+/// pod starts on another claim, so nothing runs twice on one volume.
+async fn clear_stuck_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
+    let Some(pod) = pods.get_opt(name).await? else {
+        return Ok(());
+    };
+    let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
+    match &pod.metadata.deletion_timestamp {
+        None if pending => ignore_gone(pods.delete(name, &DeleteParams::default()).await),
+        Some(since) if Timestamp::now().as_second() - since.0.as_second() > 60 => {
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: pod.uid(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            info!(
+                pod = name,
+                "force-deleting an etcd pod stuck terminating (its member is already removed)"
+            );
+            ignore_gone(pods.delete(name, &dp).await)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Each member's cluster ID, as it answers alone (`None`: no answer).

@@ -204,12 +204,12 @@ pub(super) async fn run(
             .map(|f| (f.check.clone(), f.severity.clone()))
             .collect::<Vec<_>>(),
     );
-    // Not read counts as unhealthy for the breaker: a tenant API that does
-    // not answer is the first sign of a shared cause.
+    // Not read (a tenant starting, an object skipped) is not counted as
+    // unhealthy by the breaker: only findings are.
     ctx.record_fleet_health(
         &inputs.p.namespace,
         &inputs.p.names.tenant,
-        ok != Some(true),
+        ok == Some(false),
     );
     findings.truncate(insp::MAX_FINDINGS);
     status.findings = findings;
@@ -324,7 +324,10 @@ pub(super) fn push_repair(status: &mut TenantClusterStatus, repair: Repair) {
     let hour_ago = Timestamp::now().as_second() - 3600;
     let mut excess = status.repairs.len().saturating_sub(insp::MAX_REPAIRS);
     status.repairs.retain(|r| {
-        let counted = r.check == insp::CONTROL_PLANE_CRASH_LOOP && r.time.0.as_second() > hour_ago;
+        // The budgets' records are never trimmed while they count.
+        let budgeted =
+            r.check == insp::CONTROL_PLANE_CRASH_LOOP || r.check == insp::ETCD_MEMBER_UNHEALTHY;
+        let counted = budgeted && r.time.0.as_second() > hour_ago;
         if excess > 0 && !counted {
             excess -= 1;
             return false;
@@ -916,8 +919,16 @@ async fn read_lost_members(
             }
         }
     }
+    // The claim of a member replaced because it stayed unhealthy was
+    // released by kok, its data kept: not a loss to report.
+    let kept_aside = status
+        .etcd_member_replacement
+        .as_ref()
+        .filter(|r| r.kept_volume.is_some())
+        .map(|r| r.member);
     f.etcd_lost = super::heal::lost_members(&status.etcd_member_claims, &inputs.p.names, &observed)
         .into_iter()
+        .filter(|(i, _)| Some(*i) != kept_aside)
         .map(|(i, _)| inputs.p.names.etcd_member(i))
         .collect();
 }

@@ -192,7 +192,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         .find(|c| c.type_ == condition::HEALTHY)
     {
         let ns = tc.namespace().unwrap_or_default();
-        ctx.seed_fleet_health(&ns, &tc.name_any(), h.status != "True");
+        ctx.seed_fleet_health(&ns, &tc.name_any(), h.status == "False");
     }
 
     // 1. Admit: an invalid spec, a restore or a pause stops the pass here.
