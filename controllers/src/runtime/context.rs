@@ -40,6 +40,9 @@ pub struct Context {
     /// Per tenant (`namespace/name`): whether its last inspection found it
     /// unhealthy. The fleet-wide repair breaker reads it.
     fleet: Mutex<FleetHealth>,
+    /// The last note said per key (e.g. a refusal per tenant), so a state
+    /// that lasts is announced once, not on every pass.
+    said: Mutex<HashMap<String, String>>,
 }
 
 /// Per tenant (`namespace/name`): whether it is unhealthy, as this replica
@@ -122,6 +125,7 @@ impl Context {
             },
             failures: Mutex::default(),
             fleet: Mutex::default(),
+            said: Mutex::default(),
         }
     }
 
@@ -140,6 +144,18 @@ impl Context {
         if let Ok(mut fleet) = self.fleet.lock() {
             fleet.recorded(format!("{namespace}/{tenant}"), unhealthy);
         }
+    }
+
+    /// Whether `note` is new for `key` (and remembers it): a lasting state
+    /// gets one Event, not one per pass.
+    pub fn first_saying(&self, key: &str, note: &str) -> bool {
+        self.said.lock().is_ok_and(|mut said| {
+            let new = said.get(key).map(String::as_str) != Some(note);
+            if new {
+                said.insert(key.to_string(), note.to_string());
+            }
+            new
+        })
     }
 
     /// Forgets a deleted tenant.

@@ -309,6 +309,9 @@ async fn unhealthy(
     };
     if let Some(why) = refused {
         let note = format!("etcd member {name} is due for replacement but not replaced: {why}");
+        if !ctx.first_saying(&refusal_key(p), &note) {
+            return Ok(Healing::Idle);
+        }
         info!("{note}");
         super::publish(
             ctx,
@@ -350,6 +353,8 @@ async fn unhealthy(
     )
     .await;
     status.etcd_unhealthy_since.clear();
+    // A later refusal is announced again.
+    ctx.first_saying(&refusal_key(p), "replacing");
     status.etcd_member_replacement = Some(MemberReplacement {
         member,
         phase: PHASE_KEEPING.into(),
@@ -361,6 +366,11 @@ async fn unhealthy(
         message: Some(format!("unhealthy for {}s", now.as_second() - detected)),
     });
     Ok(Healing::Replacing(note))
+}
+
+/// Where the last refusal to replace an unhealthy member is remembered.
+fn refusal_key(p: &Placement) -> String {
+    format!("{}/{}/unhealthy-refused", p.namespace, p.names.tenant)
 }
 
 /// A volume an earlier replacement of this tenant kept, if one still
