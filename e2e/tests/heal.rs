@@ -363,15 +363,7 @@ async fn a_member_that_lost_its_volume_is_replaced_with_every_object_kept() {
         let api: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
         // Every member seen serving on its claim: from now on a member
         // without data joins the running cluster.
-        wait_for("3 member claims recorded", Duration::from_secs(60), || async {
-            let s = api.get("hm").await.unwrap().status.unwrap_or_default();
-            if s.etcd_member_claims.len() == 3 {
-                Poll::Ready(())
-            } else {
-                Poll::Pending(format!("{:?}", s.etcd_member_claims))
-            }
-        })
-        .await;
+        wait_claims_recorded(&api, "hm", 3).await;
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
         let bootstrap_state = || async {
             cms.get("hm-etcd-bootstrap")
@@ -400,14 +392,7 @@ async fn a_member_that_lost_its_volume_is_replaced_with_every_object_kept() {
         .await;
         let t = tenant::tenant_client(&client, &ns, "hm").await;
         let tenant_cms: Api<ConfigMap> = Api::namespaced(t.clone(), "default");
-        for i in 0..50 {
-            create(
-                &tenant_cms,
-                json!({"metadata": {"name": format!("keep-{i:02}"), "labels": {"keep": "yes"}},
-                       "data": {"i": i.to_string()}}),
-            )
-            .await;
-        }
+        write_kept(&tenant_cms, 50).await;
 
         // Member 1 loses its volume: the claim and the pod are deleted.
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
@@ -471,13 +456,7 @@ async fn a_member_that_lost_its_volume_is_replaced_with_every_object_kept() {
             repair.message
         );
         // Every object is there, and the cluster takes writes.
-        let kept = tenant_cms
-            .list(&ListParams::default().labels("keep=yes"))
-            .await
-            .unwrap()
-            .items
-            .len();
-        assert_eq!(kept, 50);
+        assert_eq!(count_kept(&tenant_cms).await, 50);
         create(&tenant_cms, json!({"metadata": {"name": "after-heal"}})).await;
         let api_ns: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
         api_ns
@@ -502,25 +481,10 @@ async fn a_member_unhealthy_on_its_own_volume_is_replaced_and_its_volume_kept() 
         tenant::create(&client, &ns, &tc).await;
         tenant::wait_ready(&client, &ns, "hu", READY_TIMEOUT).await;
         let api: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
-        wait_for("3 member claims recorded", Duration::from_secs(60), || async {
-            let s = api.get("hu").await.unwrap().status.unwrap_or_default();
-            if s.etcd_member_claims.len() == 3 {
-                Poll::Ready(())
-            } else {
-                Poll::Pending(format!("{:?}", s.etcd_member_claims))
-            }
-        })
-        .await;
+        wait_claims_recorded(&api, "hu", 3).await;
         let t = tenant::tenant_client(&client, &ns, "hu").await;
         let tenant_cms: Api<ConfigMap> = Api::namespaced(t.clone(), "default");
-        for i in 0..50 {
-            create(
-                &tenant_cms,
-                json!({"metadata": {"name": format!("keep-{i:02}"), "labels": {"keep": "yes"}},
-                       "data": {"i": i.to_string()}}),
-            )
-            .await;
-        }
+        write_kept(&tenant_cms, 50).await;
 
         // Member 2 can no longer start on its own volume: its data
         // directory becomes unreadable to etcd (a stand-in for corrupt data:
@@ -634,13 +598,7 @@ async fn a_member_unhealthy_on_its_own_volume_is_replaced_and_its_volume_kept() 
             healed_after.as_secs_f64(),
             db.len()
         );
-        let kept_objects = tenant_cms
-            .list(&ListParams::default().labels("keep=yes"))
-            .await
-            .unwrap()
-            .items
-            .len();
-        assert_eq!(kept_objects, 50);
+        assert_eq!(count_kept(&tenant_cms).await, 50);
         create(&tenant_cms, json!({"metadata": {"name": "after-heal"}})).await;
         api.delete("hu", &DeleteParams::default()).await.unwrap();
         remove_volumes(&client, &ns, 4).await;
@@ -775,15 +733,7 @@ async fn a_lost_quorum_is_restored_from_the_newest_verified_backup_when_policy_a
         tenant::create(&client, &ns, &tc).await;
         tenant::wait_ready(&client, &ns, "hq", READY_TIMEOUT).await;
         let api: Api<TenantCluster> = Api::namespaced(client.clone(), &ns);
-        wait_for("3 member claims recorded", Duration::from_secs(60), || async {
-            let s = api.get("hq").await.unwrap().status.unwrap_or_default();
-            if s.etcd_member_claims.len() == 3 {
-                Poll::Ready(())
-            } else {
-                Poll::Pending(format!("{:?}", s.etcd_member_claims))
-            }
-        })
-        .await;
+        wait_claims_recorded(&api, "hq", 3).await;
         let t = tenant::tenant_client(&client, &ns, "hq").await;
         let tenant_cms: Api<ConfigMap> = Api::namespaced(t.clone(), "default");
         for i in 0..20 {
@@ -1098,4 +1048,43 @@ async fn wait_members_ready(pods: &Api<Pod>, tc: &str, n: usize) {
         },
     )
     .await;
+}
+
+/// Waits until tenant `tc`'s status records a serving claim for `n` members
+/// (from then on a member without data waits for kok).
+async fn wait_claims_recorded(api: &Api<TenantCluster>, tc: &str, n: usize) {
+    wait_for(
+        &format!("{n} member claims recorded"),
+        Duration::from_secs(60),
+        || async {
+            let s = api.get(tc).await.unwrap().status.unwrap_or_default();
+            if s.etcd_member_claims.len() == n {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{:?}", s.etcd_member_claims))
+            }
+        },
+    )
+    .await;
+}
+
+/// Writes `n` ConfigMaps labelled `keep=yes` through the tenant API.
+async fn write_kept(cms: &Api<ConfigMap>, n: usize) {
+    for i in 0..n {
+        create(
+            cms,
+            json!({"metadata": {"name": format!("keep-{i:02}"), "labels": {"keep": "yes"}},
+                   "data": {"i": i.to_string()}}),
+        )
+        .await;
+    }
+}
+
+/// How many `keep=yes` ConfigMaps the tenant API lists.
+async fn count_kept(cms: &Api<ConfigMap>) -> usize {
+    cms.list(&ListParams::default().labels("keep=yes"))
+        .await
+        .unwrap()
+        .items
+        .len()
 }
