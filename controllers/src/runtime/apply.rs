@@ -63,3 +63,15 @@ pub fn check_owner<K: Resource<DynamicType = ()>>(obj: &K, owner_uid: &str) -> R
         owner,
     })
 }
+
+/// Delete options that delete only the object with this uid: one made
+/// again meanwhile under the same name is left alone (409 instead).
+pub fn only_uid(uid: Option<String>) -> kube::api::DeleteParams {
+    kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        ..Default::default()
+    }
+}

@@ -16,13 +16,14 @@ use kok_templates::etcd_roll::{
     next_action, replace_gate, MemberObservation, MemberStatus, ReplaceGate, RollAction,
 };
 use kok_templates::names::{component_selector, tenant_names, Names, APISERVER, ETCD};
-use kube::api::{DeleteParams, ListParams, Preconditions};
+use kube::api::ListParams;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
 use crate::etcd::EtcdAccess;
+use crate::runtime::apply::only_uid;
 use crate::runtime::context::Context;
 use crate::runtime::error::Result;
 
@@ -253,13 +254,7 @@ async fn roll_members(
             }
             // Only the pod observed: a pod recreated meanwhile is not deleted.
             let uid = pod_of(i).and_then(|p| p.uid());
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid,
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
+            let dp = only_uid(uid);
             match pods.delete(&name, &dp).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}

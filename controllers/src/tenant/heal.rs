@@ -20,14 +20,14 @@ use kok_templates::etcd_scale;
 use kok_templates::inspection::{self as insp, ETCD_MEMBER_LOST, ETCD_MEMBER_UNHEALTHY};
 use kok_templates::names::Names;
 use kok_templates::restore::member_claim;
-use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use sha2::Digest as _;
 use tracing::info;
 
 use crate::etcd::{EtcdAccess, Member};
-use crate::runtime::apply::apply_child;
+use crate::runtime::apply::{apply_child, only_uid};
 use crate::runtime::context::Context;
 use crate::runtime::error::{Error, Result};
 
@@ -814,13 +814,7 @@ async fn replace(
             }
             if let Some(uid) = &r.lost_claim {
                 // By uid: never a claim made since (a repeat of this step).
-                let dp = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: Some(uid.clone()),
-                        resource_version: None,
-                    }),
-                    ..Default::default()
-                };
+                let dp = only_uid(Some(uid.clone()));
                 match claims.delete(&claim_name, &dp).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
@@ -969,13 +963,7 @@ async fn replace(
                 Some(uid)
                     if Some(&uid) == r.lost_claim.as_ref() && Some(&uid) != recorded.as_ref() =>
                 {
-                    let dp = DeleteParams {
-                        preconditions: Some(Preconditions {
-                            uid: Some(uid.clone()),
-                            resource_version: None,
-                        }),
-                        ..Default::default()
-                    };
+                    let dp = only_uid(Some(uid.clone()));
                     ignore_gone(claims.delete(&claim_name, &dp).await)?;
                     ignore_gone(pods.delete(&name, &DeleteParams::default()).await)?;
                     return Ok(Healing::Replacing(progress(
@@ -1152,13 +1140,7 @@ async fn unwedge(
             }
         }
         None => {
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: pod.uid(),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
+            let dp = only_uid(pod.uid());
             ignore_gone(pods.delete(&names.etcd_member(i), &dp).await)?;
             info!(member = i, "deleted a pending etcd pod whose claim is gone");
         }
@@ -1182,11 +1164,7 @@ async fn clear_stuck_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
         Some(since) if Timestamp::now().as_second() - since.0.as_second() > 60 => {
             let dp = DeleteParams {
                 grace_period_seconds: Some(0),
-                preconditions: Some(Preconditions {
-                    uid: pod.uid(),
-                    resource_version: None,
-                }),
-                ..Default::default()
+                ..only_uid(pod.uid())
             };
             info!(
                 pod = name,

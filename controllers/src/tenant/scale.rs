@@ -13,12 +13,12 @@ use kok_crds::{EtcdScaling, TenantCluster, TenantClusterStatus};
 use kok_templates::controlplane::{Placement, ETCD_PEER_PORT};
 use kok_templates::etcd_scale::{self as es, Move};
 use kok_templates::restore::member_claim;
-use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tracing::info;
 
 use crate::etcd::EtcdAccess;
+use crate::runtime::apply::only_uid;
 use crate::runtime::context::Context;
 use crate::runtime::error::{Error, Result};
 
@@ -251,13 +251,7 @@ async fn add_learner(
             // Its member was removed from the cluster by kok: its data is
             // a stale copy of what the serving members hold, and a member
             // starting on it would find itself removed and exit.
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: Some(uid),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
+            let dp = only_uid(Some(uid));
             claims.delete(&claim_name, &dp).await?;
             status.etcd_retired_claims.remove(&claim_name);
             let note = format!(
