@@ -1,6 +1,6 @@
 # Build Kubernetes server binaries from Debian's source package, cached by version.
 
-KUBE_COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+KUBE_COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubeadm)
 
 kube_binaries_cached() {
   local c

@@ -106,7 +106,8 @@ install_safety_rules() {
 }
 
 external_interfaces() {
-  ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -vE "^(lo|$BRIDGE|veth.*)$" || true
+  # kokn0 and vethkok*: the tenant nodes' bridge and veths (hack/tenant-node).
+  ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -vE "^(lo|$BRIDGE|kokn0|veth.*)$" || true
 }
 
 setup_network() {
@@ -262,6 +263,8 @@ teardown() {
   # Best effort: every step runs even when an earlier one found nothing to do.
   set +e
   local d i
+  # Tenant nodes (hack/tenant-node) first: they live on this cluster's network.
+  tnode_remove_all
   stop_daemon kubelet
   kill_pod_processes
   for ((i=${#DAEMONS[@]}-1; i>=0; i--)); do

@@ -98,6 +98,34 @@ build_kube_image() { # static Go binaries: the image is the binary and a busybox
   rm -rf "$root"
 }
 
+# kube-proxy (iptables mode) runs iptables, ip6tables, their -save/-restore and
+# conntrack. They come from the host, with the backend the host's iptables uses
+# (nf_tables on bookworm), so the rules kube-proxy writes on a tenant node and
+# those the CNI plugins write there (with the host's binaries) live in one backend.
+build_kube_proxy_image() {
+  local root backend multi t lib; root=$(mktemp -d)
+  install -D -m 0755 "$KUBE_BIN_DIR/kube-proxy" "$root/usr/local/bin/kube-proxy"
+  add_busybox "$root"
+  backend=nft
+  iptables --version 2>/dev/null | grep -q legacy && backend=legacy
+  multi=/usr/sbin/xtables-$backend-multi
+  [ -x "$multi" ] || die "no $multi to put in the kube-proxy image"
+  copy_with_libs "$root" "$multi"
+  for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+    ln -sf "$(basename "$multi")" "$root/usr/local/bin/$t"
+  done
+  # iptables loads its match and target extensions at run time.
+  mkdir -p "$root/usr/lib/x86_64-linux-gnu"
+  cp -a /usr/lib/x86_64-linux-gnu/xtables "$root/usr/lib/x86_64-linux-gnu/"
+  for lib in $(ldd /usr/lib/x86_64-linux-gnu/xtables/*.so 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u); do
+    [ -e "$root$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
+  done
+  if command -v conntrack >/dev/null; then copy_with_libs "$root" "$(command -v conntrack)"; fi
+  cp /etc/protocols /etc/services "$root/etc/" 2>/dev/null || true
+  pack_image kube-proxy "$KUBE_VERSION" "$root" '["/usr/local/bin/kube-proxy"]'
+  rm -rf "$root"
+}
+
 # etcd 3.5 comes from Debian trixie's etcd-server .deb, fetched with an apt
 # configuration of its own so the host's sources are never changed.
 fetch_etcd35() {
@@ -140,6 +168,7 @@ local_images() {
   echo "kube-apiserver:$KUBE_VERSION"
   echo "kube-controller-manager:$KUBE_VERSION"
   echo "kube-scheduler:$KUBE_VERSION"
+  echo "kube-proxy:$KUBE_VERSION"
 }
 
 build_images() {
@@ -160,6 +189,7 @@ build_images() {
   for c in kube-apiserver kube-controller-manager kube-scheduler; do
     [ -f "$(image_tarball "$c" "$KUBE_VERSION")" ] || build_kube_image "$c"
   done
+  [ -f "$(image_tarball kube-proxy "$KUBE_VERSION")" ] || build_kube_proxy_image
 }
 
 import_images() {
@@ -172,7 +202,7 @@ import_images() {
   # The same Kubernetes build under the next patch tag: only v1.20.2 can be
   # built here, and the upgrade tests need a second version to roll to.
   local c
-  for c in kube-apiserver kube-controller-manager kube-scheduler; do
+  for c in kube-apiserver kube-controller-manager kube-scheduler kube-proxy; do
     grep -qxF "$KOK_IMAGE_PREFIX/$c:$KUBE_PATCH_ALIAS" <<<"$have" && continue
     run_logged "$LOG_DIR/images.log" ctr_ images tag "$KOK_IMAGE_PREFIX/$c:$KUBE_VERSION" "$KOK_IMAGE_PREFIX/$c:$KUBE_PATCH_ALIAS"
   done
