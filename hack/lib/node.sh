@@ -91,18 +91,16 @@ tnode_cgroup_pids() {
 # Processes in the node's network or mount namespace (kubeadm, a shell from
 # `tenant-node exec`, hostNetwork containers) that may not be in its cgroup.
 tnode_ns_pids() {
-  local name=$1 netino="" mntino="" p
+  local name=$1 netino="" mntino="" pat=()
   [ -e "/run/netns/$(tnode_netns "$name")" ] && netino=$(stat -L -c %i "/run/netns/$(tnode_netns "$name")" 2>/dev/null)
   mountpoint -q "$TNODE_RUN_DIR/$name.mnt" 2>/dev/null && mntino=$(stat -L -c %i "$TNODE_RUN_DIR/$name.mnt" 2>/dev/null)
   # Never the host's own namespaces (a half-made node must not match every process).
   [ "$netino" = "$(stat -L -c %i /proc/self/ns/net)" ] && netino=""
   [ "$mntino" = "$(stat -L -c %i /proc/self/ns/mnt)" ] && mntino=""
-  [ -n "$netino$mntino" ] || return 0
-  for p in /proc/[0-9]*; do
-    { [ -n "$netino" ] && [ "$(stat -L -c %i "$p/ns/net" 2>/dev/null)" = "$netino" ]; } ||
-      { [ -n "$mntino" ] && [ "$(stat -L -c %i "$p/ns/mnt" 2>/dev/null)" = "$mntino" ]; } || continue
-    echo "${p#/proc/}"
-  done
+  [ -n "$netino" ] && pat+=(-lname "net:\\[$netino\\]")
+  [ -n "$mntino" ] && { [ ${#pat[@]} -gt 0 ] && pat+=(-o); pat+=(-lname "mnt:\\[$mntino\\]"); }
+  [ ${#pat[@]} -gt 0 ] || return 0
+  find /proc/[0-9]*/ns/net /proc/[0-9]*/ns/mnt -maxdepth 0 \( "${pat[@]}" \) 2>/dev/null | cut -d/ -f3 | sort -u
 }
 
 tnode_kill_all() { # SIGKILL everything the node runs, until nothing is left
@@ -304,6 +302,8 @@ tnode_setup_mntns() {
     mkdir -p "$(tnode_src "$name" "$d")"
     srcs+=("$(tnode_src "$name" "$d"):$d")
   done
+  # As the kubelet package leaves it: an empty static pod directory.
+  mkdir -p "$(tnode_src "$name" /etc/kubernetes)/manifests"
   # Its own /etc/hosts (the node name resolves to its IP) and a resolver on its
   # own loopback: no process of the node ever asks the host's DNS server.
   printf '127.0.0.1 localhost\n%s %s\n' "$(cat "$dir/ip")" "$name" >"$dir/hosts"
@@ -442,10 +442,9 @@ tnode_remove() { # best effort, idempotent
   local errexit=""; [[ $- == *e* ]] && errexit=1
   set +e
   tnode_unlink_peers "$name"
-  tnode_stop "$name" kubeadm
-  tnode_stop "$name" kubelet
-  tnode_stop "$name" containerd
+  # The node is going away as a whole: no graceful stops, SIGKILL for all.
   tnode_kill_all "$name"
+  rm -rf "$dir/pids"
   # The mount namespace (and with it every mount the node made: container
   # rootfs, pod volumes, pod netns files) ends with its last process and file.
   local f
