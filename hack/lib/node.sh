@@ -288,6 +288,8 @@ tnode_run_dir_ready() {
 # creates are recorded and removed with the last node.
 tnode_host_mountpoints() {
   local d
+  # `ip netns add` turns /run/netns into a mount of itself: remember when it was us.
+  mountpoint -q /run/netns 2>/dev/null || echo "/run/netns" >>"$TNODE_DIR/.created-mountpoints"
   for d in "${TNODE_PRIVATE_DIRS[@]}"; do
     [ -d "$d" ] && continue
     mkdir -p "$d"
@@ -477,6 +479,7 @@ tnode_remove_shared() {
   if [ -f "$TNODE_DIR/.created-mountpoints" ]; then
     for d in $(sort -ru "$TNODE_DIR/.created-mountpoints"); do
       # `ip netns add` turns /run/netns into a mount of itself; undo that once it is empty.
+      # (only when empty: a pod netns of the management cluster may sit on it)
       [ -z "$(ls -A "$d" 2>/dev/null)" ] && mountpoint -q "$d" && umount "$d" 2>/dev/null
       rmdir "$d" 2>/dev/null
     done
