@@ -10,7 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
-use kok_crds::{EtcdBackup, EtcdRestore, TenantCluster};
+use kok_crds::{EtcdBackup, EtcdRestore, JoinToken, TenantCluster};
 use kube::api::ListParams;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 
 use clap::Parser;
 use kok_controllers::backup::{self, schedule as backup_schedule};
+use kok_controllers::join;
 use kok_controllers::restore::{self, member as restore_member};
 use kok_controllers::runtime::context::{Context, Settings};
 use kok_controllers::runtime::leader::LeaderElector;
@@ -309,11 +310,23 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, shutdown_rx: watch::
         .run(
             |o, c| lenient::reconcile(o, c, backup_schedule::reconcile),
             |o, e, c| lenient::error_policy(o, e, c, backup_schedule::error_policy),
-            ctx,
+            ctx.clone(),
         )
         .for_each(log_result);
+    let join_controller = Controller::new(
+        Api::<Lenient<JoinToken>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown(shutdown_rx.clone()))
+    .run(
+        |o, c| lenient::reconcile(o, c, join::reconcile),
+        |o, e, c| lenient::error_policy(o, e, c, join::error_policy),
+        ctx,
+    )
+    .for_each(log_result);
     let controller = async {
         tokio::join!(
+            join_controller,
             tenant_controller,
             backup_controller,
             schedule_controller,

@@ -1,9 +1,11 @@
 //! kok's API types. Only types live here; behaviour lives in `templates` and `controllers`.
 
 pub mod backup;
+pub mod join;
 pub mod tenant_cluster;
 
 pub use backup::*;
+pub use join::*;
 pub use tenant_cluster::*;
 
 /// The API group of every kok resource.
@@ -50,5 +52,10 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
             );
         }
     }
-    vec![tenant, EtcdBackup::crd(), EtcdRestore::crd()]
+    vec![
+        tenant,
+        EtcdBackup::crd(),
+        EtcdRestore::crd(),
+        JoinToken::crd(),
+    ]
 }

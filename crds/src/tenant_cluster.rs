@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Migration","type":"string","jsonPath":".status.migration.phase","priority":1}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.nodes.summary"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -64,6 +65,64 @@ pub struct TenantClusterSpec {
     /// How tools reach the tenant: an Argo CD cluster Secret kok keeps current.
     #[serde(default)]
     pub access: AccessSpec,
+    /// What kok runs inside the tenant cluster for its worker nodes:
+    /// kube-proxy (on by default) and CoreDNS (opt-in).
+    #[serde(default)]
+    pub addons: AddonsSpec,
+}
+
+/// Addons kok keeps reconciled inside the tenant cluster (through the
+/// tenant API, server-side applied, put back when deleted).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddonsSpec {
+    /// kube-proxy as a DaemonSet on every node, following the control
+    /// plane's version through upgrades.
+    #[serde(default)]
+    pub kube_proxy: KubeProxyAddon,
+    /// CoreDNS at the tenant's DNS address (the 10th address of
+    /// `networking.serviceCIDR`).
+    #[serde(default, rename = "coreDNS")]
+    pub core_dns: CoreDnsAddon,
+}
+
+/// The kube-proxy addon.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeProxyAddon {
+    /// Run kube-proxy (default true). When false kok deletes the DaemonSet
+    /// it created (bring your own Service proxy).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// kube-proxy's `conntrack.maxPerCore`. Unset: kube-proxy's default.
+    /// `0` leaves the node's conntrack table size alone, for nodes that run
+    /// in a container or network namespace where it cannot be set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub conntrack_max_per_core: Option<i32>,
+}
+
+impl Default for KubeProxyAddon {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            conntrack_max_per_core: None,
+        }
+    }
+}
+
+/// The CoreDNS addon.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CoreDnsAddon {
+    /// Run CoreDNS (default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// The CoreDNS image (default `<imageRepository>/coredns:<the release
+    /// paired with the tenant's Kubernetes minor>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub image: Option<String>,
 }
 
 /// Access to the tenant for other tools.
@@ -466,6 +525,30 @@ pub struct TenantClusterStatus {
     /// restore kok started (`spec.healing.quorumLoss`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum_loss: Option<QuorumLoss>,
+    /// The tenant's worker nodes as its API reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodesStatus>,
+}
+
+/// Worker nodes of the tenant cluster.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodesStatus {
+    /// Nodes whose `Ready` condition is True.
+    pub ready: i32,
+    /// Every Node object.
+    pub total: i32,
+    /// `ready/total`, for the printer column.
+    pub summary: String,
+    /// How many nodes run each kubelet version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kubelet_versions: BTreeMap<String, i32>,
+    /// Nodes that are not Ready (at most 20 named).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ready: Vec<String>,
+    /// When kok last read the nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// A lost etcd quorum and its recovery.

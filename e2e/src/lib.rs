@@ -127,6 +127,7 @@ pub mod bench;
 pub mod etcd;
 pub mod http;
 pub mod load;
+pub mod nodes;
 pub mod tenant;
 pub mod volumes;
 pub mod workloads;

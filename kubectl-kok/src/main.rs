@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use clap::{CommandFactory, Parser, Subcommand};
 use k8s_openapi::api::core::v1::Secret;
-use kok_crds::{BackupPhase, EtcdBackup, EtcdRestore, RestorePhase, TenantCluster};
+use kok_crds::{
+    BackupPhase, EtcdBackup, EtcdRestore, JoinToken, JoinTokenPhase, RestorePhase, TenantCluster,
+};
 use kok_templates::upgrade_plan::{plan, EtcdVersion, Versions};
 use kok_templates::version::KubeVersion;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -59,6 +61,17 @@ enum Cmd {
         to: String,
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Ask kok for a join credential (a JoinToken) and print the `kubeadm
+    /// join` command worker nodes run; delete the JoinToken to revoke it.
+    Join {
+        name: String,
+        /// How long the token works, in seconds (default one day).
+        #[arg(long, default_value_t = 86_400)]
+        ttl_seconds: i64,
+        /// The JoinToken's name (default `<tenant>-<random>`).
+        #[arg(long)]
+        token_name: Option<String>,
     },
     /// Print shell completions (bash, zsh, fish, ...).
     Completions { shell: clap_complete::Shell },
@@ -209,6 +222,51 @@ async fn main() -> anyhow::Result<()> {
                 println!("tenantcluster/{name} spec.version set to {to}; follow it with `kubectl kok status {name}`");
             }
         }
+        Cmd::Join {
+            name,
+            ttl_seconds,
+            token_name,
+        } => {
+            get(name.clone()).await?;
+            let tokens: Api<JoinToken> = Api::namespaced(client.clone(), &ns);
+            let mut metadata = json!({});
+            match &token_name {
+                Some(n) => metadata["name"] = json!(n),
+                None => metadata["generateName"] = json!(format!("{name}-")),
+            }
+            let jt: JoinToken = serde_json::from_value(json!({
+                "apiVersion": "kok.dev/v1alpha1", "kind": "JoinToken",
+                "metadata": metadata,
+                "spec": {"tenantCluster": name, "ttlSeconds": ttl_seconds}
+            }))?;
+            let created = tokens.create(&PostParams::default(), &jt).await?;
+            let jt_name = created.name_any();
+            eprintln!("jointoken/{jt_name} created; waiting for the token...");
+            let secret = wait(Duration::from_secs(120), || async {
+                let jt = tokens.get(&jt_name).await?;
+                let s = jt.status.unwrap_or_default();
+                match s.phase {
+                    Some(JoinTokenPhase::Ready) => Ok(s.secret_name),
+                    Some(JoinTokenPhase::Failed) => bail!(
+                        "jointoken/{jt_name} failed: {}",
+                        s.conditions
+                            .iter()
+                            .find(|c| c.type_ == "Ready")
+                            .map(|c| c.message.clone())
+                            .unwrap_or_default()
+                    ),
+                    _ => Ok(None),
+                }
+            })
+            .await?;
+            let s = Api::<Secret>::namespaced(client, &ns).get(&secret).await?;
+            let command = s
+                .data
+                .and_then(|mut d| d.remove("joinCommand"))
+                .ok_or_else(|| anyhow!("Secret {secret} has no key `joinCommand`"))?;
+            println!("{}", String::from_utf8(command.0)?);
+            eprintln!("revoke it with: kubectl -n {ns} delete jointoken {jt_name}");
+        }
         Cmd::Completions { .. } => unreachable!("handled before connecting"),
     }
     Ok(())
@@ -293,6 +351,21 @@ fn status_text(tc: &TenantCluster) -> String {
     );
     if let Some(e) = &s.endpoint {
         out.push_str(&format!("endpoint: {e}\n"));
+    }
+    if let Some(n) = &s.nodes {
+        let kubelets = n
+            .kubelet_versions
+            .iter()
+            .map(|(v, c)| format!("{c}x {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!(
+            "nodes: {} ready; kubelets: {kubelets}\n",
+            n.summary
+        ));
+        if !n.not_ready.is_empty() {
+            out.push_str(&format!("  not ready: {}\n", n.not_ready.join(", ")));
+        }
     }
     out.push_str("conditions:\n");
     for c in &s.conditions {

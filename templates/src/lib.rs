@@ -1,6 +1,7 @@
 //! Pure builders from a `TenantCluster` to the objects that run it. No API client here:
 //! everything is a function of its inputs, tested without a cluster.
 
+pub mod addons;
 pub mod backup;
 pub mod backup_source;
 pub mod controlplane;
@@ -11,6 +12,7 @@ pub mod flags;
 pub mod inspection;
 pub mod migration;
 pub mod names;
+pub mod nodes;
 pub mod pki;
 pub mod quantity;
 pub mod restore;

@@ -43,6 +43,9 @@ pub struct Context {
     /// The last note said per key (e.g. a refusal per tenant), so a state
     /// that lasts is announced once, not on every pass.
     said: Mutex<HashMap<String, String>>,
+    /// Per key: the fingerprint of what was last done in full, and when
+    /// (periodic rounds such as the tenant-side objects for nodes).
+    rounds: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 /// Per tenant (`namespace/name`): whether it is unhealthy, as this replica
@@ -126,6 +129,7 @@ impl Context {
             failures: Mutex::default(),
             fleet: Mutex::default(),
             said: Mutex::default(),
+            rounds: Mutex::default(),
         }
     }
 
@@ -156,6 +160,27 @@ impl Context {
             }
             new
         })
+    }
+
+    /// Whether a round keyed `key` is due: what it would do changed
+    /// (`fingerprint`), or `every` passed since it was last done.
+    pub fn round_due(&self, key: &str, fingerprint: &str, every: Duration) -> bool {
+        self.rounds
+            .lock()
+            .map_or(true, |rounds| match rounds.get(key) {
+                Some((fp, at)) => fp != fingerprint || at.elapsed() >= every,
+                None => true,
+            })
+    }
+
+    /// Records a round done in full.
+    pub fn round_done(&self, key: &str, fingerprint: &str) {
+        if let Ok(mut rounds) = self.rounds.lock() {
+            rounds.insert(
+                key.to_string(),
+                (fingerprint.to_string(), std::time::Instant::now()),
+            );
+        }
     }
 
     /// Forgets a deleted tenant.

@@ -22,6 +22,8 @@ pub mod manager {
     pub const BACKUP: &str = "kok-backup";
     /// The EtcdRestore reconciler.
     pub const RESTORE: &str = "kok-restore";
+    /// The JoinToken reconciler.
+    pub const JOIN: &str = "kok-join";
     /// The conditions of an object that does not decode (any kind).
     pub const DECODE: &str = "kok-decode";
 }

@@ -44,6 +44,7 @@ pub mod health;
 mod inspect;
 mod kubeconfigs;
 mod migrate;
+mod nodes;
 pub mod pki;
 mod scale;
 mod services;
@@ -393,12 +394,56 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         }
         _ => Err("the apiserver has no available replica yet".to_string()),
     };
+    let serving = readyz.is_ok();
     let verdict = tenant_status::verdict(&live.observed(readyz, net.endpoint.is_some()));
+
+    // 8b. Worker nodes: the objects `kubeadm join` reads and the addons,
+    //     inside the tenant; its nodes for status and the kubelet skew rule.
+    let tenant_api = if serving {
+        tenant_health::tenant_client(&kubeconfigs.operator, Duration::from_secs(10))
+            .await
+            .ok()
+    } else {
+        None
+    };
+    if let Some(client) = &tenant_api {
+        let inputs = net.endpoint.as_ref().map(|e| {
+            let running = status
+                .version
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(valid.version);
+            kok_templates::nodes::NodeInputs {
+                version: running,
+                cluster_name: name.clone(),
+                endpoint: e.url(),
+                ca_pem: pki.ca(CaKind::Cluster).cert_pem.clone(),
+                networking: tc.spec.networking.clone(),
+                image_repository: cp::image_repository(&tc.spec).to_string(),
+            }
+        });
+        nodes::pass(ctx, &tc, client, inputs, &mut status).await;
+    }
+    // Before an upgrade starts, the kubelets it must still serve.
+    let kubelets = match &tenant_api {
+        Some(client) if pass.holding && in_place => {
+            nodes::read(client).await.map(|n| nodes::kubelets(&n)).ok()
+        }
+        _ => None,
+    };
 
     // 9. Record: versions, the upgrade, the conditions.
     upgrade::record_versions(ctx, &tc, &mut status, &pass.rendering, &verdict).await;
     let open_upgrade = if in_place {
-        upgrade::record(ctx, &tc, &mut status, &pass, verdict.ready).await?
+        upgrade::record(
+            ctx,
+            &tc,
+            &mut status,
+            &pass,
+            verdict.ready,
+            kubelets.as_deref(),
+        )
+        .await?
     } else {
         None
     };

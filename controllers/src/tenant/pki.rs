@@ -333,3 +333,34 @@ pub(super) fn config_hashes(
         scheduler: config_hash([("kubeconfig", sched_kubeconfig)]),
     }
 }
+
+/// What another controller (join tokens) needs to act in a tenant as kok:
+/// the cluster CA and the admin identity, read from the tenant's Secrets
+/// (never created here). `None` while the tenant has not issued them yet.
+pub struct AdminAccess {
+    pub ca_pem: String,
+    pub admin: CertKeyPair,
+}
+
+pub async fn read_admin_access(
+    secrets_api: &Api<Secret>,
+    names: &kok_templates::names::Names,
+    owner_uid: &str,
+) -> Result<Option<AdminAccess>> {
+    let ca_name = names.ca_secret(CaKind::Cluster.name());
+    let (Some(ca), Some(certs)) = (
+        secrets_api.get_opt(&ca_name).await?,
+        secrets_api.get_opt(&names.certs_secret()).await?,
+    ) else {
+        return Ok(None);
+    };
+    check_owner(&ca, owner_uid)?;
+    check_owner(&certs, owner_uid)?;
+    let ca = read_ca(&ca_name, &ca)?;
+    Ok(
+        cert_key_pair(&string_data(&certs), "admin").map(|admin| AdminAccess {
+            ca_pem: ca.cert_pem,
+            admin,
+        }),
+    )
+}

@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kok_crds::{BackupPhase, EtcdBackup, EtcdBackupSpec, UpgradeStatus};
 use kok_templates::backup::TENANT_UID_LABEL;
 use kok_templates::names::TENANT_LABEL;
+use kok_templates::nodes::kubelet_skew_problem;
 use kok_templates::tenant_status::{OpenUpgrade, Verdict};
 use kok_templates::upgrade_plan::{note_step, preflight_backup_name, Rendering};
 use kube::api::{ObjectMeta, PostParams};
@@ -152,6 +153,7 @@ pub(super) async fn record(
     status: &mut TenantClusterStatus,
     pass: &Pass,
     healthy_on_what_runs: bool,
+    kubelets: Option<&[(String, KubeVersion)]>,
 ) -> Result<Option<OpenUpgrade>> {
     let running_now = match (&status.version, &status.etcd_version) {
         (Some(kube), Some(etcd)) => Some(Running {
@@ -177,7 +179,18 @@ pub(super) async fn record(
         .as_mut()
         .filter(|u| pass.holding && u.phase != PHASE_COMPLETED)
     {
-        let (state, backup) = preflight(ctx, tc, u, healthy_on_what_runs).await?;
+        let skew = kubelets.and_then(|k| {
+            let target = pass.desired.kube.parse().ok()?;
+            kubelet_skew_problem(target, k)
+        });
+        let (state, backup) = match skew {
+            // Checked before the backup: an upgrade the nodes forbid takes none.
+            Some(why) => (
+                Preflight::Failed(format!("kubelet version skew: {why}")),
+                None,
+            ),
+            None => preflight(ctx, tc, u, healthy_on_what_runs).await?,
+        };
         if u.phase != PHASE_PREFLIGHT {
             u.phase = PHASE_PREFLIGHT.into();
             u.last_progress_time = Some(now.clone());
