@@ -169,6 +169,19 @@ local_images() {
   echo "kube-controller-manager:$KUBE_VERSION"
   echo "kube-scheduler:$KUBE_VERSION"
   echo "kube-proxy:$KUBE_VERSION"
+  echo "toolbox:$TOOLBOX_TAG"
+}
+
+# busybox plus kubectl, for pods that talk to their cluster's API with their
+# service-account token (busybox's static wget crashes in glibc's NSS and
+# cannot present a token over TLS).
+TOOLBOX_TAG="1"
+build_toolbox_image() {
+  local root; root=$(mktemp -d)
+  add_busybox "$root"
+  copy_with_libs "$root" "$(readlink -f "$(command -v kubectl)")"
+  pack_image toolbox "$TOOLBOX_TAG" "$root" '["/bin/sh"]'
+  rm -rf "$root"
 }
 
 build_images() {
@@ -190,6 +203,7 @@ build_images() {
     [ -f "$(image_tarball "$c" "$KUBE_VERSION")" ] || build_kube_image "$c"
   done
   [ -f "$(image_tarball kube-proxy "$KUBE_VERSION")" ] || build_kube_proxy_image
+  [ -f "$(image_tarball toolbox "$TOOLBOX_TAG")" ] || build_toolbox_image
 }
 
 import_images() {

@@ -27,7 +27,7 @@ TNODE_CRI_SOCKET="/run/containerd/containerd.sock"
 TNODE_PRIVATE_DIRS=(/etc/kubernetes /etc/cni/net.d /var/lib/kubelet /var/lib/containerd /var/lib/cni
                     /var/log/pods /var/log/containers /run/containerd /run/netns)
 # Images every node has without pulling (besides the management cluster's).
-TNODE_IMAGES=("pause:$PAUSE_TAG" "busybox:$BUSYBOX_TAG" "kube-proxy:$KUBE_VERSION")
+TNODE_IMAGES=("pause:$PAUSE_TAG" "busybox:$BUSYBOX_TAG" "kube-proxy:$KUBE_VERSION" "toolbox:$TOOLBOX_TAG")
 
 tnode_dir() { echo "$TNODE_DIR/$1"; }
 tnode_netns() { echo "$TNODE_PREFIX$1"; }
