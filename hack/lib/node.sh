@@ -15,7 +15,7 @@ TNODE_RUN_DIR="/run/kok-nodes"
 TNODE_BRIDGE="kokn0"
 TNODE_GATEWAY="10.203.0.1"
 TNODE_CIDR="10.203.0.0/16"
-TNODE_PREFIX="kokn-"          # netns and cgroup names: kokn-NAME
+TNODE_PREFIX="kokn-"          # cgroup names: kokn-NAME
 TNODE_VETH_PREFIX="vethkok"   # host side of a node's veth: vethkokN (N = last octet of its IP)
 # The management ranges (node IP, pods, Services): pod traffic leaving a node
 # for them is masqueraded, since the host has no route back to tenant pod IPs.
@@ -30,7 +30,15 @@ TNODE_PRIVATE_DIRS=(/etc/kubernetes /etc/cni/net.d /var/lib/kubelet /var/lib/con
 TNODE_IMAGES=("pause:$PAUSE_TAG" "busybox:$BUSYBOX_TAG" "kube-proxy:$KUBE_VERSION" "toolbox:$TOOLBOX_TAG")
 
 tnode_dir() { echo "$TNODE_DIR/$1"; }
-tnode_netns() { echo "$TNODE_PREFIX$1"; }
+# The node's namespaces are files in $TNODE_RUN_DIR, never in /run/netns: `ip
+# netns add` would turn /run/netns into a mount of itself, and then the
+# management containerd could no longer delete the netns files of pods it made
+# before (unlinkat: device or resource busy).
+tnode_netns() { echo "$TNODE_RUN_DIR/$1.net"; }
+tnode_net() { # tnode_net NAME CMD...: CMD in the node's network namespace only
+  local name=$1; shift
+  nsenter --net="$(tnode_netns "$name")" -- "$@"
+}
 tnode_cgroup() { echo "$TNODE_PREFIX$1"; }
 tnode_names() { # every node with a state dir
   local d
@@ -46,7 +54,7 @@ tnode_validate_name() {
 # tnode_enter NAME CMD...: run CMD in the node's namespaces (network, mount, UTS).
 tnode_enter() {
   local name=$1; shift
-  nsenter --net="/run/netns/$(tnode_netns "$name")" --mount="$TNODE_RUN_DIR/$name.mnt" \
+  nsenter --net="$(tnode_netns "$name")" --mount="$TNODE_RUN_DIR/$name.mnt" \
     --uts="$TNODE_RUN_DIR/$name.uts" -- "$@"
 }
 
@@ -92,7 +100,7 @@ tnode_cgroup_pids() {
 # `tenant-node exec`, hostNetwork containers) that may not be in its cgroup.
 tnode_ns_pids() {
   local name=$1 netino="" mntino="" pat=()
-  [ -e "/run/netns/$(tnode_netns "$name")" ] && netino=$(stat -L -c %i "/run/netns/$(tnode_netns "$name")" 2>/dev/null)
+  mountpoint -q "$(tnode_netns "$name")" 2>/dev/null && netino=$(stat -L -c %i "$(tnode_netns "$name")" 2>/dev/null)
   mountpoint -q "$TNODE_RUN_DIR/$name.mnt" 2>/dev/null && mntino=$(stat -L -c %i "$TNODE_RUN_DIR/$name.mnt" 2>/dev/null)
   # Never the host's own namespaces (a half-made node must not match every process).
   [ "$netino" = "$(stat -L -c %i /proc/self/ns/net)" ] && netino=""
@@ -133,7 +141,7 @@ tnode_pid() { # tnode_pid NAME DAEMON: the pid if that daemon of the node is ali
   [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
   grep -q "$d" <<<"$(tr '\0' ' ' <"/proc/$pid/cmdline")" || return 1
   # A recycled pid must not be mistaken for ours: it is in the node's network namespace.
-  [ "$(stat -L -c %i "/proc/$pid/ns/net" 2>/dev/null)" = "$(stat -L -c %i "/run/netns/$(tnode_netns "$name")" 2>/dev/null)" ] || return 1
+  [ "$(stat -L -c %i "/proc/$pid/ns/net" 2>/dev/null)" = "$(stat -L -c %i "$(tnode_netns "$name")" 2>/dev/null)" ] || return 1
   echo "$pid"
 }
 
@@ -144,12 +152,12 @@ tnode_spawn() {
   mkdir -p "$dir/pids" "$dir/logs"
   printf '\n==== %s start %s\n' "$d" "$(date -u +%FT%TZ)" >>"$dir/logs/$d.log"
   ( tnode_join_cgroup "$name" "$BASHPID"
-    exec setsid nsenter --net="/run/netns/$(tnode_netns "$name")" --mount="$TNODE_RUN_DIR/$name.mnt" \
+    exec setsid nsenter --net="$(tnode_netns "$name")" --mount="$TNODE_RUN_DIR/$name.mnt" \
       --uts="$TNODE_RUN_DIR/$name.uts" -- "$@" ) >>"$dir/logs/$d.log" 2>&1 </dev/null &
   local pid=$! i netino
   echo "$pid" >"$dir/pids/$d.pid"
   # Until nsenter has run, the pid is still a copy of this script in the host's namespaces.
-  netino=$(stat -L -c %i "/run/netns/$(tnode_netns "$name")")
+  netino=$(stat -L -c %i "$(tnode_netns "$name")")
   for i in $(seq 1 50); do
     [ "$(stat -L -c %i "/proc/$pid/ns/net" 2>/dev/null)" = "$netino" ] && return 0
     kill -0 "$pid" 2>/dev/null || return 0
@@ -233,45 +241,44 @@ tnode_alloc_ip() { # the lowest free 10.203.0.N
 # route via the host (which forwards only to kokn0 and cni0, see above), and
 # masquerading of pod traffic to the management ranges.
 tnode_setup_netns() {
-  local name=$1 ip=$2 ns veth r
-  ns=$(tnode_netns "$name"); veth="$TNODE_VETH_PREFIX${ip##*.}"
-  ip netns add "$ns"
+  local name=$1 ip=$2 veth r
+  veth="$TNODE_VETH_PREFIX${ip##*.}"
   ip link del "$veth" 2>/dev/null || true
-  ip link add "$veth" type veth peer name eth0 netns "$ns"
+  # Made inside the node, its host end then moved to this script's (the host's) namespace.
+  tnode_net "$name" ip link add eth0 type veth peer name "$veth"
+  tnode_net "$name" ip link set "$veth" netns "$$"
   ip link set "$veth" master "$TNODE_BRIDGE" up
-  ip -n "$ns" link set lo up
-  ip -n "$ns" addr add "$ip/16" dev eth0
-  ip -n "$ns" link set eth0 up
-  ip -n "$ns" route add default via "$TNODE_GATEWAY" dev eth0
-  ip netns exec "$ns" sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward
+  tnode_net "$name" ip link set lo up
+  tnode_net "$name" ip addr add "$ip/16" dev eth0
+  tnode_net "$name" ip link set eth0 up
+  tnode_net "$name" ip route add default via "$TNODE_GATEWAY" dev eth0
+  tnode_net "$name" sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward
     [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] && echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables
     [ -e /proc/sys/net/bridge/bridge-nf-call-ip6tables ] && echo 1 >/proc/sys/net/bridge/bridge-nf-call-ip6tables
     true'
-  ip netns exec "$ns" iptables -t nat -N KOK-NODE-MASQ
+  tnode_net "$name" iptables -t nat -N KOK-NODE-MASQ
   for r in $TNODE_MGMT_RANGES; do
-    ip netns exec "$ns" iptables -t nat -A KOK-NODE-MASQ -d "$r" -j MASQUERADE
+    tnode_net "$name" iptables -t nat -A KOK-NODE-MASQ -d "$r" -j MASQUERADE
   done
-  ip netns exec "$ns" iptables -t nat -A POSTROUTING -o eth0 ! -s "$ip" -j KOK-NODE-MASQ
+  tnode_net "$name" iptables -t nat -A POSTROUTING -o eth0 ! -s "$ip" -j KOK-NODE-MASQ
   # Out of eth0 only to the lab's ranges and (added by tnode_link_peers) the
   # peers' pod CIDRs; anything else (a resolver from a copied resolv.conf, a
   # cluster DNS IP without a Service, the internet) is refused at once, inside
   # the node, before the host's safety chain would have to drop it.
-  ip netns exec "$ns" iptables -N KOK-NODE-EGRESS
-  ip netns exec "$ns" iptables -A KOK-NODE-EGRESS -d "$TNODE_ALLOWED_EGRESS" -j RETURN
-  ip netns exec "$ns" iptables -A KOK-NODE-EGRESS -j REJECT --reject-with icmp-net-unreachable
-  ip netns exec "$ns" iptables -I OUTPUT 1 -o eth0 -j KOK-NODE-EGRESS
-  ip netns exec "$ns" iptables -I FORWARD 1 -o eth0 -j KOK-NODE-EGRESS
+  tnode_net "$name" iptables -N KOK-NODE-EGRESS
+  tnode_net "$name" iptables -A KOK-NODE-EGRESS -d "$TNODE_ALLOWED_EGRESS" -j RETURN
+  tnode_net "$name" iptables -A KOK-NODE-EGRESS -j REJECT --reject-with icmp-net-unreachable
+  tnode_net "$name" iptables -I OUTPUT 1 -o eth0 -j KOK-NODE-EGRESS
+  tnode_net "$name" iptables -I FORWARD 1 -o eth0 -j KOK-NODE-EGRESS
 }
 
 tnode_allow_egress() { # NAME CIDR: let the node send to CIDR (a peer's pod CIDR)
-  local ns; ns=$(tnode_netns "$1")
-  ip netns exec "$ns" iptables -C KOK-NODE-EGRESS -d "$2" -j RETURN 2>/dev/null ||
-    ip netns exec "$ns" iptables -I KOK-NODE-EGRESS 1 -d "$2" -j RETURN
+  tnode_net "$1" iptables -C KOK-NODE-EGRESS -d "$2" -j RETURN 2>/dev/null ||
+    tnode_net "$1" iptables -I KOK-NODE-EGRESS 1 -d "$2" -j RETURN
 }
 
 tnode_disallow_egress() { # NAME CIDR
-  local ns; ns=$(tnode_netns "$1")
-  while ip netns exec "$ns" iptables -D KOK-NODE-EGRESS -d "$2" -j RETURN 2>/dev/null; do :; done
+  while tnode_net "$1" iptables -D KOK-NODE-EGRESS -d "$2" -j RETURN 2>/dev/null; do :; done
 }
 
 # --- mount and UTS namespaces ---------------------------------------------------
@@ -288,8 +295,6 @@ tnode_run_dir_ready() {
 # creates are recorded and removed with the last node.
 tnode_host_mountpoints() {
   local d
-  # `ip netns add` turns /run/netns into a mount of itself: remember when it was us.
-  mountpoint -q /run/netns 2>/dev/null || echo "/run/netns" >>"$TNODE_DIR/.created-mountpoints"
   for d in "${TNODE_PRIVATE_DIRS[@]}"; do
     [ -d "$d" ] && continue
     mkdir -p "$d"
@@ -297,7 +302,9 @@ tnode_host_mountpoints() {
   done
 }
 
-tnode_setup_mntns() {
+# The node's network, mount and UTS namespaces, kept by their files in
+# $TNODE_RUN_DIR (re-entered with nsenter); the mount namespace set up inside.
+tnode_make_namespaces() {
   local name=$1 dir d srcs=() 
   dir=$(tnode_dir "$name")
   for d in "${TNODE_PRIVATE_DIRS[@]}"; do
@@ -311,11 +318,12 @@ tnode_setup_mntns() {
   printf '127.0.0.1 localhost\n%s %s\n' "$(cat "$dir/ip")" "$name" >"$dir/hosts"
   echo "nameserver 127.0.0.1" >"$dir/resolv.conf"
   srcs+=("$dir/hosts:/etc/hosts" "$dir/resolv.conf:/etc/resolv.conf")
-  touch "$TNODE_RUN_DIR/$name.mnt" "$TNODE_RUN_DIR/$name.uts"
+  touch "$TNODE_RUN_DIR/$name.mnt" "$TNODE_RUN_DIR/$name.uts" "$(tnode_netns "$name")"
   # In the new namespace: drop the copies of other clusters' and nodes' mounts
   # (pod volumes, container rootfs, netns files) so they are not pinned here,
   # then bind the node's own directories over the usual paths.
-  unshare --mount="$TNODE_RUN_DIR/$name.mnt" --uts="$TNODE_RUN_DIR/$name.uts" --propagation private \
+  unshare --mount="$TNODE_RUN_DIR/$name.mnt" --uts="$TNODE_RUN_DIR/$name.uts" --net="$(tnode_netns "$name")" \
+    --propagation private \
     bash -c '
       set -e
       name=$1 state=$2 run=$3; shift 3
@@ -420,9 +428,9 @@ tnode_link_peers() {
   mine=$(cat "$(tnode_dir "$name")/podcidr" 2>/dev/null) || return 0
   for peer in $(tnode_peers "$name"); do
     theirs=$(cat "$(tnode_dir "$peer")/podcidr" 2>/dev/null) || continue
-    ip -n "$(tnode_netns "$name")" route replace "$theirs" via "$(cat "$(tnode_dir "$peer")/ip")" dev eth0
+    tnode_net "$name" ip route replace "$theirs" via "$(cat "$(tnode_dir "$peer")/ip")" dev eth0
     tnode_allow_egress "$name" "$theirs"
-    ip -n "$(tnode_netns "$peer")" route replace "$mine" via "$(cat "$(tnode_dir "$name")/ip")" dev eth0
+    tnode_net "$peer" ip route replace "$mine" via "$(cat "$(tnode_dir "$name")/ip")" dev eth0
     tnode_allow_egress "$peer" "$mine"
   done
 }
@@ -431,7 +439,7 @@ tnode_unlink_peers() {
   local name=$1 peer mine
   mine=$(cat "$(tnode_dir "$name")/podcidr" 2>/dev/null) || return 0
   for peer in $(tnode_peers "$name"); do
-    ip -n "$(tnode_netns "$peer")" route del "$mine" via "$(cat "$(tnode_dir "$name")/ip")" 2>/dev/null || true
+    tnode_net "$peer" ip route del "$mine" via "$(cat "$(tnode_dir "$name")/ip")" 2>/dev/null || true
     tnode_disallow_egress "$peer" "$mine" 2>/dev/null || true
   done
 }
@@ -450,11 +458,12 @@ tnode_remove() { # best effort, idempotent
   # The mount namespace (and with it every mount the node made: container
   # rootfs, pod volumes, pod netns files) ends with its last process and file.
   local f
-  for f in "$TNODE_RUN_DIR/$name.mnt" "$TNODE_RUN_DIR/$name.uts"; do
+  for f in "$TNODE_RUN_DIR/$name.mnt" "$TNODE_RUN_DIR/$name.uts" "$(tnode_netns "$name")"; do
     mountpoint -q "$f" 2>/dev/null && { umount "$f" 2>/dev/null || umount -l "$f"; }
     rm -f "$f"
   done
-  ip netns del "$(tnode_netns "$name")" 2>/dev/null
+  # (nodes made before the namespace files moved out of /run/netns)
+  [ -e "/run/netns/$TNODE_PREFIX$name" ] && ip netns del "$TNODE_PREFIX$name" 2>/dev/null
   ip=$(cat "$dir/ip" 2>/dev/null)
   [ -n "$ip" ] && ip link del "$TNODE_VETH_PREFIX${ip##*.}" 2>/dev/null
   tnode_remove_cgroups "$name"
@@ -478,9 +487,6 @@ tnode_remove_shared() {
   local d
   if [ -f "$TNODE_DIR/.created-mountpoints" ]; then
     for d in $(sort -ru "$TNODE_DIR/.created-mountpoints"); do
-      # `ip netns add` turns /run/netns into a mount of itself; undo that once it is empty.
-      # (only when empty: a pod netns of the management cluster may sit on it)
-      [ -z "$(ls -A "$d" 2>/dev/null)" ] && mountpoint -q "$d" && umount "$d" 2>/dev/null
       rmdir "$d" 2>/dev/null
     done
     rm -f "$TNODE_DIR/.created-mountpoints"
@@ -496,7 +502,7 @@ tnode_remove_all() {
   for name in $( { tnode_names
                    ip netns list 2>/dev/null | awk '{print $1}' | sed -n "s/^$TNODE_PREFIX//p"
                    ls /sys/fs/cgroup/pids/ 2>/dev/null | sed -n "s/^$TNODE_PREFIX//p"
-                   ls "$TNODE_RUN_DIR" 2>/dev/null | sed -n 's/\.mnt$//p'; } | sort -u); do
+                   ls "$TNODE_RUN_DIR" 2>/dev/null | sed -n 's/\.\(mnt\|uts\|net\)$//p'; } | sort -u); do
     log "removing node $name"
     tnode_remove "$name"
   done
