@@ -198,6 +198,11 @@ pub struct HealingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 30, max = 86400))]
     pub member_unhealthy_seconds: Option<u32>,
+    /// A certificate signing request left neither approved nor denied this
+    /// many seconds is reported (check `CSRPending`, default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub csr_pending_seconds: Option<u32>,
 }
 
 /// When a majority of etcd members lost their data, no member can be

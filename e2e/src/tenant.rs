@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kok_crds::TenantCluster;
+use kok_crds::{TenantCluster, TenantClusterStatus};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
@@ -160,4 +160,29 @@ pub async fn secret_text(client: &Client, ns: &str, secret: &str, key: &str) -> 
         .and_then(|d| d.get(key))
         .unwrap_or_else(|| panic!("Secret {ns}/{secret} has no key {key}"));
     String::from_utf8(bytes.0.clone()).expect("UTF-8 secret data")
+}
+
+/// Asks for an inspection now and waits until its findings are in status.
+pub async fn inspect(client: &Client, ns: &str, name: &str, trigger: &str) -> TenantClusterStatus {
+    let api: Api<TenantCluster> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"kok.dev/inspect": trigger}}})),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        &format!("inspection {trigger} of {ns}/{name}"),
+        Duration::from_secs(90),
+        || async {
+            let tc = api.get(name).await.unwrap();
+            let status = tc.status.unwrap_or_default();
+            match &status.inspection {
+                Some(i) if i.trigger.as_deref() == Some(trigger) => Poll::Ready(status),
+                other => Poll::Pending(format!("{other:?}")),
+            }
+        },
+    )
+    .await
 }

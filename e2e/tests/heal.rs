@@ -10,13 +10,14 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kok_crds::{Finding, TenantCluster, TenantClusterStatus};
+use kok_e2e::tenant::inspect;
 use kok_e2e::volumes::{make_volumes, remove_volumes};
 use kok_e2e::{tenant, wait_for, with_namespace, Poll};
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
     PostParams,
 };
-use kube::{Api, Client};
+use kube::Api;
 use serde_json::json;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -33,31 +34,6 @@ where
     api.create(&PostParams::default(), &obj)
         .await
         .unwrap_or_else(|e| panic!("creating {:?}: {e}", obj.meta().name));
-}
-
-/// Asks for an inspection now and waits until its findings are in status.
-async fn inspect(client: &Client, ns: &str, name: &str, trigger: &str) -> TenantClusterStatus {
-    let api: Api<TenantCluster> = Api::namespaced(client.clone(), ns);
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"kok.dev/inspect": trigger}}})),
-    )
-    .await
-    .unwrap();
-    wait_for(
-        &format!("inspection {trigger} of {ns}/{name}"),
-        Duration::from_secs(90),
-        || async {
-            let tc = api.get(name).await.unwrap();
-            let status = tc.status.unwrap_or_default();
-            match &status.inspection {
-                Some(i) if i.trigger.as_deref() == Some(trigger) => Poll::Ready(status),
-                other => Poll::Pending(format!("{other:?}")),
-            }
-        },
-    )
-    .await
 }
 
 fn finding<'a>(status: &'a TenantClusterStatus, check: &str, object: &str) -> &'a Finding {

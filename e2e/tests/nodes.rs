@@ -432,3 +432,109 @@ fn token_works(kubeconfig: &std::path::Path) -> bool {
     }
     out.status.success()
 }
+
+/// Node faults planted in a tenant, each found by inspection: a node whose
+/// kubelet is gone (NotReady, its Lease not renewed, a pod stuck
+/// terminating on it, force-deleted by the Repair policy), a Node object
+/// under pressure with a kubelet too old for the control plane, and a CSR
+/// nobody approves.
+#[tokio::test]
+async fn node_faults_are_found_by_inspection() {
+    with_namespace("nodefaults", |client, ns| async move {
+        let name = "faults";
+        let mut tc = node_tenant(name);
+        tc.spec.healing.csr_pending_seconds = Some(5);
+        tc.spec
+            .healing
+            .checks
+            .insert("PodStuckTerminating".into(), kok_crds::CheckPolicy::Repair);
+        tenant::create(&client, &ns, &tc).await;
+        tenant::wait_ready(&client, &ns, name, READY_TIMEOUT).await;
+        let tenant_api = tenant::tenant_client(&client, &ns, name).await;
+        let kubectl = kubeconfig_file(&client, &ns, name).await;
+        let command = request_join(&client, &ns, "faults", name, 3600).await;
+        let node = node_name(&ns, 1);
+        let _cleanup = LabNodes(vec![node.clone()]);
+        join_node(&node, &command);
+        nodes_ready(&tenant_api, std::slice::from_ref(&node), Duration::from_secs(60)).await;
+        kubectl.kubectl_ok(&[
+            "-n", "default", "run", "victim", "--image", &kok_e2e::image("busybox:1.35"),
+            "--image-pull-policy=Never", "--restart=Never", "--command", "--", "sleep", "100000",
+        ]);
+        kubectl.kubectl_ok(&["-n", "default", "wait", "--for=condition=Ready", "pod/victim", "--timeout=120s"]);
+
+        // The kubelet goes away with its node; the Node object stays.
+        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../hack/tenant-node"))
+            .args(["remove", &node])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        kubectl.kubectl_ok(&["-n", "default", "delete", "pod", "victim", "--grace-period=1", "--wait=false"]);
+
+        // A Node with no kubelet behind it: under pressure, kubelet v1.17.
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(tenant_api.clone());
+        let fake: k8s_openapi::api::core::v1::Node =
+            serde_json::from_value(json!({"metadata": {"name": "old-kubelet"}})).unwrap();
+        nodes.create(&Default::default(), &fake).await.expect("creating a Node");
+        let status = json!({"status": {
+            "nodeInfo": {"kubeletVersion": "v1.17.0", "machineID": "", "systemUUID": "", "bootID": "",
+                "kernelVersion": "", "osImage": "", "containerRuntimeVersion": "", "kubeProxyVersion": "v1.17.0",
+                "operatingSystem": "linux", "architecture": "amd64"},
+            "conditions": [{"type": "MemoryPressure", "status": "True", "reason": "Planted", "message": "planted by the test"}],
+        }});
+        nodes
+            .patch_status("old-kubelet", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&status))
+            .await
+            .expect("planting the Node's status");
+
+        // A CSR no signer approves by itself.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "planted");
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        let csrs: Api<CertificateSigningRequest> = Api::all(tenant_api.clone());
+        let csr: CertificateSigningRequest = serde_json::from_value(json!({
+            "metadata": {"name": "planted"},
+            "spec": {"request": k8s_openapi::ByteString(pem.into_bytes()),
+                     "signerName": "kubernetes.io/kube-apiserver-client", "usages": ["client auth"]},
+        }))
+        .unwrap();
+        csrs.create(&Default::default(), &csr).await.expect("creating a CSR");
+
+        // Inspect until every planted fault is a finding.
+        let node_object = format!("Node {node}");
+        let wanted = [
+            ("NodeNotReady", node_object.as_str()),
+            ("NodeLeaseNotRenewed", node_object.as_str()),
+            ("NodePressure", "Node old-kubelet"),
+            ("KubeletVersionSkew", "Node old-kubelet"),
+            ("CSRPending", "CertificateSigningRequest planted"),
+        ];
+        let started = Instant::now();
+        let mut round = 0;
+        loop {
+            round += 1;
+            let s = tenant::inspect(&client, &ns, name, &format!("faults-{round}")).await;
+            let missing: Vec<_> = wanted
+                .iter()
+                .filter(|(check, object)| !s.findings.iter().any(|f| f.check == *check && f.object == *object))
+                .collect();
+            let repaired = s.repairs.iter().any(|r| {
+                r.check == "PodStuckTerminating" && r.object == "Pod default/victim" && r.outcome == "Succeeded"
+            });
+            if missing.is_empty() && repaired {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(240),
+                "after {round} inspections: missing {missing:?}, stuck pod repaired: {repaired}; findings {:?}",
+                s.findings.iter().map(|f| format!("{} {}", f.check, f.object)).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        println!("every planted node fault found {:.0} s after planting", started.elapsed().as_secs_f64());
+        let gone = kubectl.kubectl(&["-n", "default", "get", "pod", "victim"]);
+        assert!(!gone.status.success(), "the stuck pod was force-deleted");
+    })
+    .await;
+}

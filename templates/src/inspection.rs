@@ -14,6 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kok_crds::{CheckPolicy, Finding, HealingSpec};
 
+use crate::version::KubeVersion;
+
 /// Every check kok runs, its default policy and what it looks at.
 pub const CHECKS: &[(&str, CheckPolicy, &str)] = &[
     (POD_ON_MISSING_NODE, CheckPolicy::Repair, "tenant Pods bound to a Node that no longer exists (repair: force-delete the Pod, which no kubelet will ever confirm)"),
@@ -36,6 +38,12 @@ pub const CHECKS: &[(&str, CheckPolicy, &str)] = &[
     (CONTROL_PLANE_CRASH_LOOP, CheckPolicy::Repair, "control-plane pods crash-looping or unready (repair: delete the pod so it is recreated, rate-limited)"),
     (BACKUP_OVERDUE, CheckPolicy::Report, "no successful backup within twice the schedule's interval"),
     (VERSION_SKEW, CheckPolicy::Report, "control-plane components more than the supported skew apart"),
+    (NODE_NOT_READY, CheckPolicy::Report, "tenant Nodes not Ready, and for how long (Critical after 5 minutes)"),
+    (NODE_PRESSURE, CheckPolicy::Report, "tenant Nodes reporting MemoryPressure, DiskPressure or PIDPressure"),
+    (KUBELET_VERSION_SKEW, CheckPolicy::Report, "kubelets older than the control plane allows (two minors, three from 1.28) or newer than it"),
+    (CSR_PENDING, CheckPolicy::Report, "certificate signing requests neither approved nor denied for spec.healing.csrPendingSeconds (default 10 min)"),
+    (NODE_LEASE_NOT_RENEWED, CheckPolicy::Report, "node Leases (kube-node-lease) not renewed for a minute: the kubelet is gone or cut off"),
+    (POD_STUCK_TERMINATING, CheckPolicy::Report, "tenant Pods still terminating a minute past their grace period on a Node that is not Ready (repair, when set to Repair: force-delete the Pod; off by default, since a partitioned node may still run it)"),
 ];
 
 pub const POD_ON_MISSING_NODE: &str = "PodOnMissingNode";
@@ -65,6 +73,20 @@ pub const HEALTH_OBSERVATION_GAP_SECS: i64 = 120;
 pub const CONTROL_PLANE_CRASH_LOOP: &str = "ControlPlaneCrashLoop";
 pub const BACKUP_OVERDUE: &str = "BackupOverdue";
 pub const VERSION_SKEW: &str = "VersionSkew";
+pub const NODE_NOT_READY: &str = "NodeNotReady";
+pub const NODE_PRESSURE: &str = "NodePressure";
+pub const KUBELET_VERSION_SKEW: &str = "KubeletVersionSkew";
+pub const CSR_PENDING: &str = "CSRPending";
+pub const NODE_LEASE_NOT_RENEWED: &str = "NodeLeaseNotRenewed";
+pub const POD_STUCK_TERMINATING: &str = "PodStuckTerminating";
+/// A Node not Ready this long is Critical.
+pub const NODE_NOT_READY_CRITICAL_SECS: i64 = 300;
+/// A Lease not renewed this long (the kubelet renews every 10 s; the node
+/// controller calls a node lost after 40 s).
+pub const LEASE_STALE_SECS: i64 = 60;
+/// A Pod still terminating this long past its grace period.
+pub const STUCK_TERMINATING_SECS: i64 = 60;
+pub const DEFAULT_CSR_PENDING_SECS: i64 = 600;
 
 /// Default seconds between inspections.
 pub const DEFAULT_INTERVAL_SECS: u64 = 300;
@@ -133,6 +155,13 @@ pub enum RepairAction {
     DefragmentEtcd,
     /// Compact to the current revision, defragment, disarm NOSPACE.
     ResolveNoSpace,
+    /// Delete a tenant Pod with grace period 0 while `node` is still not
+    /// Ready and the Pod still terminating.
+    ForceDeleteStuckPod {
+        namespace: String,
+        name: String,
+        node: String,
+    },
     /// Delete a control-plane pod in the management cluster.
     RestartControlPlanePod { pod: String },
 }
@@ -175,6 +204,15 @@ impl Detected {
 pub struct NodeFact {
     pub name: String,
     pub internal_ips: Vec<String>,
+    /// The Ready condition: `Some(true)`, `Some(false)`, `None` when
+    /// Unknown or absent (a kubelet that stopped reporting).
+    pub ready: Option<bool>,
+    /// When the Ready condition last changed, and its reason.
+    pub ready_since: Option<i64>,
+    pub ready_reason: String,
+    /// Pressure conditions that are True.
+    pub pressures: Vec<String>,
+    pub kubelet_version: String,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -182,6 +220,18 @@ pub struct PodFact {
     pub namespace: String,
     pub name: String,
     pub node_name: Option<String>,
+    /// `metadata.deletionTimestamp`: when the grace period ends.
+    pub deletion: Option<i64>,
+}
+
+/// A certificate signing request.
+#[derive(Clone, Debug, Default)]
+pub struct CsrFact {
+    pub name: String,
+    pub created: i64,
+    /// Neither Approved nor Denied nor Failed.
+    pub pending: bool,
+    pub requestor: String,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -298,6 +348,12 @@ pub struct Facts {
     pub backup_interval_secs: Option<i64>,
     pub last_backup: Option<i64>,
     pub backup_schedule_start: Option<i64>,
+    pub csrs: Option<Vec<CsrFact>>,
+    pub csr_pending_secs: i64,
+    /// Node name -> when its Lease was last renewed.
+    pub leases: Option<BTreeMap<String, i64>>,
+    /// The version the control plane runs (`status.version`).
+    pub control_plane_version: Option<String>,
 }
 
 /// The etcd quota when `--quota-backend-bytes` is not set.
@@ -342,6 +398,23 @@ pub fn detect(f: &Facts) -> Vec<Detected> {
     }
     if let Some(nodes) = &f.nodes {
         out.extend(node_ip_conflicts(nodes));
+        out.extend(node_problems(nodes, f.now));
+        if let Some(v) = f
+            .control_plane_version
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+        {
+            out.extend(kubelet_skew(nodes, v));
+        }
+        if let Some(leases) = &f.leases {
+            out.extend(stale_leases(nodes, leases, f.now));
+        }
+        if let Some(pods) = &f.pods {
+            out.extend(stuck_terminating(nodes, pods, f.now));
+        }
+    }
+    if let Some(csrs) = &f.csrs {
+        out.extend(pending_csrs(csrs, f.now, f.csr_pending_secs));
     }
     out.extend(cidr_overlaps(&f.tenant_cidrs, &f.management_cidrs));
     out.extend(expiring_certificates(&f.certificates, f.now));
@@ -373,8 +446,17 @@ pub fn unread_checks(f: &Facts) -> Vec<&'static str> {
     };
     unread(
         f.nodes.is_some() && f.pods.is_some(),
-        &[POD_ON_MISSING_NODE, NODE_IP_CONFLICT],
+        &[POD_ON_MISSING_NODE, NODE_IP_CONFLICT, POD_STUCK_TERMINATING],
     );
+    unread(
+        f.nodes.is_some(),
+        &[NODE_NOT_READY, NODE_PRESSURE, KUBELET_VERSION_SKEW],
+    );
+    unread(
+        f.nodes.is_some() && f.leases.is_some(),
+        &[NODE_LEASE_NOT_RENEWED],
+    );
+    unread(f.csrs.is_some(), &[CSR_PENDING]);
     unread(f.volumes.is_some(), &[VOLUME_RELEASED, VOLUME_FAILED]);
     unread(f.claims.is_some(), &[CLAIM_LOST]);
     unread(
@@ -412,6 +494,148 @@ pub fn pods_on_missing_nodes(nodes: &[NodeFact], pods: &[PodFact]) -> Vec<Detect
                     node: node.to_string(),
                 })
             })
+        })
+        .collect()
+}
+
+/// Nodes not Ready (Critical after five minutes) and under pressure.
+pub fn node_problems(nodes: &[NodeFact], now: i64) -> Vec<Detected> {
+    let mut out = Vec::new();
+    for n in nodes {
+        let object = format!("Node {}", n.name);
+        if n.ready != Some(true) {
+            let since = n.ready_since.map(|t| now - t).unwrap_or(0);
+            let severity = if since >= NODE_NOT_READY_CRITICAL_SECS {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
+            let state = if n.ready == Some(false) {
+                "not Ready"
+            } else {
+                "Ready Unknown"
+            };
+            let why = if n.ready_reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", n.ready_reason)
+            };
+            out.push(found(
+                NODE_NOT_READY,
+                severity,
+                object.clone(),
+                format!("{state} for {}{why}", duration(since)),
+            ));
+        }
+        if !n.pressures.is_empty() {
+            out.push(found(
+                NODE_PRESSURE,
+                Severity::Warning,
+                object,
+                format!(
+                    "reports {}: the kubelet evicts pods and admits no new ones",
+                    n.pressures.join(", ")
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Kubelets the control plane at `cp` may not serve.
+pub fn kubelet_skew(nodes: &[NodeFact], cp: KubeVersion) -> Vec<Detected> {
+    nodes
+        .iter()
+        .filter_map(|n| {
+            let k: KubeVersion = n.kubelet_version.parse().ok()?;
+            let why = crate::nodes::kubelet_skew_problem(cp, &[(n.name.clone(), k)])?;
+            Some(found(
+                KUBELET_VERSION_SKEW,
+                Severity::Warning,
+                format!("Node {}", n.name),
+                why,
+            ))
+        })
+        .collect()
+}
+
+/// Nodes whose Lease was not renewed for [`LEASE_STALE_SECS`], or that
+/// have none.
+pub fn stale_leases(nodes: &[NodeFact], leases: &BTreeMap<String, i64>, now: i64) -> Vec<Detected> {
+    nodes
+        .iter()
+        .filter_map(|n| {
+            let object = format!("Node {}", n.name);
+            match leases.get(&n.name) {
+                Some(t) if now - t < LEASE_STALE_SECS => None,
+                Some(t) => Some(found(
+                    NODE_LEASE_NOT_RENEWED,
+                    Severity::Warning,
+                    object,
+                    format!(
+                        "its Lease kube-node-lease/{} was last renewed {} ago",
+                        n.name,
+                        duration(now - t)
+                    ),
+                )),
+                None => Some(found(
+                    NODE_LEASE_NOT_RENEWED,
+                    Severity::Warning,
+                    object,
+                    "it has no Lease in kube-node-lease: its kubelet never renewed one".to_string(),
+                )),
+            }
+        })
+        .collect()
+}
+
+/// Pods still terminating [`STUCK_TERMINATING_SECS`] past their grace
+/// period on a Node that is not Ready: no kubelet will confirm them.
+pub fn stuck_terminating(nodes: &[NodeFact], pods: &[PodFact], now: i64) -> Vec<Detected> {
+    let not_ready: BTreeSet<&str> = nodes
+        .iter()
+        .filter(|n| n.ready != Some(true))
+        .map(|n| n.name.as_str())
+        .collect();
+    pods.iter()
+        .filter_map(|p| {
+            let node = p.node_name.as_deref()?;
+            let overdue = now - p.deletion?;
+            (overdue >= STUCK_TERMINATING_SECS && not_ready.contains(node)).then(|| {
+                found(
+                    POD_STUCK_TERMINATING,
+                    Severity::Warning,
+                    format!("Pod {}/{}", p.namespace, p.name),
+                    format!(
+                        "terminating {} past its grace period on Node {node}, which is not Ready",
+                        duration(overdue)
+                    ),
+                )
+                .repaired_by(RepairAction::ForceDeleteStuckPod {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    node: node.to_string(),
+                })
+            })
+        })
+        .collect()
+}
+
+/// CSRs left pending longer than `limit` seconds.
+pub fn pending_csrs(csrs: &[CsrFact], now: i64, limit: i64) -> Vec<Detected> {
+    csrs.iter()
+        .filter(|c| c.pending && now - c.created >= limit)
+        .map(|c| {
+            found(
+                CSR_PENDING,
+                Severity::Warning,
+                format!("CertificateSigningRequest {}", c.name),
+                format!(
+                    "pending for {} (requested by {}): neither approved nor denied",
+                    duration(now - c.created),
+                    c.requestor
+                ),
+            )
         })
         .collect()
 }
@@ -1080,6 +1304,129 @@ mod tests {
         NodeFact {
             name: name.into(),
             internal_ips: vec![ip.into()],
+            ready: Some(true),
+            kubelet_version: "v1.20.2".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nodes_not_ready_under_pressure_or_too_old_are_found() {
+        let now = 10_000;
+        let mut down = node("down", "10.0.0.2");
+        down.ready = None;
+        down.ready_since = Some(now - 400);
+        down.ready_reason = "NodeStatusUnknown".into();
+        let mut late = node("late", "10.0.0.3");
+        late.ready = Some(false);
+        late.ready_since = Some(now - 30);
+        late.pressures = vec!["DiskPressure".into()];
+        late.kubelet_version = "v1.17.0".into();
+        let nodes = [node("fine", "10.0.0.1"), down, late];
+        let found = node_problems(&nodes, now);
+        let by = |o: &str, c: &str| {
+            found
+                .iter()
+                .find(|d| d.object == o && d.check == c)
+                .cloned()
+        };
+        let d = by("Node down", NODE_NOT_READY).unwrap();
+        assert_eq!(d.severity, Severity::Critical);
+        assert!(
+            d.message
+                .contains("Ready Unknown for 6m (NodeStatusUnknown)"),
+            "{}",
+            d.message
+        );
+        assert_eq!(
+            by("Node late", NODE_NOT_READY).unwrap().severity,
+            Severity::Warning
+        );
+        assert!(by("Node late", NODE_PRESSURE)
+            .unwrap()
+            .message
+            .contains("DiskPressure"));
+        assert!(found.iter().all(|d| d.object != "Node fine"));
+        let skew = kubelet_skew(&nodes, "v1.20.2".parse().unwrap());
+        assert_eq!(skew.len(), 1);
+        assert_eq!(skew[0].object, "Node late");
+        assert!(
+            kubelet_skew(&nodes, "v1.19.0".parse().unwrap()).len() == 2,
+            "newer kubelets too"
+        );
+    }
+
+    #[test]
+    fn stale_leases_pending_csrs_and_stuck_pods_are_found() {
+        let now = 10_000;
+        let mut gone = node("gone", "10.0.0.2");
+        gone.ready = None;
+        let nodes = [node("fine", "10.0.0.1"), gone];
+        let leases = BTreeMap::from([
+            ("fine".to_string(), now - 5),
+            ("gone".to_string(), now - 90),
+        ]);
+        let stale = stale_leases(&nodes, &leases, now);
+        assert_eq!(stale.len(), 1);
+        assert!(
+            stale[0].message.contains("1m") || stale[0].message.contains("90s"),
+            "{}",
+            stale[0].message
+        );
+        assert_eq!(
+            stale_leases(&nodes, &BTreeMap::new(), now).len(),
+            2,
+            "no Lease at all"
+        );
+        let pod = |name: &str, node: &str, deletion: Option<i64>| PodFact {
+            namespace: "default".into(),
+            name: name.into(),
+            node_name: Some(node.into()),
+            deletion,
+        };
+        let pods = [
+            pod("stuck", "gone", Some(now - 120)),
+            pod("just-deleted", "gone", Some(now - 10)),
+            pod("live-node", "fine", Some(now - 600)),
+            pod("running", "gone", None),
+        ];
+        let stuck = stuck_terminating(&nodes, &pods, now);
+        assert_eq!(stuck.len(), 1, "{stuck:?}");
+        assert_eq!(stuck[0].object, "Pod default/stuck");
+        assert!(matches!(
+            stuck[0].repair,
+            Some(RepairAction::ForceDeleteStuckPod { .. })
+        ));
+        assert_eq!(
+            policy(&HealingSpec::default(), POD_STUCK_TERMINATING),
+            CheckPolicy::Report
+        );
+        let csr = |name: &str, age: i64, pending| CsrFact {
+            name: name.into(),
+            created: now - age,
+            pending,
+            requestor: "system:bootstrap:abcdef".into(),
+        };
+        let csrs = [
+            csr("old", 700, true),
+            csr("new", 10, true),
+            csr("done", 9000, false),
+        ];
+        let pending = pending_csrs(&csrs, now, DEFAULT_CSR_PENDING_SECS);
+        assert_eq!(pending.len(), 1);
+        assert!(pending[0].message.contains("system:bootstrap:abcdef"));
+        let facts = Facts {
+            now,
+            ..Default::default()
+        };
+        let unread = unread_checks(&facts);
+        for c in [
+            NODE_NOT_READY,
+            CSR_PENDING,
+            NODE_LEASE_NOT_RENEWED,
+            POD_STUCK_TERMINATING,
+        ] {
+            assert!(unread.contains(&c), "{c} is not read without its facts");
         }
     }
 
@@ -1091,16 +1438,19 @@ mod tests {
                 namespace: "default".into(),
                 name: "on-a".into(),
                 node_name: Some("a".into()),
+                deletion: None,
             },
             PodFact {
                 namespace: "default".into(),
                 name: "on-gone".into(),
                 node_name: Some("gone".into()),
+                deletion: None,
             },
             PodFact {
                 namespace: "default".into(),
                 name: "pending".into(),
                 node_name: None,
+                deletion: None,
             },
         ];
         let found = pods_on_missing_nodes(&nodes, &pods);

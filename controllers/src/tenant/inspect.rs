@@ -8,6 +8,8 @@ use std::time::Duration;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ServiceReference, ValidatingWebhookConfiguration,
 };
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     Endpoints, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
 };
@@ -19,8 +21,8 @@ use kok_crds::{
 };
 use kok_templates::controlplane::Placement;
 use kok_templates::inspection::{
-    self as insp, CertFact, ClaimFact, ComponentPodFact, CrdFact, Detected, EtcdMemberFact, Facts,
-    NodeFact, PodFact, RepairAction, ServiceFact, VolumeFact, WebhookFact,
+    self as insp, CertFact, ClaimFact, ComponentPodFact, CrdFact, CsrFact, Detected,
+    EtcdMemberFact, Facts, NodeFact, PodFact, RepairAction, ServiceFact, VolumeFact, WebhookFact,
 };
 use kok_templates::names::tenant_selector;
 use kube::api::{
@@ -109,6 +111,12 @@ pub(super) async fn run(
     let mut errors = Vec::new();
     let mut facts = Facts {
         now: now.as_second(),
+        csr_pending_secs: tc
+            .spec
+            .healing
+            .csr_pending_seconds
+            .map_or(insp::DEFAULT_CSR_PENDING_SECS, i64::from),
+        control_plane_version: status.version.clone(),
         ..Default::default()
     };
     match inputs.admin_kubeconfig {
@@ -347,6 +355,9 @@ fn describe(action: &RepairAction) -> String {
             "compacted, defragmented and disarmed the NOSPACE alarm".into()
         }
         RepairAction::RestartControlPlanePod { .. } => "deleted the pod to recreate it".into(),
+        RepairAction::ForceDeleteStuckPod { .. } => {
+            "force-deleted the Pod stuck on a Node that is not Ready".into()
+        }
     }
 }
 
@@ -369,6 +380,35 @@ async fn repair(
                 Ok(None) => {}
                 Ok(Some(_)) => return Err(format!("Node {node} exists again: left alone")),
                 Err(e) => return Err(format!("checking Node {node}: {e}")),
+            }
+            let pods: Api<Pod> = Api::namespaced(client, namespace);
+            match pods
+                .delete(name, &DeleteParams::default().grace_period(0))
+                .await
+            {
+                Ok(_) => Ok("deleted with grace period 0".into()),
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok("already gone".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        RepairAction::ForceDeleteStuckPod {
+            namespace,
+            name,
+            node,
+        } => {
+            let client = tenant(inputs).await?;
+            // Read again: a Node Ready again confirms the deletion itself.
+            let nodes: Api<Node> = Api::all(client.clone());
+            let ready = nodes
+                .get_opt(node)
+                .await
+                .map_err(|e| format!("checking Node {node}: {e}"))?
+                .and_then(|n| n.status?.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if ready {
+                return Err(format!("Node {node} is Ready again: left to its kubelet"));
             }
             let pods: Api<Pod> = Api::namespaced(client, namespace);
             match pods
@@ -504,6 +544,11 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
             Some(PodFact {
                 namespace: p.namespace().unwrap_or_default(),
                 name: p.name_any(),
+                deletion: p
+                    .metadata
+                    .deletion_timestamp
+                    .as_ref()
+                    .map(|t| t.0.as_second()),
                 node_name: p.spec.and_then(|s| s.node_name),
             })
         },
@@ -515,16 +560,36 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         "Nodes",
         errors,
         |n| {
+            let status = n.status.clone().unwrap_or_default();
+            let conditions = status.conditions.unwrap_or_default();
+            let ready = conditions.iter().find(|c| c.type_ == "Ready");
             Some(NodeFact {
                 name: n.name_any(),
-                internal_ips: n
-                    .status
-                    .and_then(|s| s.addresses)
+                internal_ips: status
+                    .addresses
                     .into_iter()
                     .flatten()
                     .filter(|a| a.type_ == "InternalIP")
                     .map(|a| a.address)
                     .collect(),
+                ready: ready.and_then(|c| match c.status.as_str() {
+                    "True" => Some(true),
+                    "False" => Some(false),
+                    _ => None,
+                }),
+                ready_since: ready
+                    .and_then(|c| c.last_transition_time.as_ref())
+                    .map(|t| t.0.as_second()),
+                ready_reason: ready.and_then(|c| c.reason.clone()).unwrap_or_default(),
+                pressures: conditions
+                    .iter()
+                    .filter(|c| c.type_.ends_with("Pressure") && c.status == "True")
+                    .map(|c| c.type_.clone())
+                    .collect(),
+                kubelet_version: status
+                    .node_info
+                    .map(|i| i.kubelet_version)
+                    .unwrap_or_default(),
             })
         },
     )
@@ -533,6 +598,38 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
     if f.pods.is_none() || f.nodes.is_none() {
         return;
     }
+    f.leases = list_facts(
+        Api::<Lenient<Lease>>::namespaced(client.clone(), "kube-node-lease"),
+        lp(),
+        "Leases",
+        errors,
+        |l| {
+            let renewed = l.spec?.renew_time?.0.as_second();
+            Some((l.metadata.name?, renewed))
+        },
+    )
+    .await
+    .map(|v| v.into_iter().collect());
+    f.csrs = list_facts(
+        Api::<Lenient<CertificateSigningRequest>>::all(client.clone()),
+        lp(),
+        "CertificateSigningRequests",
+        errors,
+        |c| {
+            let decided = c
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| !cs.is_empty());
+            Some(CsrFact {
+                name: c.name_any(),
+                created: c.metadata.creation_timestamp.as_ref()?.0.as_second(),
+                pending: !decided,
+                requestor: c.spec.username.clone().unwrap_or_default(),
+            })
+        },
+    )
+    .await;
     f.volumes = list_facts(
         Api::<Lenient<PersistentVolume>>::all(client.clone()),
         lp(),

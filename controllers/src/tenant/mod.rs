@@ -422,13 +422,16 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
                 image_repository: cp::image_repository(&tc.spec).to_string(),
             }
         });
-        nodes::pass(ctx, &tc, client, inputs, &mut status).await;
+        // Boxed: this pass's future is large already (a debug build's
+        // worker stack overflowed with it inline).
+        Box::pin(nodes::pass(ctx, &tc, client, inputs, &mut status)).await;
     }
     // Before an upgrade starts, the kubelets it must still serve.
     let kubelets = match &tenant_api {
-        Some(client) if pass.holding && in_place => {
-            nodes::read(client).await.map(|n| nodes::kubelets(&n)).ok()
-        }
+        Some(client) if pass.holding && in_place => Box::pin(nodes::read(client))
+            .await
+            .map(|n| nodes::kubelets(&n))
+            .ok(),
         _ => None,
     };
 
