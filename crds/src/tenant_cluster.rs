@@ -1003,6 +1003,7 @@ mod tests {
                 "Migration",
                 "Ready",
                 "Reason",
+                "Nodes",
                 "Endpoint",
                 "Age"
             ]
@@ -1016,6 +1017,10 @@ mod tests {
         );
         assert_eq!(
             crate::EtcdRestore::crd().spec.names.categories,
+            Some(vec!["kok".to_string()])
+        );
+        assert_eq!(
+            crate::JoinToken::crd().spec.names.categories,
             Some(vec!["kok".to_string()])
         );
     }

@@ -243,6 +243,7 @@ async fn nodes_join_with_the_published_command_and_run_pods() {
             .unwrap_or_else(|| panic!("no local port in {line:?}"));
         let body = http_get(port);
         let _ = pf.kill();
+        let _ = pf.wait();
         drop(pf_out);
         let body = body.expect("GET through port-forward");
         assert!(body.contains(&web[0].0), "{body}");

@@ -423,7 +423,12 @@ async fn a_node_and_its_pod_come_through_an_upgrade_a_member_replacement_and_a_r
             took.as_secs_f64()
         );
         let tenant_api = tenant::tenant_client(&client, &ns, TC).await;
-        nodes_ready(&tenant_api, &[node.clone()], Duration::from_secs(60)).await;
+        nodes_ready(
+            &tenant_api,
+            std::slice::from_ref(&node),
+            Duration::from_secs(60),
+        )
+        .await;
 
         // Its pod, recorded as the container it is.
         let started = Instant::now();
