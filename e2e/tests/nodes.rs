@@ -21,6 +21,10 @@ use kube::api::{DeleteParams, ListParams};
 use kube::Api;
 use serde_json::json;
 
+/// The node through an upgrade, a member replacement and a restore: in
+/// this binary so its minutes overlap the tests above.
+mod lifecycle;
+
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A tenant whose kube-proxy leaves the conntrack table size alone: a lab
