@@ -23,6 +23,7 @@ use serde_json::json;
 
 /// The node through an upgrade, a member replacement and a restore: in
 /// this binary so its minutes overlap the tests above.
+#[path = "nodes/lifecycle.rs"]
 mod lifecycle;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
