@@ -392,6 +392,57 @@ async fn nodes_join_with_the_published_command_and_run_pods() {
         assert!(!token_works(&brief), "an expired token must be refused");
         let _ = std::fs::remove_file(&bootstrap);
         let _ = std::fs::remove_file(&brief);
+
+        // The tenant side is kok's: a deleted object is put back.
+        let deleted = Instant::now();
+        info.delete("cluster-info", &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_for(
+            "cluster-info put back",
+            Duration::from_secs(150),
+            || async {
+                match info.get_opt("cluster-info").await {
+                    Ok(Some(_)) => Poll::Ready(()),
+                    other => Poll::Pending(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+        println!(
+            "a deleted cluster-info was back after {:.0} s",
+            deleted.elapsed().as_secs_f64()
+        );
+
+        // CoreDNS, opt-in: applied at the tenant's DNS address (no CoreDNS
+        // image exists on this machine, so its pods are not expected to run).
+        tenant::patch_spec(
+            &client,
+            &ns,
+            name,
+            json!({"addons": {"coreDNS": {"enabled": true}}}),
+        )
+        .await;
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(tenant_api.clone(), "kube-system");
+        let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(tenant_api.clone(), "kube-system");
+        wait_for(
+            "CoreDNS applied in the tenant",
+            Duration::from_secs(120),
+            || async {
+                let svc = services.get_opt("kube-dns").await.ok().flatten();
+                let dep = deployments.get_opt("coredns").await.ok().flatten();
+                match (svc.and_then(|s| s.spec?.cluster_ip), dep) {
+                    (Some(ip), Some(_)) if ip == "10.96.0.10" => Poll::Ready(()),
+                    (ip, dep) => Poll::Pending(format!(
+                        "kube-dns at {ip:?}, coredns Deployment {}",
+                        dep.is_some()
+                    )),
+                }
+            },
+        )
+        .await;
     })
     .await;
 }
