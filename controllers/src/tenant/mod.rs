@@ -424,7 +424,13 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         });
         // Boxed: this pass's future is large already (a debug build's
         // worker stack overflowed with it inline).
-        Box::pin(nodes::pass(ctx, &tc, client, inputs, &mut status)).await;
+        let failed = Box::pin(nodes::pass(ctx, &tc, client, inputs, &mut status)).await;
+        if let Some(note) = failed {
+            if ctx.first_saying(&format!("node-bootstrap/{}/{name}", p.namespace), &note) {
+                let (t, r) = (EventType::Warning, "NodeBootstrapFailed");
+                publish(ctx, &tc, t, r, "Nodes", &note).await;
+            }
+        }
     }
     // Before an upgrade starts, the kubelets it must still serve.
     let kubelets = match &tenant_api {

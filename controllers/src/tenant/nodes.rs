@@ -227,25 +227,29 @@ pub(super) fn kubelets(nodes: &[NodeState]) -> Vec<(String, KubeVersion)> {
 }
 
 /// What a pass does for nodes once the tenant API answers: the tenant-side
-/// objects on their round, `status.nodes` when stale. A failure is a
-/// Warning Event (once per message) and the log; the control plane's own
-/// reconcile goes on.
+/// objects on their round, `status.nodes` when stale. Returns what failed,
+/// for the caller's Warning Event; the control plane's reconcile goes on.
 pub(super) async fn pass(
     ctx: &crate::runtime::context::Context,
     tc: &TenantCluster,
     client: &Client,
     inputs: Option<NodeInputs>,
     status: &mut kok_crds::TenantClusterStatus,
-) {
-    let key = format!("{}/{}", tc.namespace().unwrap_or_default(), tc.name_any());
+) -> Option<String> {
+    let key = format!(
+        "tenant-side/{}/{}",
+        tc.namespace().unwrap_or_default(),
+        tc.name_any()
+    );
+    let mut failed = None;
     if let Some(i) = inputs {
         let outcome = match TenantSide::build(tc, &i) {
             Ok(side) => {
                 let fp = side.fingerprint();
-                if ctx.round_due(&format!("tenant-side/{key}"), &fp, ROUND) {
+                if ctx.round_due(&key, &fp, ROUND) {
                     let r = ensure(client, tc, &side).await;
                     if r.is_ok() {
-                        ctx.round_done(&format!("tenant-side/{key}"), &fp);
+                        ctx.round_done(&key, &fp);
                     }
                     r
                 } else {
@@ -256,18 +260,7 @@ pub(super) async fn pass(
         };
         if let Err(why) = outcome {
             tracing::warn!(%why, "tenant-side objects for nodes");
-            let note = format!("objects for worker nodes inside the tenant: {why}");
-            if ctx.first_saying(&format!("node-bootstrap/{key}"), &note) {
-                super::publish(
-                    ctx,
-                    tc,
-                    kube::runtime::events::EventType::Warning,
-                    "NodeBootstrapFailed",
-                    "Nodes",
-                    &note,
-                )
-                .await;
-            }
+            failed = Some(format!("objects for worker nodes inside the tenant: {why}"));
         }
     }
     if stale(status.nodes.as_ref()) {
@@ -276,4 +269,5 @@ pub(super) async fn pass(
             Err(why) => tracing::warn!(%why, "reading the tenant's nodes"),
         }
     }
+    failed
 }
