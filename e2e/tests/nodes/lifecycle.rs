@@ -326,6 +326,37 @@ async fn members_formed_on_their_claims(client: &Client, ns: &str) {
     .await;
 }
 
+/// Waits until the tenant's kube-proxy DaemonSet runs `version` on every node.
+async fn kube_proxy_rolled_to(tenant_api: &Client, version: &str) {
+    let api: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(tenant_api.clone(), "kube-system");
+    wait_for(
+        &format!("kube-proxy at {version}"),
+        Duration::from_secs(180),
+        || async {
+            let Ok(ds) = api.get("kube-proxy").await else {
+                return Poll::Pending("no DaemonSet".into());
+            };
+            let image = ds
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| p.containers[0].image.clone())
+                .unwrap_or_default();
+            let st = ds.status.unwrap_or_default();
+            let rolled = st.observed_generation == ds.metadata.generation
+                && st.updated_number_scheduled == Some(st.desired_number_scheduled)
+                && st.number_available == Some(st.desired_number_scheduled);
+            if image.ends_with(&format!(":{version}")) && rolled {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{image}, {st:?}"))
+            }
+        },
+    )
+    .await;
+}
+
 /// Member `m` loses its volume: its claim and its pod are deleted. Returns
 /// the lost claim's uid.
 async fn lose_member_volume(client: &Client, ns: &str, m: i32) -> Option<String> {
@@ -466,6 +497,14 @@ async fn a_node_and_its_pod_come_through_an_upgrade_a_member_replacement_and_a_r
             "1. apiservers v1.20.2 -> {target}: {:.1} s; node and pod checked in {:.1} s",
             rolled.as_secs_f64(),
             checked.as_secs_f64()
+        );
+
+        // kube-proxy follows the control plane's version on the node.
+        let started = Instant::now();
+        kube_proxy_rolled_to(&tenant_api, &target).await;
+        println!(
+            "   kube-proxy at {target} on the node {:.1} s later",
+            started.elapsed().as_secs_f64()
         );
 
         // 2. An etcd member loses its volume and is replaced.
