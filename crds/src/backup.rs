@@ -48,16 +48,19 @@ fn default_encryption_key() -> String {
     "key".into()
 }
 
-/// Which backups to keep. The newest successful backup and any backup a restore
-/// uses are always kept, whatever these say.
+/// Which backups to keep. Retention applies to the backups the schedule
+/// took, never to one taken before an upgrade or by hand; with neither field
+/// set, the newest 24 scheduled backups are kept. The newest successful
+/// backup and any backup a restore uses are always kept, whatever these say.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retention {
-    /// Keep at most this many successful backups (newest first).
+    /// Keep at most this many successful scheduled backups (newest first;
+    /// default 24 when `maxAge` is unset too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub keep_last: Option<u32>,
-    /// Delete backups older than this (`30m`, `12h`, `7d`).
+    /// Delete scheduled backups older than this (`30m`, `12h`, `7d`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{1,6}[mhd]$"))]
     pub max_age: Option<String>,

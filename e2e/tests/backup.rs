@@ -213,6 +213,12 @@ async fn a_schedule_every_minute_makes_backups_and_retention_trims_them() {
         tenant::wait_ready(&client, &ns, "sched", READY_TIMEOUT).await;
 
         let api: Api<EtcdBackup> = Api::namespaced(client.clone(), &ns);
+        // One taken by hand: retention prunes only the schedule's.
+        let by_hand: EtcdBackup = serde_json::from_value(json!({
+            "metadata": {"name": "by-hand"}, "spec": {"tenantCluster": "sched"}
+        }))
+        .unwrap();
+        api.create(&Default::default(), &by_hand).await.unwrap();
         let seen = Arc::new(Mutex::new(BTreeSet::new()));
         let kept = wait_for(
             "three scheduled backups to succeed, with at most two kept",
@@ -231,6 +237,7 @@ async fn a_schedule_every_minute_makes_backups_and_retention_trims_them() {
                             b.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Succeeded)
                         })
                         .map(|b| b.name_any())
+                        .filter(|n| n != "by-hand")
                         .collect();
                     let mut seen = seen.lock().unwrap();
                     seen.extend(succeeded.iter().cloned());
@@ -243,6 +250,15 @@ async fn a_schedule_every_minute_makes_backups_and_retention_trims_them() {
             },
         )
         .await;
+        let hand = api
+            .get("by-hand")
+            .await
+            .expect("the backup taken by hand is kept");
+        assert_eq!(
+            hand.status.and_then(|s| s.phase),
+            Some(BackupPhase::Succeeded),
+            "the backup taken by hand succeeded and outlived retention"
+        );
         // Scheduled names carry their slot; the trimmed ones' artifacts are gone.
         let dir = host_backup_dir()
             .join(format!("e2e-{ns}"))

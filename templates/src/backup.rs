@@ -336,7 +336,16 @@ pub struct BackupRecord {
     pub created: Option<DateTime<Utc>>,
     /// The etcd cluster ID the snapshot came from (none if unknown).
     pub etcd_cluster_id: Option<String>,
+    /// Taken by the schedule (label `kok.dev/scheduled`). Only these are
+    /// pruned: a backup taken before an upgrade (its rollback point) or by
+    /// hand stays until someone deletes it.
+    pub scheduled: bool,
 }
+
+/// Scheduled backups kept when `spec.backup.retention` sets neither
+/// `keepLast` nor `maxAge`: without a bound, EtcdBackup objects and
+/// artifacts would grow for ever.
+pub const DEFAULT_KEEP_LAST: u32 = 24;
 
 /// The backups retention deletes. Only backups of `current` count and can go:
 /// a predecessor's (same name, other uid) are neither deleted nor push out
@@ -347,12 +356,19 @@ pub struct BackupRecord {
 /// the newest successful backup came from count: when etcd was replaced (a
 /// wiped volume, a restore: a new cluster ID), snapshots of the new cluster
 /// never push out the older cluster's, which stay until deleted by hand.
+///
+/// Only scheduled backups count and can go ([`BackupRecord::scheduled`]);
+/// with no limit set, the newest [`DEFAULT_KEEP_LAST`] are kept.
 pub fn retention_victims(
     backups: &[BackupRecord],
     retention: &Retention,
     current: &Incarnation,
     now: DateTime<Utc>,
 ) -> Vec<String> {
+    let keep_last = match (retention.keep_last, &retention.max_age) {
+        (None, None) => Some(DEFAULT_KEEP_LAST),
+        (n, _) => n,
+    };
     let max_age = retention
         .max_age
         .as_deref()
@@ -373,14 +389,14 @@ pub fn retention_victims(
     for succeeded in [true, false] {
         let mut group: Vec<&BackupRecord> = backups
             .iter()
-            .filter(|b| b.finished && b.succeeded == succeeded)
+            .filter(|b| b.finished && b.succeeded == succeeded && b.scheduled)
             .filter(ours)
             .filter(same_cluster)
             .collect();
         group.sort_by(|a, b| b.time.cmp(&a.time).then(b.name.cmp(&a.name)));
         for (i, b) in group.iter().enumerate() {
             let protected = b.in_use || (succeeded && i == 0);
-            let too_many = retention.keep_last.is_some_and(|n| i >= n as usize);
+            let too_many = keep_last.is_some_and(|n| i >= n as usize);
             let too_old = max_age.is_some_and(|age| now - b.time > age);
             if !protected && (too_many || too_old) {
                 victims.push(b.name.clone());
@@ -481,7 +497,56 @@ mod tests {
             tenant_uid: Some("uid-now".into()),
             created: Some(at(time)),
             etcd_cluster_id: None,
+            scheduled: true,
         }
+    }
+
+    #[test]
+    fn retention_prunes_only_scheduled_backups_and_bounds_them_by_default() {
+        let mut backups: Vec<BackupRecord> = (0..30)
+            .map(|i| {
+                record(
+                    &format!("s{i:02}"),
+                    &format!("2026-01-01T{:02}:{:02}:00Z", i / 60, i % 60),
+                    true,
+                )
+            })
+            .collect();
+        // The rollback point of an upgrade and one taken by hand, both old.
+        let mut pre_upgrade = record("pre-upgrade", "2025-12-01T00:00:00Z", true);
+        pre_upgrade.scheduled = false;
+        let mut by_hand = record("by-hand", "2025-12-02T00:00:00Z", true);
+        by_hand.scheduled = false;
+        backups.push(pre_upgrade);
+        backups.push(by_hand);
+        let none = Retention {
+            keep_last: None,
+            max_age: None,
+        };
+        let mut v = retention_victims(&backups, &none, &current(), at("2026-01-02T00:00:00Z"));
+        v.sort();
+        let expected: Vec<String> = (0..30 - DEFAULT_KEEP_LAST as usize)
+            .map(|i| format!("s{i:02}"))
+            .collect();
+        assert_eq!(v, expected, "the oldest scheduled ones beyond the default");
+        let strict = Retention {
+            keep_last: Some(1),
+            max_age: Some("1m".into()),
+        };
+        let v = retention_victims(&backups, &strict, &current(), at("2026-02-01T00:00:00Z"));
+        assert!(
+            !v.contains(&"pre-upgrade".to_string()) && !v.contains(&"by-hand".to_string()),
+            "{v:?}"
+        );
+        assert_eq!(v.len(), 29, "every scheduled one but the newest");
+        // An age limit alone applies no count default.
+        let by_age = Retention {
+            keep_last: None,
+            max_age: Some("7d".into()),
+        };
+        assert!(
+            retention_victims(&backups, &by_age, &current(), at("2026-01-02T00:00:00Z")).is_empty()
+        );
     }
 
     /// The TenantCluster as it is now: uid-now, created on 2025-06-01.

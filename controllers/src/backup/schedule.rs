@@ -17,6 +17,9 @@ use kok_templates::backup::{
     Incarnation, TENANT_UID_LABEL,
 };
 use kok_templates::names::TENANT_LABEL;
+
+/// On the backups the schedule takes: the only ones retention prunes.
+pub const SCHEDULED_LABEL: &str = "kok.dev/scheduled";
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -203,7 +206,7 @@ async fn start_scheduled(
             labels: Some(
                 [
                     (TENANT_LABEL.to_string(), tc.name_any()),
-                    ("kok.dev/scheduled".to_string(), "true".to_string()),
+                    (SCHEDULED_LABEL.to_string(), "true".to_string()),
                     (TENANT_UID_LABEL.to_string(), uid),
                 ]
                 .into(),
@@ -275,6 +278,7 @@ async fn apply_retention(
             tenant_uid: tenant_uid(b).map(str::to_string),
             created: created(b),
             etcd_cluster_id: b.status.as_ref().and_then(|s| s.etcd_cluster_id.clone()),
+            scheduled: b.labels().get(SCHEDULED_LABEL).is_some_and(|v| v == "true"),
         })
         .collect();
     let victims = retention_victims(&records, &spec.retention, &incarnation(tc)?, Utc::now());
