@@ -533,16 +533,24 @@ async fn node_faults_are_found_by_inspection() {
         let fake: k8s_openapi::api::core::v1::Node =
             serde_json::from_value(json!({"metadata": {"name": "old-kubelet"}})).unwrap();
         nodes.create(&Default::default(), &fake).await.expect("creating a Node");
-        let status = json!({"status": {
-            "nodeInfo": {"kubeletVersion": "v1.17.0", "machineID": "", "systemUUID": "", "bootID": "",
-                "kernelVersion": "", "osImage": "", "containerRuntimeVersion": "", "kubeProxyVersion": "v1.17.0",
-                "operatingSystem": "linux", "architecture": "amd64"},
-            "conditions": [{"type": "MemoryPressure", "status": "True", "reason": "Planted", "message": "planted by the test"}],
-        }});
-        nodes
-            .patch_status("old-kubelet", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&status))
-            .await
-            .expect("planting the Node's status");
+        // Planted again before each inspection with a fresh heartbeat: the
+        // node lifecycle controller turns a condition no kubelet renews into
+        // Unknown after 40 s.
+        let plant = || async {
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let status = json!({"status": {
+                "nodeInfo": {"kubeletVersion": "v1.17.0", "machineID": "", "systemUUID": "", "bootID": "",
+                    "kernelVersion": "", "osImage": "", "containerRuntimeVersion": "", "kubeProxyVersion": "v1.17.0",
+                    "operatingSystem": "linux", "architecture": "amd64"},
+                "conditions": [{"type": "MemoryPressure", "status": "True", "reason": "Planted",
+                    "message": "planted by the test", "lastHeartbeatTime": now, "lastTransitionTime": now}],
+            }});
+            nodes
+                .patch_status("old-kubelet", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&status))
+                .await
+                .expect("planting the Node's status");
+        };
+        plant().await;
 
         // A CSR no signer approves by itself.
         let key = rcgen::KeyPair::generate().unwrap();
@@ -571,6 +579,7 @@ async fn node_faults_are_found_by_inspection() {
         let mut round = 0;
         loop {
             round += 1;
+            plant().await;
             let s = tenant::inspect(&client, &ns, name, &format!("faults-{round}")).await;
             let missing: Vec<_> = wanted
                 .iter()
