@@ -196,29 +196,13 @@ async fn issue(jt: &JoinToken, ctx: &Context) -> Result<Action> {
     };
     let Some(endpoint) = tc.status.as_ref().and_then(|s| s.endpoint.clone()) else {
         let why = "waiting for the tenant to have an endpoint";
-        set_phase(
-            &mut status,
-            jt,
-            JoinTokenPhase::Pending,
-            "WaitingForTenant",
-            why,
-        );
-        write_status(ctx, jt, &old, status).await?;
-        return Ok(Action::requeue(WAIT));
+        return waiting(ctx, jt, &old, status, why).await;
     };
     let (client, ca_pem) = match tenant_access(ctx, &tc).await {
         Ok(a) => a,
         Err(why) => {
             let why = format!("waiting for the tenant API: {why}");
-            set_phase(
-                &mut status,
-                jt,
-                JoinTokenPhase::Pending,
-                "WaitingForTenant",
-                &why,
-            );
-            write_status(ctx, jt, &old, status).await?;
-            return Ok(Action::requeue(WAIT));
+            return waiting(ctx, jt, &old, status, &why).await;
         }
     };
 
@@ -313,15 +297,7 @@ async fn issue(jt: &JoinToken, ctx: &Context) -> Result<Action> {
         }
         Err(e) => {
             let why = format!("creating the bootstrap token in the tenant: {e}");
-            set_phase(
-                &mut status,
-                jt,
-                JoinTokenPhase::Pending,
-                "WaitingForTenant",
-                &why,
-            );
-            write_status(ctx, jt, &old, status).await?;
-            return Ok(Action::requeue(WAIT));
+            return waiting(ctx, jt, &old, status, &why).await;
         }
     }
     info!(token_id = %token.id, "bootstrap token issued");
@@ -384,6 +360,26 @@ async fn revoke(jt: &JoinToken, ctx: &Context) -> Result<Action> {
     )
     .await;
     Ok(Action::await_change())
+}
+
+/// Pending on the tenant (no endpoint, API, or token yet): recorded, and
+/// looked at again soon.
+async fn waiting(
+    ctx: &Context,
+    jt: &JoinToken,
+    old: &JoinTokenStatus,
+    mut status: JoinTokenStatus,
+    why: &str,
+) -> Result<Action> {
+    set_phase(
+        &mut status,
+        jt,
+        JoinTokenPhase::Pending,
+        "WaitingForTenant",
+        why,
+    );
+    write_status(ctx, jt, old, status).await?;
+    Ok(Action::requeue(WAIT))
 }
 
 fn set_phase(

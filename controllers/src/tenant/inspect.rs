@@ -381,15 +381,7 @@ async fn repair(
                 Ok(Some(_)) => return Err(format!("Node {node} exists again: left alone")),
                 Err(e) => return Err(format!("checking Node {node}: {e}")),
             }
-            let pods: Api<Pod> = Api::namespaced(client, namespace);
-            match pods
-                .delete(name, &DeleteParams::default().grace_period(0))
-                .await
-            {
-                Ok(_) => Ok("deleted with grace period 0".into()),
-                Err(kube::Error::Api(e)) if e.code == 404 => Ok("already gone".into()),
-                Err(e) => Err(e.to_string()),
-            }
+            force_delete(client, namespace, name).await
         }
         RepairAction::ForceDeleteStuckPod {
             namespace,
@@ -410,15 +402,7 @@ async fn repair(
             if ready {
                 return Err(format!("Node {node} is Ready again: left to its kubelet"));
             }
-            let pods: Api<Pod> = Api::namespaced(client, namespace);
-            match pods
-                .delete(name, &DeleteParams::default().grace_period(0))
-                .await
-            {
-                Ok(_) => Ok("deleted with grace period 0".into()),
-                Err(kube::Error::Api(e)) if e.code == 404 => Ok("already gone".into()),
-                Err(e) => Err(e.to_string()),
-            }
+            force_delete(client, namespace, name).await
         }
         RepairAction::MigrateStoredVersions { crd, storage } => {
             let client = tenant(inputs).await?;
@@ -434,6 +418,19 @@ async fn repair(
                 Err(e) => Err(e.to_string()),
             }
         }
+    }
+}
+
+/// Deletes a tenant Pod with grace period 0: no kubelet will confirm it.
+async fn force_delete(client: Client, namespace: &str, name: &str) -> Result<String, String> {
+    let pods: Api<Pod> = Api::namespaced(client, namespace);
+    match pods
+        .delete(name, &DeleteParams::default().grace_period(0))
+        .await
+    {
+        Ok(_) => Ok("deleted with grace period 0".into()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok("already gone".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
