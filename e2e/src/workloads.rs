@@ -166,3 +166,19 @@ pub async fn restart_members(client: &Client, ns: &str) {
         .await
         .expect("deleting the quota");
 }
+
+/// A pod in one line: name, phase, restarts and its first container's state.
+pub fn describe_pod(p: &Pod) -> String {
+    let c = p
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first());
+    format!(
+        "{}: {:?} restarts {:?} state {:?}",
+        p.metadata.name.clone().unwrap_or_default(),
+        p.status.as_ref().and_then(|s| s.phase.clone()),
+        c.map(|c| c.restart_count),
+        c.and_then(|c| c.state.clone())
+    )
+}

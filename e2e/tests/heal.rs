@@ -1003,23 +1003,7 @@ async fn wait_members_ready(pods: &Api<Pod>, tc: &str, n: usize) {
             if ready == n {
                 return Poll::Ready(());
             }
-            let states: Vec<String> = items
-                .iter()
-                .map(|p| {
-                    let c = p
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.container_statuses.as_ref())
-                        .and_then(|c| c.first());
-                    format!(
-                        "{}: {:?} restarts {:?} state {:?}",
-                        p.metadata.name.clone().unwrap_or_default(),
-                        p.status.as_ref().and_then(|s| s.phase.clone()),
-                        c.map(|c| c.restart_count),
-                        c.and_then(|c| c.state.clone())
-                    )
-                })
-                .collect();
+            let states: Vec<String> = items.iter().map(kok_e2e::workloads::describe_pod).collect();
             Poll::Pending(format!("{ready}/{n} ready: {states:?}"))
         },
     )

@@ -22,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kok_crds::{BackupPhase, EtcdBackup, EtcdRestore, RestorePhase, TenantCluster};
 use kok_e2e::nodes::{join_node, node_name, nodes_ready, request_join, LabNodes};
 use kok_e2e::volumes::{make_volumes, remove_volumes};
+use kok_e2e::workloads::describe_pod;
 use kok_e2e::{tenant, wait_for, with_namespace, workloads, Poll};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
@@ -103,21 +104,6 @@ fn running_pod(p: &Pod) -> Option<RunningPod> {
         restart_count: c.restart_count,
         being_deleted: p.metadata.deletion_timestamp.is_some(),
     })
-}
-
-fn describe_pod(p: &Pod) -> String {
-    let c = p
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first());
-    format!(
-        "{}: phase {:?}, restarts {:?}, state {:?}",
-        p.metadata.name.clone().unwrap_or_default(),
-        p.status.as_ref().and_then(|s| s.phase.clone()),
-        c.map(|c| c.restart_count),
-        c.and_then(|c| c.state.clone())
-    )
 }
 
 /// Every pod of the Deployment, once each has a running container.
