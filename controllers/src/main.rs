@@ -73,6 +73,21 @@ struct Cli {
     /// Accept http:// S3 endpoints in backup destinations (test servers only).
     #[arg(long, env = "KOK_ALLOW_HTTP_S3", default_value_t = false, action = clap::ArgAction::Set)]
     allow_http_s3: bool,
+    /// Private S3 endpoints backup destinations may name (an in-cluster
+    /// MinIO): comma-separated address ranges (10.96.0.0/12), addresses and
+    /// host names (minio.minio.svc). Empty: private addresses are refused.
+    #[arg(long, env = "KOK_S3_PRIVATE_ENDPOINTS", default_value = "",
+          value_parser = kok_templates::backup::PrivateEndpoints::parse)]
+    s3_private_endpoints: kok_templates::backup::PrivateEndpoints,
+    /// Image repositories tenants may run, comma-separated prefixes
+    /// (registry.k8s.io, registry.example.com/mirror). Empty: any.
+    #[arg(
+        long,
+        env = "KOK_IMAGE_REPOSITORIES",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    image_repositories: Vec<String>,
     /// Scratch space for restoring backups into a throwaway etcd (default:
     /// `kok` in the temp dir). etcd binaries for it: `KOK_ETCD`,
     /// `KOK_ETCDUTL`, `KOK_ETCDCTL`, else those on PATH.
@@ -213,6 +228,13 @@ async fn run() -> anyhow::Result<()> {
             backups_host_path: cli.backup_host_path.clone(),
             operator_node: cli.node_name.clone(),
             allow_http_s3: cli.allow_http_s3,
+            private_s3: cli.s3_private_endpoints.clone(),
+            image_repositories: cli
+                .image_repositories
+                .iter()
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty())
+                .collect(),
         },
     ));
     let elector = LeaderElector::new(client.clone(), &namespace, OPERATOR_NAME, &identity);

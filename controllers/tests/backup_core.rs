@@ -13,6 +13,7 @@ use kok_controllers::etcd::verify::{
 };
 use kok_controllers::storage::{S3Credentials, Store};
 use kok_crds::S3Destination;
+use kok_templates::backup::PrivateEndpoints;
 use sha2::{Digest, Sha256};
 
 /// A fresh single-member etcd with some history: puts, overwrites, deletes.
@@ -303,6 +304,7 @@ async fn s3_backup_restores_to_identical_content() {
             secret_access_key: "test".into(),
             session_token: None,
         },
+        &PrivateEndpoints::default(),
     )
     .unwrap();
     let dir = scratch();
@@ -482,4 +484,80 @@ async fn an_in_place_restore_is_identical_and_refuses_corruption() {
         .await
         .unwrap_err();
     assert!(matches!(err, VerifyError::Tool { .. }), "{err}");
+}
+
+fn s3_store(endpoint: &str, allowed: &str) -> Store {
+    Store::s3(
+        &S3Destination {
+            bucket: "kok-backups".into(),
+            prefix: Some("guard".into()),
+            endpoint: Some(endpoint.into()),
+            region: "us-east-1".into(),
+            credentials_secret: "unused-here".into(),
+        },
+        S3Credentials {
+            access_key_id: "test".into(),
+            secret_access_key: "test".into(),
+            session_token: None,
+        },
+        &PrivateEndpoints::parse(allowed).unwrap(),
+    )
+    .unwrap()
+}
+
+/// A tenant names the endpoint: the operator's S3 client must not follow it
+/// into the management network, by a name that resolves to a private address
+/// or by a redirect.
+#[tokio::test]
+async fn s3_client_refuses_private_names_and_follows_no_redirect() {
+    hack(&["start"]);
+    hack(&["bucket", "kok-backups"]);
+    let endpoint =
+        std::env::var("KOK_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:19000".into());
+    let port = endpoint.rsplit(':').next().unwrap().to_string();
+    // An object that exists, written through the allowed address.
+    let direct = s3_store(&endpoint, "");
+    let mut w = direct.writer("present.db").await.unwrap();
+    w.write(b"x").await.unwrap();
+    w.finish().await.unwrap();
+    assert!(direct.exists("present.db").await.unwrap());
+
+    // `localhost` resolves to loopback: refused unless the operator allows it.
+    let by_name = format!("http://localhost:{port}");
+    let err = s3_store(&by_name, "")
+        .exists("present.db")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("KOK_S3_PRIVATE_ENDPOINTS"),
+        "{err:?}"
+    );
+    assert!(s3_store(&by_name, "127.0.0.0/8,::1")
+        .exists("present.db")
+        .await
+        .unwrap());
+
+    // A server that redirects every request to the real store.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirecting = format!("http://{}", listener.local_addr().unwrap());
+    let target = endpoint.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 8192];
+            let n = conn.read(&mut buf).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = request.split(' ').nth(1).unwrap_or("/").to_string();
+            let reply = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}{path}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
+        }
+    });
+    let via_redirect = s3_store(&redirecting, "").exists("present.db").await;
+    assert!(
+        via_redirect.is_err(),
+        "the redirect was followed: {via_redirect:?}"
+    );
 }

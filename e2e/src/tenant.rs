@@ -128,7 +128,8 @@ pub async fn tenant_client(client: &Client, ns: &str, name: &str) -> Client {
         .await
         .expect("kubeconfig is usable");
     config.connect_timeout = Some(Duration::from_secs(5));
-    config.read_timeout = Some(Duration::from_secs(10));
+    // Generous: on 2 cores with five tests at once a create can take seconds.
+    config.read_timeout = Some(Duration::from_secs(30));
     Client::try_from(config).expect("tenant client")
 }
 

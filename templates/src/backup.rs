@@ -186,17 +186,131 @@ pub fn check_endpoint(endpoint: &str, policy: &Policy) -> Result<(), String> {
             return bad("the port must be 1-65535");
         }
     }
+    const PRIVATE: &str = "a private address (loopback, cluster or site network); \
+         the operator allows chosen ones with KOK_S3_PRIVATE_ENDPOINTS";
     match host {
         Host::Ip(ip) if is_link_local(ip) => {
             bad("link-local addresses (cloud metadata) are refused")
         }
         Host::Ip(ip) if ip.is_unspecified() || ip.is_multicast() => bad("not a unicast address"),
+        Host::Ip(ip) if is_private(ip) && !policy.private_s3.allows_ip(ip) => bad(PRIVATE),
         Host::Ip(_) => Ok(()),
         Host::Name(name) if METADATA_HOSTS.contains(&name.as_str()) => {
             bad("the cloud metadata service is refused")
         }
+        Host::Name(name) if is_private_name(&name) && !policy.private_s3.allows_host(&name) => {
+            bad(PRIVATE)
+        }
         Host::Name(_) => Ok(()),
     }
+}
+
+/// Private S3 endpoints the operator allows (`KOK_S3_PRIVATE_ENDPOINTS`: a
+/// comma-separated list of address ranges such as `10.96.0.0/12` and host
+/// names such as `minio.minio.svc`). Empty: none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrivateEndpoints {
+    nets: Vec<ipnet::IpNet>,
+    hosts: Vec<String>,
+}
+
+impl PrivateEndpoints {
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut allowed = Self::default();
+        for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            if let Ok(net) = item.parse::<ipnet::IpNet>() {
+                allowed.nets.push(net.trunc());
+            } else if let Ok(ip) = item.parse::<IpAddr>() {
+                allowed.nets.push(ipnet::IpNet::from(ip));
+            } else {
+                match split_host_port(item) {
+                    Some((Host::Name(name), None)) => allowed.hosts.push(name),
+                    _ => {
+                        return Err(format!(
+                            "{item:?}: expected an address range (10.0.0.0/8), an address or a host name"
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(allowed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty() && self.hosts.is_empty()
+    }
+
+    /// An address in an allowed range (never a link-local one).
+    pub fn allows_ip(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        !is_link_local(ip) && self.nets.iter().any(|n| n.contains(&ip))
+    }
+
+    pub fn allows_host(&self, name: &str) -> bool {
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        self.hosts.contains(&name)
+    }
+
+    /// Whether a connection to `ip`, resolved from `host`, may be made: a
+    /// public address, or a private one the operator allows (by range, or
+    /// by naming the host). Checked again when a name resolves, so a public
+    /// name that points at a private address is refused too.
+    pub fn may_connect(&self, host: &str, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        if is_link_local(ip) || ip.is_unspecified() || ip.is_multicast() {
+            return false;
+        }
+        !is_private(ip) || self.allows_ip(ip) || self.allows_host(host)
+    }
+}
+
+/// The list again, as `parse` reads it (passed on to restore Jobs).
+impl std::fmt::Display for PrivateEndpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let items: Vec<String> = (self.nets.iter().map(ToString::to_string))
+            .chain(self.hosts.iter().cloned())
+            .collect();
+        f.write_str(&items.join(","))
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Loopback, RFC 1918, carrier-grade NAT (100.64.0.0/10), "this network"
+/// (0.0.0.0/8), benchmarking (198.18.0.0/15), IPv6 loopback and unique
+/// local (fc00::/7): where cluster Services, nodes and the management
+/// network live.
+pub fn is_private(ip: IpAddr) -> bool {
+    match canonical(ip) {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || (a == 100 && (64..128).contains(&b))
+                || a == 0
+                || (a == 198 && (b == 18 || b == 19))
+        }
+        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+/// Names that only resolve inside a cluster or a site: `localhost`, one
+/// label, and the cluster and site suffixes.
+fn is_private_name(name: &str) -> bool {
+    const SUFFIXES: &[&str] = &[
+        ".localhost",
+        ".svc",
+        ".cluster.local",
+        ".local",
+        ".internal",
+    ];
+    name == "localhost" || !name.contains('.') || SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
 enum Host {
@@ -770,7 +884,10 @@ mod tests {
     }
 
     fn s3_fields(spec: &BackupSpec, allow_http_s3: bool) -> Vec<String> {
-        let policy = Policy { allow_http_s3 };
+        let policy = Policy {
+            allow_http_s3,
+            ..Default::default()
+        };
         validate_backup(spec, &policy)
             .into_iter()
             .map(|e| e.field)
@@ -784,7 +901,7 @@ mod tests {
         for ok in [
             "https://minio.example.com:9000",
             "https://s3.eu-central-1.amazonaws.com",
-            "https://10.0.0.5:9000/",
+            "https://203.0.113.5:9000/",
             "https://[2001:db8::1]:9000",
             "HTTPS://Minio.Example.COM.",
         ] {
@@ -824,8 +941,69 @@ mod tests {
     }
 
     #[test]
+    fn private_endpoints_need_the_operator_allowlist() {
+        let local = Policy {
+            allow_http_s3: false,
+            private_s3: PrivateEndpoints::parse("127.0.0.0/8, minio.minio.svc").unwrap(),
+            ..Default::default()
+        };
+        for private in [
+            "https://127.0.0.1:6443",
+            "https://10.96.0.1",
+            "https://172.16.5.5:9000",
+            "https://192.168.1.10",
+            "https://100.64.0.1",
+            "https://[::1]:9000",
+            "https://[fd12::5]",
+            "https://[::ffff:10.0.0.1]",
+            "https://localhost:9000",
+            "https://minio:9000",
+            "https://minio.minio.svc",
+            "https://kubernetes.default.svc.cluster.local",
+            "https://vault.corp.internal",
+        ] {
+            let spec = s3_spec(|s| s.endpoint = Some(private.into()));
+            let errors = validate_backup(&spec, &Policy::default());
+            assert_eq!(errors.len(), 1, "{private}");
+            assert!(
+                errors[0].reason.contains("KOK_S3_PRIVATE_ENDPOINTS"),
+                "{}",
+                errors[0]
+            );
+        }
+        for allowed in ["https://127.0.0.1:9000", "https://minio.minio.svc:9000"] {
+            let spec = s3_spec(|s| s.endpoint = Some(allowed.into()));
+            assert!(validate_backup(&spec, &local).is_empty(), "{allowed}");
+        }
+        let other = s3_spec(|s| s.endpoint = Some("https://10.0.0.1".into()));
+        assert_eq!(validate_backup(&other, &local).len(), 1, "not in the list");
+        // The allowlist never opens link-local addresses.
+        let wide = PrivateEndpoints::parse("0.0.0.0/0").unwrap();
+        assert!(!wide.allows_ip("169.254.169.254".parse().unwrap()));
+        assert!(PrivateEndpoints::parse("10.0.0.0/33").is_err());
+        let again = PrivateEndpoints::parse(&local.private_s3.to_string()).unwrap();
+        assert_eq!(again, local.private_s3, "{}", local.private_s3);
+        assert!(PrivateEndpoints::parse("https://x").is_err());
+    }
+
+    #[test]
+    fn a_resolved_address_is_checked_against_the_allowlist() {
+        let allowed = PrivateEndpoints::parse("10.96.0.0/12,minio.minio.svc").unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(allowed.may_connect("s3.amazonaws.com", ip("52.219.0.1")));
+        assert!(
+            !allowed.may_connect("rebind.example.com", ip("127.0.0.1")),
+            "a public name that resolves to loopback"
+        );
+        assert!(allowed.may_connect("s3.example.com", ip("10.96.0.20")));
+        assert!(allowed.may_connect("minio.minio.svc", ip("10.244.1.7")));
+        assert!(!allowed.may_connect("minio.minio.svc", ip("169.254.169.254")));
+        assert!(!allowed.may_connect("x.example.com", ip("::ffff:192.168.0.1")));
+    }
+
+    #[test]
     fn plain_http_endpoints_need_the_operator_policy() {
-        let spec = s3_spec(|s| s.endpoint = Some("http://127.0.0.1:19000".into()));
+        let spec = s3_spec(|s| s.endpoint = Some("http://minio.example.com:19000".into()));
         let errors = validate_backup(&spec, &Policy::default());
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].field, ENDPOINT);

@@ -27,8 +27,33 @@ pub fn describe(errors: &[FieldError]) -> String {
 }
 
 /// Operator-wide settings that change what a spec may ask for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     /// Accept `http://` S3 endpoints (test stores); https only otherwise.
     pub allow_http_s3: bool,
+    /// Private S3 endpoints the platform allows (an in-cluster MinIO):
+    /// refused otherwise, so a tenant cannot point kok at the management
+    /// network.
+    pub private_s3: crate::backup::PrivateEndpoints,
+    /// Image repositories tenants may run (`KOK_IMAGE_REPOSITORIES`, prefixes
+    /// such as `registry.k8s.io` or `registry.example.com/mirror`). Empty:
+    /// any, as before; set on a shared management cluster, where a tenant's
+    /// image runs with kok-minted certificates next to other tenants.
+    pub image_repositories: Vec<String>,
+}
+
+impl Policy {
+    /// Whether `image` (a full reference, or a repository prefix) lies under
+    /// an allowed repository. A prefix matches whole path segments only:
+    /// `registry.k8s.io` does not allow `registry.k8s.io.evil.example/x`.
+    pub fn image_allowed(&self, image: &str) -> bool {
+        self.image_repositories.is_empty()
+            || self.image_repositories.iter().any(|prefix| {
+                let prefix = prefix.trim_end_matches('/');
+                image == prefix
+                    || image
+                        .strip_prefix(prefix)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+    }
 }

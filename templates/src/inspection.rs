@@ -1215,6 +1215,19 @@ pub fn circuit_open(
     unhealthy >= min_unhealthy && unhealthy * 100 > total * max_share_percent as usize
 }
 
+/// What the fleet breaker counts: `(unhealthy, all)` owners, an owner being
+/// the namespace that holds tenants (one team), unhealthy when any of its
+/// tenants is. Whoever may create TenantClusters in one namespace counts
+/// once however many broken tenants it makes, so it cannot pause healing
+/// for everybody else; a shared cause makes every namespace unhealthy.
+pub fn fleet_counts<'a>(tenants: impl IntoIterator<Item = (&'a str, bool)>) -> (usize, usize) {
+    let mut owners: BTreeMap<&str, bool> = BTreeMap::new();
+    for (namespace, unhealthy) in tenants {
+        *owners.entry(namespace).or_default() |= unhealthy;
+    }
+    (owners.values().filter(|u| **u).count(), owners.len())
+}
+
 /// Members needed for a quorum of `replicas`.
 pub fn quorum(replicas: i32) -> i32 {
     replicas / 2 + 1
@@ -1849,6 +1862,26 @@ mod tests {
         assert!(!circuit_open(1, 2, 50, 3), "too few to call it shared");
         assert!(circuit_open(6, 10, 50, 3));
         assert!(!circuit_open(5, 10, 50, 3));
+    }
+
+    #[test]
+    fn one_namespace_counts_once_in_the_fleet_breaker() {
+        // Ten broken tenants of one team beside three healthy teams.
+        let mut fleet: Vec<(&str, bool)> = vec![("team-a", true); 10];
+        fleet.extend([("team-b", false), ("team-c", false), ("team-d", false)]);
+        let (unhealthy, all) = fleet_counts(fleet.iter().copied());
+        assert_eq!((unhealthy, all), (1, 4));
+        assert!(!circuit_open(unhealthy, all, 50, 3));
+        // A shared cause: every team has an unhealthy tenant.
+        let shared = [
+            ("team-a", true),
+            ("team-b", true),
+            ("team-b", false),
+            ("team-c", true),
+        ];
+        let (unhealthy, all) = fleet_counts(shared);
+        assert_eq!((unhealthy, all), (3, 3));
+        assert!(circuit_open(unhealthy, all, 50, 3));
     }
 
     fn since(v: &[(&str, i64)]) -> BTreeMap<String, i64> {

@@ -22,6 +22,8 @@ use crate::security::{container_security_context, pod_security_context};
 pub const MEMBER_VOLUME_DIR: &str = "/var/lib/etcd";
 /// Env var of restore Jobs holding the artifact key (from its Secret).
 pub const ARTIFACT_KEY_ENV: &str = "KOK_ARTIFACT_KEY";
+/// The operator's private S3 endpoint allowlist, passed on to restore Jobs.
+pub const PRIVATE_S3_ENV: &str = "KOK_S3_PRIVATE_ENDPOINTS";
 // Where the operator (and restore Jobs) see filesystem backup destinations.
 pub use crate::backup::BACKUPS_MOUNT;
 /// Label on restore Jobs and their pods naming the EtcdRestore (see
@@ -58,6 +60,8 @@ pub struct MemberRestore<'a> {
     pub destination: &'a Destination,
     /// The key Secret when artifacts are encrypted (`spec.backup.encryption`).
     pub encryption: Option<&'a BackupEncryption>,
+    /// The private S3 endpoints the operator allows (`KOK_S3_PRIVATE_ENDPOINTS`).
+    pub private_s3: &'a crate::backup::PrivateEndpoints,
     /// On the node, the directory mounted as `BACKUPS_MOUNT` in the operator.
     pub backups_host_path: &'a str,
     /// The operator's node: a filesystem destination is a hostPath there.
@@ -256,6 +260,13 @@ pub fn member_restore_job(r: &MemberRestore<'_>) -> Result<Job, RestoreJobError>
             false,
         ));
         envs.push(from_secret("KOK_S3_SESSION_TOKEN", "sessionToken", true));
+        if !r.private_s3.is_empty() {
+            envs.push(EnvVar {
+                name: PRIVATE_S3_ENV.into(),
+                value: Some(r.private_s3.to_string()),
+                ..Default::default()
+            });
+        }
     }
     if let Some(enc) = r.encryption {
         envs.push(EnvVar {
@@ -424,6 +435,7 @@ mod tests {
             image: "kok.local/kok-operator:dev",
             destination,
             encryption,
+            private_s3: &Default::default(),
             backups_host_path: "/srv/backups",
             operator_node: Some("node-a"),
             artifact_key: "tenants/demo/b1.db",
@@ -738,6 +750,7 @@ mod tests {
             image: "img",
             destination: &dest,
             encryption: None,
+            private_s3: &Default::default(),
             backups_host_path: "/srv/backups",
             operator_node: None,
             artifact_key: "tenants/demo/b1.db",

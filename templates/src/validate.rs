@@ -269,6 +269,38 @@ pub fn validate(
         }
     }
 
+    if !policy.image_allowed(crate::controlplane::image_repository(spec)) {
+        let why = match &spec.image_repository {
+            Some(_) => "not among the image repositories the operator allows",
+            None => "unset, so the default registry.k8s.io, which the operator does not allow",
+        };
+        err(
+            "spec.imageRepository",
+            format!(
+                "{why} (KOK_IMAGE_REPOSITORIES: {})",
+                policy.image_repositories.join(", ")
+            ),
+        );
+    }
+    for (field, image) in [
+        ("spec.etcd.image", spec.etcd.image.as_deref()),
+        (
+            "spec.addons.coreDNS.image",
+            spec.addons.core_dns.image.as_deref(),
+        ),
+    ] {
+        if let Some(image) = image.filter(|i| !policy.image_allowed(i)) {
+            err(
+                field,
+                format!(
+                    "{image:?} is not in an image repository the operator allows \
+                     (KOK_IMAGE_REPOSITORIES: {})",
+                    policy.image_repositories.join(", ")
+                ),
+            );
+        }
+    }
+
     if let Some(backup) = &spec.backup {
         errors.extend(crate::backup::validate_backup(backup, policy));
     }
@@ -501,6 +533,49 @@ mod tests {
 
     fn fields(errors: &[FieldError]) -> Vec<&str> {
         errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn images_come_only_from_allowed_repositories_when_the_operator_says() {
+        let policy = Policy {
+            image_repositories: vec!["registry.example.com/mirror".into(), "kok.local".into()],
+            ..Default::default()
+        };
+        let ok = spec(
+            "version: v1.20.2\nimageRepository: registry.example.com/mirror/k8s\n\
+             etcd: {image: kok.local/etcd:3.4.23}\naddons: {coreDNS: {image: kok.local/coredns:1.7.0}}",
+        );
+        assert!(validate(&ok, None, &policy).is_ok());
+        assert!(
+            validate(&spec("version: v1.20.2"), None, &Policy::default()).is_ok(),
+            "unset: any"
+        );
+        let defaulted = validate(&spec("version: v1.20.2"), None, &policy).unwrap_err();
+        assert_eq!(fields(&defaulted), ["spec.imageRepository"]);
+        assert!(
+            defaulted[0].reason.contains("registry.k8s.io"),
+            "{}",
+            defaulted[0]
+        );
+        let bad = spec(
+            "version: v1.20.2\nimageRepository: registry.example.com/mirrorx\n\
+             etcd: {image: kok.local.evil.example/etcd:3.4.23}\n\
+             addons: {coreDNS: {image: docker.io/coredns/coredns:1.7.0}}",
+        );
+        let errors = validate(&bad, None, &policy).unwrap_err();
+        assert_eq!(
+            fields(&errors),
+            [
+                "spec.imageRepository",
+                "spec.etcd.image",
+                "spec.addons.coreDNS.image"
+            ]
+        );
+        assert!(
+            errors[1].reason.contains("KOK_IMAGE_REPOSITORIES"),
+            "{}",
+            errors[1]
+        );
     }
 
     #[test]

@@ -66,7 +66,12 @@ async fn prepare_and_swap() -> anyhow::Result<()> {
         )?)),
         Err(_) => None,
     };
-    let store = Store::open(&destination, creds)?.with_key(key);
+    // The operator's allowlist, passed on by the Job (empty: none).
+    let private = kok_templates::backup::PrivateEndpoints::parse(
+        &std::env::var(kok_templates::restore::PRIVATE_S3_ENV).unwrap_or_default(),
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", kok_templates::restore::PRIVATE_S3_ENV))?;
+    let store = Store::open(&destination, creds, &private)?.with_key(key);
 
     // Our own scratch names, safe to replace when a previous attempt died.
     let snapshot = root.join(format!("restore-{id}.db"));

@@ -750,6 +750,7 @@ async fn restore_members(
             image,
             destination: &spec.destination,
             encryption: spec.encryption.as_ref(),
+            private_s3: &ctx.policy.private_s3,
             backups_host_path: &ctx.backups_host_path,
             // The artifact is on the node that took the backup, which need not
             // be where the leader runs now (the chart runs 2 replicas).

@@ -33,7 +33,8 @@ pub struct Context {
     pub backups_host_path: String,
     /// The node the operator runs on (`NODE_NAME`, from the downward API).
     pub operator_node: Option<String>,
-    /// What specs may ask for (`KOK_ALLOW_HTTP_S3=true` accepts http S3 endpoints).
+    /// What specs may ask for (`KOK_ALLOW_HTTP_S3=true` accepts http S3
+    /// endpoints, `KOK_S3_PRIVATE_ENDPOINTS` private ones).
     pub policy: kok_templates::validate::Policy,
     /// Consecutive failures per object, keyed by kind/namespace/name.
     failures: Mutex<HashMap<String, usize>>,
@@ -79,9 +80,13 @@ impl FleetHealth {
         self.0.remove(tenant);
     }
 
-    /// `(unhealthy, known)` tenants.
+    /// `(unhealthy, known)` namespaces (see `fleet_counts`).
     fn counts(&self) -> (usize, usize) {
-        (self.0.values().filter(|(u, _)| *u).count(), self.0.len())
+        kok_templates::inspection::fleet_counts(
+            self.0
+                .iter()
+                .map(|(key, (u, _))| (key.split('/').next().unwrap_or(key), *u)),
+        )
     }
 }
 
@@ -99,6 +104,10 @@ pub struct Settings {
     pub operator_node: Option<String>,
     /// Accept http:// S3 endpoints.
     pub allow_http_s3: bool,
+    /// Private S3 endpoints allowed.
+    pub private_s3: kok_templates::backup::PrivateEndpoints,
+    /// Image repositories tenants may run (empty: any).
+    pub image_repositories: Vec<String>,
 }
 
 impl Context {
@@ -125,6 +134,8 @@ impl Context {
             operator_node: settings.operator_node.filter(|s| !s.is_empty()),
             policy: kok_templates::validate::Policy {
                 allow_http_s3: settings.allow_http_s3,
+                private_s3: settings.private_s3,
+                image_repositories: settings.image_repositories,
             },
             failures: Mutex::default(),
             fleet: Mutex::default(),
@@ -190,7 +201,7 @@ impl Context {
         }
     }
 
-    /// `(unhealthy, inspected)` tenants.
+    /// `(unhealthy, known)` namespaces holding tenants.
     pub fn fleet_health(&self) -> (usize, usize) {
         self.fleet.lock().map(|f| f.counts()).unwrap_or((0, 0))
     }
@@ -269,7 +280,7 @@ mod tests {
     fn the_fleet_is_known_from_status_until_inspected() {
         let mut f = FleetHealth::default();
         f.recorded("a/t1".into(), true);
-        f.recorded("a/t2".into(), false);
+        f.recorded("b/t2".into(), false);
         assert_eq!(f.counts(), (1, 2), "a new leader knows the recorded state");
         f.inspected("a/t1".into(), false);
         f.recorded("a/t1".into(), true);
@@ -278,10 +289,13 @@ mod tests {
             (0, 2),
             "an older record never overrides an inspection"
         );
-        f.recorded("a/t2".into(), true);
+        f.recorded("b/t2".into(), true);
         assert_eq!(f.counts(), (1, 2), "a newer record replaces a record");
-        f.forget("a/t2");
+        f.forget("b/t2");
         assert_eq!(f.counts(), (0, 1));
+        f.inspected("c/t1".into(), true);
+        f.inspected("c/t2".into(), true);
+        assert_eq!(f.counts(), (1, 2), "a namespace counts once");
     }
 
     #[test]

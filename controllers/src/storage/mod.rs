@@ -5,6 +5,7 @@
 //! operator's user (and restore Jobs, which run as the same user) reads them.
 
 pub mod encryption;
+mod guard;
 mod open;
 
 pub use self::open::{open_store, s3_credentials, Refusal};
@@ -17,6 +18,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use kok_crds::{Destination, S3Destination};
+use kok_templates::backup::PrivateEndpoints;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -31,7 +33,7 @@ const PARTS_IN_FLIGHT: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DestinationError {
-    #[error("destination: {0}")]
+    #[error("destination: {}", guard::response_summary(&.0.to_string()))]
     Store(#[from] object_store::Error),
     #[error("destination: {0}")]
     Config(String),
@@ -75,9 +77,12 @@ pub struct Store {
 }
 
 impl Store {
+    /// `private`: the private S3 endpoints the operator allows
+    /// (`KOK_S3_PRIVATE_ENDPOINTS`), checked again where a name resolves.
     pub fn open(
         destination: &Destination,
         credentials: Option<S3Credentials>,
+        private: &PrivateEndpoints,
     ) -> Result<Self, DestinationError> {
         match (&destination.filesystem, &destination.s3) {
             (Some(fs), None) => Self::filesystem(&fs.path),
@@ -85,7 +90,7 @@ impl Store {
                 let creds = credentials.ok_or_else(|| {
                     DestinationError::Config("S3 destination without credentials".into())
                 })?;
-                Self::s3(s3, creds)
+                Self::s3(s3, creds, private)
             }
             _ => Err(DestinationError::Config(
                 "set exactly one of filesystem and s3".into(),
@@ -106,8 +111,20 @@ impl Store {
         })
     }
 
-    pub fn s3(s3: &S3Destination, creds: S3Credentials) -> Result<Self, DestinationError> {
+    pub fn s3(
+        s3: &S3Destination,
+        creds: S3Credentials,
+        private: &PrivateEndpoints,
+    ) -> Result<Self, DestinationError> {
+        let allow_http = s3
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
         let mut builder = AmazonS3Builder::new()
+            .with_http_connector(guard::GuardedConnector {
+                allowed: Arc::new(private.clone()),
+                allow_http,
+            })
             .with_bucket_name(&s3.bucket)
             .with_region(&s3.region)
             .with_access_key_id(&creds.access_key_id)
@@ -120,7 +137,7 @@ impl Store {
             builder = builder
                 .with_endpoint(endpoint)
                 .with_virtual_hosted_style_request(false)
-                .with_allow_http(endpoint.starts_with("http://"));
+                .with_allow_http(allow_http);
         }
         Ok(Self {
             inner: Arc::new(builder.build()?),

@@ -64,9 +64,11 @@ pub async fn open_store(
         },
         None => None,
     };
-    Ok(Store::open(&spec.destination, creds)
-        .map(|s| s.with_key(key))
-        .map_err(|e| Refusal(e.to_string())))
+    Ok(
+        Store::open(&spec.destination, creds, &ctx.policy.private_s3)
+            .map(|s| s.with_key(key))
+            .map_err(|e| Refusal(e.to_string())),
+    )
 }
 
 /// The key named by `spec.backup.encryption`, or why it cannot be used.

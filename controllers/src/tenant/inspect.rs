@@ -267,7 +267,7 @@ pub(super) fn repair_refused(
         FLEET_MIN_UNHEALTHY,
     ) {
         return Some(format!(
-            "{unhealthy} of {total} tenants are unhealthy at once: automatic restarts are paused fleet-wide (likely a shared cause)"
+            "{unhealthy} of {total} namespaces have unhealthy tenants at once: automatic restarts are paused fleet-wide (likely a shared cause)"
         ));
     }
     None

@@ -729,6 +729,7 @@ async fn copy(
             image,
             destination: &backup_spec.destination,
             encryption: backup_spec.encryption.as_ref(),
+            private_s3: &ctx.policy.private_s3,
             backups_host_path: &ctx.backups_host_path,
             operator_node: bs.node.as_deref().or(ctx.operator_node.as_deref()),
             artifact_key: &key,
