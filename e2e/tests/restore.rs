@@ -18,6 +18,37 @@ use serde_json::json;
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
 
 async fn etcd_hash_at(client: &Client, ns: &str, tc: &str, revision: i64) -> u32 {
+    let mut etcd = tenant_etcd(client, ns, tc).await;
+    etcd.hash_kv(revision).await.expect("HashKV").hash()
+}
+
+/// The value etcd holds for a Secret of the tenant, as stored (no apiserver).
+async fn raw_secret(client: &Client, ns: &str, tc: &str, namespace: &str, name: &str) -> Vec<u8> {
+    let mut etcd = tenant_etcd(client, ns, tc).await;
+    let key = format!("/registry/secrets/{namespace}/{name}");
+    let got = etcd.get(key.as_str(), None).await.expect("etcd get");
+    got.kvs()
+        .first()
+        .unwrap_or_else(|| panic!("{key} is not in etcd"))
+        .value()
+        .to_vec()
+}
+
+/// A Secret written through the tenant API is sealed in etcd: kok's
+/// EncryptionConfiguration, not the plain value.
+fn assert_sealed(raw: &[u8], plain: &str) {
+    assert!(
+        raw.starts_with(b"k8s:enc:secretbox:v1:key1:"),
+        "not sealed: {:?}",
+        String::from_utf8_lossy(&raw[..raw.len().min(60)])
+    );
+    assert!(
+        !raw.windows(plain.len()).any(|w| w == plain.as_bytes()),
+        "the plain value is in etcd"
+    );
+}
+
+async fn tenant_etcd(client: &Client, ns: &str, tc: &str) -> etcd_client::Client {
     let ca = tenant::secret_text(client, ns, &format!("{tc}-etcd-ca"), "tls.crt").await;
     let cert = tenant::secret_text(
         client,
@@ -42,10 +73,9 @@ async fn etcd_hash_at(client: &Client, ns: &str, tc: &str, revision: i64) -> u32
     let options = etcd_client::ConnectOptions::new()
         .with_tls(tls)
         .with_timeout(Duration::from_secs(10));
-    let mut etcd = etcd_client::Client::connect([format!("https://{ip}:2379")], Some(options))
+    etcd_client::Client::connect([format!("https://{ip}:2379")], Some(options))
         .await
-        .expect("connect to the restored etcd");
-    etcd.hash_kv(revision).await.expect("HashKV").hash()
+        .expect("connect to the tenant's etcd")
 }
 
 /// A Ready TenantCluster `rs` with persistent etcd on this test's volumes and
@@ -160,6 +190,23 @@ async fn restore_round_trip(prefix: &str, members: i32, restart_operator: bool, 
                 .await
                 .expect("tenant write");
         }
+        // A Secret, sealed at rest by default.
+        const CANARY: &str = "plain-text-canary-4711";
+        let tenant_secrets: Api<Secret> =
+            Api::namespaced(tenant::tenant_client(&client, &ns, "rs").await, "default");
+        let sealed: Secret = serde_json::from_value(
+            json!({"metadata": {"name": "sealed"}, "stringData": {"v": CANARY}}),
+        )
+        .unwrap();
+        tenant_secrets
+            .create(&PostParams::default(), &sealed)
+            .await
+            .expect("tenant Secret");
+        assert_sealed(
+            &raw_secret(&client, &ns, "rs", "default", "sealed").await,
+            CANARY,
+        );
+
         let backups: Api<EtcdBackup> = Api::namespaced(client.clone(), &ns);
         let b = take_backup(&client, &ns, "b1").await;
         assert_eq!(
@@ -186,6 +233,10 @@ async fn restore_round_trip(prefix: &str, members: i32, restart_operator: bool, 
                 .await
                 .unwrap();
         }
+        tenant_secrets
+            .delete("sealed", &DeleteParams::default())
+            .await
+            .unwrap();
         let left = cms.list(&ListParams::default()).await.unwrap().items;
         assert!(left.iter().all(|c| !c.name_any().starts_with("keep-")));
 
@@ -281,6 +332,21 @@ async fn restore_round_trip(prefix: &str, members: i32, restart_operator: bool, 
                 "keep-{i} missing: {names:?}"
             );
         }
+        // The sealed Secret is back, still sealed, and the apiserver reads it
+        // with the tenant's key, which outlived nothing: kept like a CA.
+        let back =
+            Api::<Secret>::namespaced(tenant::tenant_client(&client, &ns, "rs").await, "default")
+                .get("sealed")
+                .await
+                .expect("the sealed Secret is restored");
+        assert_eq!(
+            back.data.unwrap().get("v").map(|b| b.0.clone()),
+            Some(CANARY.as_bytes().to_vec())
+        );
+        assert_sealed(
+            &raw_secret(&client, &ns, "rs", "default", "sealed").await,
+            CANARY,
+        );
         // etcd holds exactly the backup's keyspace at the backup's revision.
         let hash = etcd_hash_at(&client, &ns, "rs", b.revision.unwrap()).await;
         assert_eq!(Some(hash), b.kv_hash);

@@ -531,6 +531,16 @@ async fn deletion_removes_every_child_and_a_restart_mid_creation_converges() {
         .await;
         let left = count_children(&client, &ns, "life").await;
         assert_eq!(left, 0, "children left after deletion");
+        // The key that seals its Secrets stays, like its etcd volumes: a
+        // TenantCluster of the same name adopting them needs it.
+        assert!(
+            Api::<Secret>::namespaced(client.clone(), &ns)
+                .get_opt("life-encryption")
+                .await
+                .unwrap()
+                .is_some(),
+            "the key for Secrets at rest is kept"
+        );
     })
     .await;
 }

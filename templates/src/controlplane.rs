@@ -831,6 +831,10 @@ pub fn apiserver_deployment(
                     p.names.service_account_secret(),
                     vec![("sa.key", "sa.key"), ("sa.pub", "sa.pub")],
                 ),
+                (
+                    p.names.encryption_secret(),
+                    vec![(crate::at_rest::CONFIG_FILE, crate::at_rest::CONFIG_FILE)],
+                ),
                 (p.names.certs_secret(), same_name(mounts::APISERVER)),
             ])],
             mounts: vec![mount("pki", PKI_DIR)],

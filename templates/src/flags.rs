@@ -35,6 +35,7 @@ pub const PROTECTED_FLAGS: &[(Component, &str)] = &[
     (Component::ApiServer, "service-account-key-file"),
     (Component::ApiServer, "service-account-signing-key-file"),
     (Component::ApiServer, "service-cluster-ip-range"),
+    (Component::ApiServer, "encryption-provider-config"),
     (Component::ApiServer, "kubelet-client-certificate"),
     (Component::ApiServer, "kubelet-client-key"),
     (Component::ApiServer, "requestheader-client-ca-file"),
@@ -152,6 +153,11 @@ pub fn apiserver_flags(i: &FlagInputs) -> Flags {
         ("service-account-key-file", pki("sa.pub")),
         ("service-account-signing-key-file", pki("sa.key")),
         ("service-cluster-ip-range", i.service_cidr.clone()),
+        // Secrets sealed in etcd and its backups (`at_rest`).
+        (
+            "encryption-provider-config",
+            pki(crate::at_rest::CONFIG_FILE),
+        ),
         ("authorization-mode", "Node,RBAC".into()),
         ("enable-admission-plugins", "NodeRestriction".into()),
         ("enable-bootstrap-token-auth", "true".into()),

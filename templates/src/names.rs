@@ -32,6 +32,7 @@ pub const CHILD_SUFFIXES: &[&str] = &[
     "front-proxy-ca",
     "etcd-ca",
     "sa",
+    "encryption",
     "certs",
     "kubeconfig",
     "controller-manager-kubeconfig",
@@ -132,6 +133,10 @@ impl Names {
     pub fn service_account_secret(&self) -> String {
         format!("{}-sa", self.tenant)
     }
+    /// Secret with the EncryptionConfiguration of Secrets at rest (`at_rest`).
+    pub fn encryption_secret(&self) -> String {
+        format!("{}-encryption", self.tenant)
+    }
     /// Secret with every leaf certificate and key (`<leaf>.crt`, `<leaf>.key`).
     pub fn certs_secret(&self) -> String {
         format!("{}-certs", self.tenant)
@@ -197,6 +202,7 @@ mod tests {
             n.controller_manager(),
             n.scheduler(),
             n.service_account_secret(),
+            n.encryption_secret(),
             n.certs_secret(),
             n.admin_kubeconfig_secret(),
             n.component_kubeconfig_secret("controller-manager"),

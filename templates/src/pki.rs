@@ -103,6 +103,8 @@ pub enum PkiError {
     },
     #[error("certificate generation failed: {0}")]
     Generation(#[from] rcgen::Error),
+    #[error("the system's random number generator failed")]
+    Random,
 }
 
 /// Why a stored leaf certificate must be reissued.

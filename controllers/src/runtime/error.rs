@@ -10,6 +10,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("certificate authority in Secret {secret} is unusable ({reason}); kok never regenerates a CA, restore the Secret")]
     CorruptCa { secret: String, reason: String },
+    #[error("the key for Secrets at rest in Secret {secret} is unusable ({reason}); kok never regenerates it (Secrets in etcd and in backups are sealed with it): restore the Secret")]
+    UnusableEncryptionKey { secret: String, reason: String },
     #[error("PKI: {0}")]
     Pki(#[from] PkiError),
     #[error("object {0} has no namespace or uid yet")]
@@ -41,6 +43,7 @@ impl Error {
                 _ => "finalizer",
             },
             Error::CorruptCa { .. } => "corrupt_ca",
+            Error::UnusableEncryptionKey { .. } => "unusable_encryption_key",
             Error::Pki(_) => "pki",
             Error::IncompleteObject(_) => "incomplete_object",
             Error::CleanupPending(_) => "cleanup_pending",
@@ -73,6 +76,7 @@ impl Error {
             Error::NotOwned { .. }
             | Error::VolumesNotAdoptable(_)
             | Error::CorruptCa { .. }
+            | Error::UnusableEncryptionKey { .. }
             | Error::Upgrade(_) => true,
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)

@@ -126,6 +126,7 @@ async fn report_error(tc: &TenantCluster, error: &Error, ctx: &Context) {
         Error::NotOwned { .. } => "NameConflict",
         Error::VolumesNotAdoptable(_) => "VolumesNotAdoptable",
         Error::CorruptCa { .. } => "CorruptCA",
+        Error::UnusableEncryptionKey { .. } => "UnusableEncryptionKey",
         _ if stalled => "Rejected",
         _ => "ReconcileError",
     };
@@ -237,21 +238,17 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &p.namespace);
     let pki = match tenant_pki::ensure(&secrets_api, &p, &inputs).await {
         Ok(pki) => pki,
-        Err(e @ Error::CorruptCa { .. }) => {
+        Err(e @ (Error::CorruptCa { .. } | Error::UnusableEncryptionKey { .. })) => {
             let message = e.to_string();
-            publish(
-                ctx,
-                &tc,
-                EventType::Warning,
-                "CorruptCA",
-                "EnsurePKI",
-                &message,
-            )
-            .await;
+            let reason = match e {
+                Error::CorruptCa { .. } => "CorruptCA",
+                _ => "UnusableEncryptionKey",
+            };
+            publish(ctx, &tc, EventType::Warning, reason, "EnsurePKI", &message).await;
             let c = &mut status.conditions;
             let g = generation;
-            conditions::set(c, condition::CERTIFICATES, false, "CorruptCA", &message, g);
-            conditions::set(c, condition::STALLED, true, "CorruptCA", message, g);
+            conditions::set(c, condition::CERTIFICATES, false, reason, &message, g);
+            conditions::set(c, condition::STALLED, true, reason, message, g);
             patch_status(ctx, &tc, &old_status, status).await?;
             return Ok(Action::await_change());
         }

@@ -26,6 +26,8 @@ pub struct TenantPki {
     pub cas: HashMap<CaKind, CertKeyPair>,
     pub sa_key: String,
     pub sa_pub: String,
+    /// The apiserver's EncryptionConfiguration (Secrets at rest).
+    pub encryption_config: String,
     /// Every leaf by catalogue name.
     pub leaves: BTreeMap<String, CertKeyPair>,
     /// Leaves issued in this reconcile, with why.
@@ -53,6 +55,7 @@ pub async fn ensure(
         cas.insert(kind, ca);
     }
     let (sa_key, sa_pub) = ensure_service_account_key(secrets_api, p).await?;
+    let encryption_config = ensure_encryption_config(secrets_api, p).await?;
 
     let certs_name = p.names.certs_secret();
     let stored = match secrets_api.get_opt(&certs_name).await? {
@@ -103,6 +106,7 @@ pub async fn ensure(
         cas,
         sa_key,
         sa_pub,
+        encryption_config,
         leaves,
         issued,
         earliest_expiry,
@@ -202,6 +206,40 @@ async fn ensure_service_account_key(api: &Api<Secret>, p: &Placement) -> Result<
             check_owner(&existing, &p.owner.uid)?;
             read(&existing)
         }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The key that seals the tenant's Secrets in etcd: created once, never
+/// replaced (Secrets sealed with it, in etcd and in every backup, need it),
+/// and kept when the tenant is deleted, like its etcd volumes. A Secret of
+/// that name that is not this tenant's key stalls the tenant.
+async fn ensure_encryption_config(api: &Api<Secret>, p: &Placement) -> Result<String> {
+    let name = p.names.encryption_secret();
+    let read = |s: &Secret| match kok_templates::at_rest::key_secret_problem(s, &p.names.tenant) {
+        None => Ok(kok_templates::at_rest::stored_config(s)),
+        Some(reason) => Err(Error::UnusableEncryptionKey {
+            secret: name.clone(),
+            reason,
+        }),
+    };
+    if let Some(existing) = api.get_opt(&name).await? {
+        return read(&existing);
+    }
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| Error::Pki(pki::PkiError::Random))?;
+    let config = kok_templates::at_rest::encryption_config(&base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        key,
+    ));
+    let secret = kok_templates::at_rest::key_secret(p, &config);
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            info!(secret = %name, "created the key for Secrets at rest");
+            Ok(config)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => read(&api.get(&name).await?),
         Err(e) => Err(e.into()),
     }
 }
@@ -312,6 +350,8 @@ pub(super) fn config_hashes(
                 ("front-proxy-ca", ca(CaKind::FrontProxy)),
                 ("etcd-ca", ca(CaKind::Etcd)),
                 ("sa.pub", pki.sa_pub.as_str()),
+                // A rotation (a key put in front) reaches the apiservers.
+                ("encryption", pki.encryption_config.as_str()),
             ]
             .into_iter()
             .chain(
