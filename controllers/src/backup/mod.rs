@@ -404,6 +404,14 @@ async fn succeed(
     status.completion_time = Some(now());
     patch_status(api, eb, &mut status).await?;
     ctx.metrics.backup_finished(true);
+    record_last_backup(ctx, eb, &status);
+    info!("backup succeeded");
+    publish(ctx, eb, EventType::Normal, "BackupSucceeded", message).await;
+    Ok(())
+}
+
+/// The per-tenant gauges of a tenant's last successful backup.
+fn record_last_backup(ctx: &Context, eb: &EtcdBackup, status: &EtcdBackupStatus) {
     let finished = status
         .completion_time
         .as_ref()
@@ -421,9 +429,29 @@ async fn succeed(
         status.size_bytes.unwrap_or_default(),
         took,
     );
-    info!("backup succeeded");
-    publish(ctx, eb, EventType::Normal, "BackupSucceeded", message).await;
-    Ok(())
+}
+
+/// After a restart (or a change of leader) the last-backup gauges are empty
+/// until the next backup, and an alert on backup age would fire or go blind:
+/// they are filled from the backup the tenant's status names, once.
+pub async fn seed_last_backup_metrics(ctx: &Context, namespace: &str, tenant: &str, backup: &str) {
+    if ctx.metrics.knows_last_backup(namespace, tenant) {
+        return;
+    }
+    let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), namespace);
+    match api.get_opt(backup).await {
+        Ok(Some(eb)) => {
+            if let Some(status) = eb
+                .status
+                .as_ref()
+                .filter(|s| s.phase == Some(BackupPhase::Succeeded))
+            {
+                record_last_backup(ctx, &eb, status);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "reading the last backup for its metrics"),
+    }
 }
 
 async fn fail(

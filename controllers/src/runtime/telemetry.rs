@@ -308,8 +308,28 @@ impl Metrics {
             .inc();
     }
 
+    /// A replica that stops leading stops reporting tenants: its last
+    /// values would go stale and fire alerts the leader no longer backs.
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(leading as i64);
+        if !leading {
+            self.tenant_ready.clear();
+            self.cert_expiry.clear();
+            self.last_backup.clear();
+            self.backup_size.clear();
+            self.backup_duration.clear();
+            self.findings.clear();
+        }
+    }
+
+    /// Whether this process has a last-backup time for the tenant.
+    pub fn knows_last_backup(&self, namespace: &str, tenant: &str) -> bool {
+        self.last_backup
+            .get(&TenantLabels {
+                namespace: namespace.into(),
+                tenant: tenant.into(),
+            })
+            .is_some()
     }
 
     /// Drops a deleted tenant's series.
@@ -499,6 +519,29 @@ mod tests {
         m.forget_tenant("ns", "t");
         let text = m.render();
         assert!(!text.contains(r#"tenant="t""#), "{text}");
+    }
+
+    #[test]
+    fn a_replica_that_stops_leading_exports_no_tenant_values() {
+        let m = Metrics::new();
+        m.set_leader(true);
+        m.tenant_observed("ns", "t", true, Some(1_900_000_000));
+        m.backup_succeeded("ns", "t", 1_800_000_000, 4096, 1.5);
+        m.set_findings("ns", "t", &[("PodOnMissingNode".into(), "Warning".into())]);
+        m.backup_finished(true);
+        m.set_leader(false);
+        let text = m.render();
+        assert!(!text.contains(r#"tenant="t""#), "{text}");
+        assert!(text.contains("kok_leader 0"), "{text}");
+        assert!(
+            text.contains(r#"kok_etcd_backups_total{result="succeeded"} 1"#),
+            "counters stay: {text}"
+        );
+        assert!(!m.knows_last_backup("ns", "t"));
+        // A new leader (or a restarted one) seeds it once from status.
+        m.set_leader(true);
+        m.backup_succeeded("ns", "t", 1_800_000_000, 4096, 1.5);
+        assert!(m.knows_last_backup("ns", "t"));
     }
 
     #[tokio::test]

@@ -539,6 +539,13 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         ready,
         pki.earliest_expiry.map(|t| t.unix_timestamp()),
     );
+    if let Some(last) = status
+        .backup
+        .as_ref()
+        .and_then(|b| b.last_successful_backup.as_deref())
+    {
+        crate::backup::seed_last_backup_metrics(ctx, &p.namespace, &name, last).await;
+    }
     // etcd settles its cluster version a moment after the members agree:
     // look again soon until it is read.
     let cluster_version_known = upgrade::etcd_cluster_version_settled(&status);
