@@ -88,6 +88,20 @@ struct Cli {
         value_delimiter = ','
     )]
     image_repositories: Vec<String>,
+    /// Namespaces tenants may register Argo CD cluster Secrets in,
+    /// comma-separated, `*` matching any run of characters (argocd). Empty:
+    /// none, `spec.access.argocd` is refused.
+    #[arg(
+        long,
+        env = "KOK_ARGOCD_NAMESPACES",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    argocd_namespaces: Vec<String>,
+    /// Let tenants choose any Argo CD cluster name, not only
+    /// `<their namespace>-...`.
+    #[arg(long, env = "KOK_ARGOCD_FREE_NAMES", default_value_t = false, action = clap::ArgAction::Set)]
+    argocd_free_names: bool,
     /// Scratch space for restoring backups into a throwaway etcd (default:
     /// `kok` in the temp dir). etcd binaries for it: `KOK_ETCD`,
     /// `KOK_ETCDUTL`, `KOK_ETCDCTL`, else those on PATH.
@@ -235,6 +249,15 @@ async fn run() -> anyhow::Result<()> {
                 .map(|r| r.trim().to_string())
                 .filter(|r| !r.is_empty())
                 .collect(),
+            argocd: kok_templates::argocd::ArgoPolicy {
+                namespaces: cli
+                    .argocd_namespaces
+                    .iter()
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+                free_names: cli.argocd_free_names,
+            },
         },
     ));
     let elector = LeaderElector::new(client.clone(), &namespace, OPERATOR_NAME, &identity);

@@ -902,6 +902,9 @@ pub mod condition {
     pub const CERTIFICATES: &str = "CertificatesReady";
     /// True when the last inspection found nothing of `Warning` or worse.
     pub const HEALTHY: &str = "Healthy";
+    /// Set when `spec.access.argocd` is: whether the Argo CD cluster Secret
+    /// is written, or why the operator refused it.
+    pub const ARGOCD: &str = "ArgoCDRegistered";
 }
 
 fn default_one() -> i32 {

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kok_crds::TenantCluster;
 use kok_e2e::{tenant, wait_for, with_namespace, Poll};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::Api;
+use kube::{Api, Client};
 use serde_json::json;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -37,7 +37,8 @@ async fn argocd_gets_a_cluster_secret_that_follows_the_tenant() {
         let endpoint = ready.status.as_ref().unwrap().endpoint.clone().unwrap();
 
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &argocd);
-        let name = format!("kok-{ns}-acc");
+        // `kok-<namespace>.<tenant>`: injective, where `kok-<ns>-<name>` was not.
+        let name = format!("kok-{ns}.acc");
         let s = wait_for(
             "the Argo CD cluster Secret",
             Duration::from_secs(60),
@@ -98,6 +99,64 @@ async fn argocd_gets_a_cluster_secret_that_follows_the_tenant() {
             "the renewed certificate is the admin kubeconfig's too"
         );
 
+        // A namespace the operator does not allow (hack/deploy-operator allows
+        // `argocd` and `e2e-*-argocd`): refused, and the Secret written
+        // before goes.
+        let elsewhere = format!("{ns}-other");
+        tenant::patch_spec(
+            &client,
+            &ns,
+            "acc",
+            json!({"access": {"argocd": {"namespace": elsewhere}}}),
+        )
+        .await;
+        let why = argocd_refused(&client, &ns).await;
+        assert!(why.contains("KOK_ARGOCD_NAMESPACES"), "{why}");
+        wait_for(
+            "the allowed Secret deleted",
+            Duration::from_secs(60),
+            || async {
+                match secrets.get_opt(&name).await {
+                    Ok(None) => Poll::Ready(()),
+                    other => Poll::Pending(format!("{:?}", other.map(|o| o.is_some()))),
+                }
+            },
+        )
+        .await;
+
+        // Another cluster Secret there registers the same server: refused.
+        let foreign: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "someone-else",
+                         "labels": {"argocd.argoproj.io/secret-type": "cluster"}},
+            "stringData": {"name": "someone-else", "server": endpoint, "config": "{}"}
+        }))
+        .unwrap();
+        secrets
+            .create(&PostParams::default(), &foreign)
+            .await
+            .unwrap();
+        tenant::patch_spec(
+            &client,
+            &ns,
+            "acc",
+            json!({"access": {"argocd": {"namespace": argocd}}}),
+        )
+        .await;
+        let why = argocd_refused(&client, &ns).await;
+        assert!(
+            why.contains("someone-else") && why.contains("server"),
+            "{why}"
+        );
+        assert!(
+            secrets.get_opt(&name).await.unwrap().is_none(),
+            "nothing written beside it"
+        );
+        assert_eq!(
+            data(&secrets.get("someone-else").await.unwrap(), "server"),
+            endpoint,
+            "the other Secret is left alone"
+        );
+
         // Unset: the Secret goes.
         tenant::patch_spec(&client, &ns, "acc", json!({"access": {"argocd": null}})).await;
         wait_for(
@@ -114,6 +173,31 @@ async fn argocd_gets_a_cluster_secret_that_follows_the_tenant() {
         let _ = namespaces.delete(&argocd, &DeleteParams::default()).await;
     })
     .await;
+}
+
+/// Waits for `ArgoCDRegistered` False with reason `ArgoCDRefused`; its message.
+async fn argocd_refused(client: &Client, ns: &str) -> String {
+    let api: Api<TenantCluster> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        "ArgoCDRegistered False (ArgoCDRefused)",
+        Duration::from_secs(90),
+        || async {
+            let conditions = api
+                .get("acc")
+                .await
+                .ok()
+                .and_then(|t| t.status)
+                .map(|s| s.conditions)
+                .unwrap_or_default();
+            match conditions.iter().find(|c| c.type_ == "ArgoCDRegistered") {
+                Some(c) if c.status == "False" && c.reason == "ArgoCDRefused" => {
+                    Poll::Ready(c.message.clone())
+                }
+                other => Poll::Pending(format!("{other:?}")),
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test]

@@ -40,6 +40,8 @@ pub struct Policy {
     /// any, as before; set on a shared management cluster, where a tenant's
     /// image runs with kok-minted certificates next to other tenants.
     pub image_repositories: Vec<String>,
+    /// Where tenants may register with Argo CD (`crate::argocd`).
+    pub argocd: crate::argocd::ArgoPolicy,
 }
 
 impl Policy {

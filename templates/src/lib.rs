@@ -2,6 +2,7 @@
 //! everything is a function of its inputs, tested without a cluster.
 
 pub mod addons;
+pub mod argocd;
 pub mod at_rest;
 pub mod backup;
 pub mod backup_source;

@@ -65,27 +65,20 @@ pub const ARGOCD_SECRET_TYPE_LABEL: &str = "argocd.argoproj.io/secret-type";
 /// reference can say so.
 pub const ARGOCD_OWNER_ANNOTATION: &str = "kok.dev/tenant-cluster";
 
-/// The Argo CD cluster Secret's name: a valid object name whatever the
-/// cluster is called in Argo CD.
-pub fn argocd_secret_name(p: &Placement) -> String {
-    format!("kok-{}-{}", p.namespace, p.names.tenant)
-}
-
-/// The Argo CD cluster Secret of a tenant: its endpoint, its CA and kok's
-/// admin client certificate (the same the admin kubeconfig carries).
+/// The Argo CD cluster Secret of a tenant (where and under which names:
+/// `crate::argocd::decide`): its endpoint, its CA and kok's admin client
+/// certificate (the same the admin kubeconfig carries).
 pub fn argocd_cluster_secret(
     p: &Placement,
-    spec: &kok_crds::ArgoCdCluster,
+    reg: &crate::argocd::Registration,
+    project: Option<&str>,
     server_url: &str,
     ca_pem: &str,
     admin: &CertKeyPair,
 ) -> Secret {
     use base64::Engine as _;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let name = spec
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", p.namespace, p.names.tenant));
+    let name = reg.cluster_name.clone();
     let config = serde_json::json!({
         "tlsClientConfig": {
             "caData": b64(ca_pem),
@@ -98,15 +91,15 @@ pub fn argocd_cluster_secret(
         ("server".to_string(), server_url.to_string()),
         ("config".to_string(), config.to_string()),
     ]);
-    if let Some(project) = &spec.project {
-        data.insert("project".into(), project.clone());
+    if let Some(project) = project {
+        data.insert("project".into(), project.to_string());
     }
     let mut labels = tenant_labels(&p.names.tenant);
     labels.insert(ARGOCD_SECRET_TYPE_LABEL.into(), "cluster".into());
     Secret {
         metadata: ObjectMeta {
-            name: Some(argocd_secret_name(p)),
-            namespace: Some(spec.namespace.clone()),
+            name: Some(reg.secret_name.clone()),
+            namespace: Some(reg.namespace.clone()),
             labels: Some(labels),
             annotations: Some(BTreeMap::from([(
                 ARGOCD_OWNER_ANNOTATION.to_string(),
@@ -171,18 +164,25 @@ mod tests {
             namespace: "tenants".into(),
             owner: Default::default(),
         };
-        let spec = kok_crds::ArgoCdCluster {
+        let reg = crate::argocd::Registration {
             namespace: "argocd".into(),
-            name: None,
-            project: Some("platform".into()),
+            secret_name: "kok-tenants.demo".into(),
+            cluster_name: "tenants-demo".into(),
         };
         let admin = CertKeyPair {
             cert_pem: "CERT".into(),
             key_pem: "KEY".into(),
         };
-        let s = argocd_cluster_secret(&p, &spec, "https://10.0.0.1:6443", "CA", &admin);
+        let s = argocd_cluster_secret(
+            &p,
+            &reg,
+            Some("platform"),
+            "https://10.0.0.1:6443",
+            "CA",
+            &admin,
+        );
         assert_eq!(s.metadata.namespace.as_deref(), Some("argocd"));
-        assert_eq!(s.metadata.name.as_deref(), Some("kok-tenants-demo"));
+        assert_eq!(s.metadata.name.as_deref(), Some("kok-tenants.demo"));
         assert_eq!(
             s.metadata.labels.as_ref().unwrap()[ARGOCD_SECRET_TYPE_LABEL],
             "cluster"

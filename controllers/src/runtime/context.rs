@@ -108,6 +108,8 @@ pub struct Settings {
     pub private_s3: kok_templates::backup::PrivateEndpoints,
     /// Image repositories tenants may run (empty: any).
     pub image_repositories: Vec<String>,
+    /// Where tenants may register with Argo CD.
+    pub argocd: kok_templates::argocd::ArgoPolicy,
 }
 
 impl Context {
@@ -136,6 +138,7 @@ impl Context {
                 allow_http_s3: settings.allow_http_s3,
                 private_s3: settings.private_s3,
                 image_repositories: settings.image_repositories,
+                argocd: settings.argocd,
             },
             failures: Mutex::default(),
             fleet: Mutex::default(),

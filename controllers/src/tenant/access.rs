@@ -3,18 +3,26 @@
 //! admin certificate or a new endpoint reaches Argo CD, and deleted when
 //! unset or with the tenant.
 
-use kok_crds::{TenantCluster, TenantClusterStatus};
+use kok_crds::{condition, TenantCluster, TenantClusterStatus};
+use kok_templates::argocd::{self as argo, OtherCluster};
 use kok_templates::pki::CaKind;
-use kok_templates::secrets::{argocd_cluster_secret, argocd_secret_name, ARGOCD_OWNER_ANNOTATION};
-use kube::api::DeleteParams;
+use kok_templates::secrets::{
+    argocd_cluster_secret, string_data, ARGOCD_OWNER_ANNOTATION, ARGOCD_SECRET_TYPE_LABEL,
+};
+use kube::api::{DeleteParams, ListParams};
 use kube::runtime::events::EventType;
 
 use super::*;
 use crate::runtime::apply::apply;
 
-/// Writes, moves or removes the tenant's Argo CD cluster Secret. A problem
-/// the user can fix (Argo CD's namespace missing, a Secret of that name not
-/// kok's) is an Event; the rest of the pass goes on.
+/// Cluster Secrets read from Argo CD's namespace to find a collision: a
+/// bound on what one pass reads there.
+const MAX_CLUSTER_SECRETS: u32 = 500;
+
+/// Writes, moves or removes the tenant's Argo CD cluster Secret, where the
+/// operator's policy allows it (`kok_templates::argocd::decide`). A refusal
+/// or a problem is the condition `ArgoCDRegistered` False and a Warning
+/// Event; the rest of the pass goes on.
 pub(super) async fn argocd(
     ctx: &Context,
     tc: &TenantCluster,
@@ -25,72 +33,126 @@ pub(super) async fn argocd(
 ) -> Result<()> {
     let previous = status.argocd_cluster_secret.clone();
     let owner = format!("{}/{}/{}", p.namespace, p.names.tenant, p.owner.uid);
-    let wanted = match (
-        tc.spec.access.argocd.as_ref(),
-        endpoint,
-        pki.leaves.get("admin"),
-    ) {
-        (Some(spec), Some(ep), Some(admin)) => Some(argocd_cluster_secret(
-            p,
-            spec,
-            &ep.url(),
-            &pki.ca(CaKind::Cluster).cert_pem,
-            admin,
-        )),
-        _ => None,
+    let generation = tc.metadata.generation;
+    let Some(spec) = tc.spec.access.argocd.as_ref() else {
+        status.conditions.retain(|c| c.type_ != condition::ARGOCD);
+        if let Some(old) = previous {
+            delete_if_ours(ctx, &old, &owner).await?;
+        }
+        status.argocd_cluster_secret = None;
+        return Ok(());
     };
-    let key = wanted.as_ref().map(|s| {
-        format!(
-            "{}/{}",
-            s.metadata.namespace.clone().unwrap_or_default(),
-            argocd_secret_name(p)
-        )
-    });
-    if let Some(secret) = &wanted {
-        let ns = secret.metadata.namespace.clone().unwrap_or_default();
-        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-        let name = argocd_secret_name(p);
-        let problem = match api.get_opt(&name).await {
-            Ok(Some(existing)) if annotation(&existing) != Some(owner.as_str()) => Some(format!(
-                "Secret {ns}/{name} exists and is not this tenant's Argo CD cluster Secret: left alone"
-            )),
-            Ok(_) => match apply(&api, secret).await {
-                Ok(_) => None,
-                Err(e) => Some(format!("writing the Argo CD cluster Secret {ns}/{name}: {e}")),
-            },
-            Err(e) => Some(format!("reading Secret {ns}/{name}: {e}")),
-        };
-        if let Some(why) = problem {
+    let (Some(ep), Some(admin)) = (endpoint, pki.leaves.get("admin")) else {
+        return Ok(()); // no endpoint yet: next pass
+    };
+    let server = ep.url();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &spec.namespace);
+    let outcome = match others(&api, &owner).await {
+        Err(e) => Err((
+            "ArgoCDSecretFailed",
+            format!("reading cluster Secrets in {}: {e}", spec.namespace),
+        )),
+        Ok(others) => match argo::decide(
+            &ctx.policy.argocd,
+            &p.namespace,
+            &p.names.tenant,
+            spec,
+            &server,
+            &others,
+        ) {
+            Err(why) => {
+                // No longer allowed (a policy changed): the old one goes too.
+                if let Some(old) = previous.clone() {
+                    delete_if_ours(ctx, &old, &owner).await?;
+                    status.argocd_cluster_secret = None;
+                }
+                Err(("ArgoCDRefused", why))
+            }
+            Ok(reg) => {
+                let secret = argocd_cluster_secret(
+                    p,
+                    &reg,
+                    spec.project.as_deref(),
+                    &server,
+                    &pki.ca(CaKind::Cluster).cert_pem,
+                    admin,
+                );
+                let (ns, name) = (&reg.namespace, &reg.secret_name);
+                match api.get_opt(name).await {
+                    Ok(Some(existing)) if annotation(&existing) != Some(owner.as_str()) => Err((
+                        "ArgoCDSecretFailed",
+                        format!("Secret {ns}/{name} exists and is not this tenant's Argo CD cluster Secret: left alone"),
+                    )),
+                    Ok(_) => match apply(&api, &secret).await {
+                        Ok(_) => Ok(format!("{ns}/{name}")),
+                        Err(e) => Err((
+                            "ArgoCDSecretFailed",
+                            format!("writing the Argo CD cluster Secret {ns}/{name}: {e}"),
+                        )),
+                    },
+                    Err(e) => Err(("ArgoCDSecretFailed", format!("reading Secret {ns}/{name}: {e}"))),
+                }
+            }
+        },
+    };
+    match outcome {
+        Err((reason, why)) => {
             warn!("{why}");
-            super::publish(
-                ctx,
-                tc,
-                EventType::Warning,
-                "ArgoCDSecretFailed",
-                "Access",
-                &why,
-            )
-            .await;
-            return Ok(());
+            let c = &mut status.conditions;
+            conditions::set(c, condition::ARGOCD, false, reason, &why, generation);
+            if ctx.first_saying(&format!("argocd/{owner}"), &why) {
+                super::publish(ctx, tc, EventType::Warning, reason, "Access", &why).await;
+            }
         }
-        if previous.is_none() || previous != key {
-            let note = format!("Argo CD cluster Secret {ns}/{name} written");
-            super::publish(
-                ctx,
-                tc,
-                EventType::Normal,
-                "ArgoCDRegistered",
-                "Access",
-                &note,
-            )
-            .await;
+        Ok(key) => {
+            let note = format!("Argo CD cluster Secret {key} written");
+            let c = &mut status.conditions;
+            conditions::set(c, condition::ARGOCD, true, "Registered", &note, generation);
+            if previous.as_ref() != Some(&key) {
+                super::publish(
+                    ctx,
+                    tc,
+                    EventType::Normal,
+                    "ArgoCDRegistered",
+                    "Access",
+                    &note,
+                )
+                .await;
+                // Moved (another namespace, or the name of an older kok).
+                if let Some(old) = previous {
+                    delete_if_ours(ctx, &old, &owner).await?;
+                }
+            }
+            ctx.first_saying(&format!("argocd/{owner}"), "");
+            status.argocd_cluster_secret = Some(key);
         }
     }
-    if let Some(old) = previous.filter(|p| Some(p) != key.as_ref()) {
-        delete_if_ours(ctx, &old, &owner).await?;
-    }
-    status.argocd_cluster_secret = key;
     Ok(())
+}
+
+/// The other cluster Secrets in Argo CD's namespace (not this tenant's).
+async fn others(
+    api: &Api<Secret>,
+    owner: &str,
+) -> std::result::Result<Vec<OtherCluster>, kube::Error> {
+    let lp = ListParams::default()
+        .labels(&format!("{ARGOCD_SECRET_TYPE_LABEL}=cluster"))
+        .limit(MAX_CLUSTER_SECRETS);
+    Ok(api
+        .list(&lp)
+        .await?
+        .items
+        .iter()
+        .filter(|s| annotation(s) != Some(owner))
+        .map(|s| {
+            let data = string_data(s);
+            OtherCluster {
+                secret: s.name_any(),
+                name: data.get("name").cloned().unwrap_or_default(),
+                server: data.get("server").cloned().unwrap_or_default(),
+            }
+        })
+        .collect())
 }
 
 /// Deletes the Argo CD cluster Secret `namespace/name` if it is this tenant's.
