@@ -296,6 +296,17 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Tenant passes in flight at once: each holds connections to a tenant API
+/// and its etcd, so a fleet that all wakes at once (a restart, a shared
+/// outage) queues instead of opening hundreds at a time.
+const TENANT_RECONCILES: u16 = 8;
+/// The same for backups, restores, schedules and join tokens.
+const OTHER_RECONCILES: u16 = 4;
+
+fn bounded(concurrency: u16) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(concurrency)
+}
+
 /// Every controller of this term, until shutdown. Dropping the future stops
 /// them all (watches, queues and in-flight reconciles).
 async fn run_controllers(client: Client, ctx: Arc<Context>, shutdown_rx: watch::Receiver<bool>) {
@@ -303,6 +314,7 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, shutdown_rx: watch::
     // Only kok's own children are watched (and cached), not every Secret in the cluster.
     let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=kok");
     let tenant_controller = Controller::new(tenants.clone(), watcher::Config::default())
+        .with_config(bounded(TENANT_RECONCILES))
         .owns_stream(triggers::changed(
             Api::<StatefulSet>::all(client.clone()),
             children.clone(),
@@ -330,6 +342,7 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, shutdown_rx: watch::
         Api::<Lenient<EtcdBackup>>::all(client.clone()),
         watcher::Config::default(),
     )
+    .with_config(bounded(OTHER_RECONCILES))
     .graceful_shutdown_on(shutdown(shutdown_rx.clone()))
     .run(
         |o, c| lenient::reconcile(o, c, backup::reconcile),
@@ -342,6 +355,7 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, shutdown_rx: watch::
         Api::<Lenient<EtcdRestore>>::all(client.clone()),
         watcher::Config::default(),
     )
+    .with_config(bounded(OTHER_RECONCILES))
     .owns(
         Api::<Job>::all(client.clone()),
         watcher::Config::default().labels("kok.dev/component=etcd-restore"),
@@ -354,6 +368,7 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, shutdown_rx: watch::
     )
     .for_each(log_result);
     let schedule_controller = Controller::new(tenants, watcher::Config::default())
+        .with_config(bounded(OTHER_RECONCILES))
         .watches(
             Api::<Lenient<EtcdBackup>>::all(client.clone()),
             watcher::Config::default(),
@@ -374,6 +389,7 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, shutdown_rx: watch::
         Api::<Lenient<JoinToken>>::all(client.clone()),
         watcher::Config::default(),
     )
+    .with_config(bounded(OTHER_RECONCILES))
     .graceful_shutdown_on(shutdown(shutdown_rx.clone()))
     .run(
         |o, c| lenient::reconcile(o, c, join::reconcile),

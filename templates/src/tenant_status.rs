@@ -295,8 +295,32 @@ pub fn summary(verdict: &Verdict, upgrade: Option<&OpenUpgrade>) -> Vec<Componen
     out
 }
 
+/// How soon a tenant that is not serving is looked at again, by how long it
+/// has not been: every 3 s while it starts (a start takes 8 to 30 s), every
+/// 15 s after 2 minutes, every minute after 10. A pod that becomes ready
+/// wakes the pass anyway (its Deployment or StatefulSet changes), so this
+/// only bounds what a tenant that never comes up costs the API: a broken
+/// one was re-applied every 3 s, about 20 calls each time.
+pub fn progress_poll(not_ready_for: std::time::Duration) -> std::time::Duration {
+    let secs = match not_ready_for.as_secs() {
+        0..=119 => 3,
+        120..=599 => 15,
+        _ => 60,
+    };
+    std::time::Duration::from_secs(secs)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_tenant_that_never_comes_up_is_polled_less_and_less() {
+        use std::time::Duration as D;
+        assert_eq!(progress_poll(D::from_secs(0)), D::from_secs(3));
+        assert_eq!(progress_poll(D::from_secs(119)), D::from_secs(3));
+        assert_eq!(progress_poll(D::from_secs(120)), D::from_secs(15));
+        assert_eq!(progress_poll(D::from_secs(3600)), D::from_secs(60));
+    }
     use super::*;
 
     fn done(n: i32) -> WorkloadRollout {

@@ -549,6 +549,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     // etcd settles its cluster version a moment after the members agree:
     // look again soon until it is read.
     let cluster_version_known = upgrade::etcd_cluster_version_settled(&status);
+    let not_ready = not_ready_for(&status);
     patch_status(ctx, &tc, &old_status, status).await?;
     if became_ready {
         info!("tenant control plane ready");
@@ -586,10 +587,29 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(
         if ready && cluster_version_known && !replacing {
             RESYNC.min(next_inspection)
-        } else {
+        } else if ready || replacing {
+            // A roll or a member move in progress is polled: etcd's progress
+            // (a learner catching up) is not a watched object.
             PROGRESS_POLL
+        } else {
+            kok_templates::tenant_status::progress_poll(not_ready)
         },
     ))
+}
+
+/// How long the tenant has not been Ready (since its Ready condition last
+/// changed; from its creation for one that never was).
+fn not_ready_for(status: &TenantClusterStatus) -> Duration {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::READY && c.status != "True")
+        .map(|c| {
+            let since = k8s_openapi::jiff::Timestamp::now().as_second()
+                - c.last_transition_time.0.as_second();
+            Duration::from_secs(since.max(0) as u64)
+        })
+        .unwrap_or_default()
 }
 
 /// Writes the reconciler's view of status when it differs from what is stored.
