@@ -14,8 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use serde_json::json;
 
-use crate::controlplane::Placement;
-use crate::names::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::names::{Names, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// The file in the Secret, and in the apiserver's PKI directory.
 pub const CONFIG_FILE: &str = "encryption-config.yaml";
@@ -46,13 +45,13 @@ pub fn encryption_config(key_b64: &str) -> String {
 
 /// The key Secret for a new tenant: labelled with its tenant, owned by
 /// nobody (see the module comment).
-pub fn key_secret(p: &Placement, config: &str) -> Secret {
+pub fn key_secret(names: &Names, namespace: &str, config: &str) -> Secret {
     Secret {
         metadata: ObjectMeta {
-            name: Some(p.names.encryption_secret()),
-            namespace: Some(p.namespace.clone()),
+            name: Some(names.encryption_secret()),
+            namespace: Some(namespace.to_string()),
             labels: Some(BTreeMap::from([
-                (KEY_OF_LABEL.to_string(), p.names.tenant.clone()),
+                (KEY_OF_LABEL.to_string(), names.tenant.clone()),
                 (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
             ])),
             ..Default::default()
@@ -103,16 +102,7 @@ pub fn stored_config(secret: &Secret) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::{Names, TENANT_LABEL};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-
-    fn test_placement(tenant: &str) -> Placement {
-        Placement {
-            names: Names::new(tenant),
-            namespace: "tenants".into(),
-            owner: OwnerReference::default(),
-        }
-    }
+    use crate::names::TENANT_LABEL;
 
     #[test]
     fn secrets_are_sealed_with_the_key_and_old_plain_ones_stay_readable() {
@@ -127,8 +117,7 @@ mod tests {
 
     #[test]
     fn the_key_secret_outlives_its_tenant_and_names_it() {
-        let p = test_placement("demo");
-        let s = key_secret(&p, &encryption_config("a2V5"));
+        let s = key_secret(&Names::new("demo"), "tenants", &encryption_config("a2V5"));
         assert_eq!(s.metadata.name.as_deref(), Some("demo-encryption"));
         assert!(s.metadata.owner_references.is_none(), "no owner: kept");
         let labels = s.metadata.labels.clone().unwrap();

@@ -35,11 +35,11 @@ use crate::flags::{
 use crate::names::{self, component_labels, Names, CONFIG_HASH_ANNOTATION};
 use crate::security::{container_security_context, pod_security_context};
 use crate::validate::ValidSpec;
+pub use crate::validate::{image_repository, DEFAULT_IMAGE_REPOSITORY};
 
 pub const ETCD_CLIENT_PORT: i32 = 2379;
 pub const ETCD_PEER_PORT: i32 = 2380;
 pub const ETCD_METRICS_PORT: i32 = 2381;
-pub const DEFAULT_IMAGE_REPOSITORY: &str = "registry.k8s.io";
 const ETCD_DATA_DIR: &str = "/var/lib/etcd";
 /// Set by the apiserver on every Namespace from Kubernetes 1.21 on.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -111,12 +111,6 @@ pub mod mounts {
         "front-proxy-client.crt",
         "front-proxy-client.key",
     ];
-}
-
-pub fn image_repository(spec: &TenantClusterSpec) -> &str {
-    spec.image_repository
-        .as_deref()
-        .unwrap_or(DEFAULT_IMAGE_REPOSITORY)
 }
 
 pub fn component_image(spec: &TenantClusterSpec, valid: &ValidSpec, component: &str) -> String {

@@ -34,7 +34,7 @@ pub struct Policy {
     /// Private S3 endpoints the platform allows (an in-cluster MinIO):
     /// refused otherwise, so a tenant cannot point kok at the management
     /// network.
-    pub private_s3: crate::backup::PrivateEndpoints,
+    pub private_s3: crate::endpoint::PrivateEndpoints,
     /// Image repositories tenants may run (`KOK_IMAGE_REPOSITORIES`, prefixes
     /// such as `registry.k8s.io` or `registry.example.com/mirror`). Empty:
     /// any, as before; set on a shared management cluster, where a tenant's

@@ -7,6 +7,7 @@ pub mod at_rest;
 pub mod backup;
 pub mod backup_source;
 pub mod controlplane;
+pub mod endpoint;
 pub mod etcd_roll;
 pub mod etcd_scale;
 pub mod field_error;

@@ -66,6 +66,16 @@ pub fn advertised_address(text: &str) -> Result<(String, i32), String> {
     Ok((host.to_string(), port))
 }
 
+/// Where the control-plane images come from when the spec does not say.
+pub const DEFAULT_IMAGE_REPOSITORY: &str = "registry.k8s.io";
+
+/// The registry prefix of the tenant's control-plane images.
+pub fn image_repository(spec: &TenantClusterSpec) -> &str {
+    spec.image_repository
+        .as_deref()
+        .unwrap_or(DEFAULT_IMAGE_REPOSITORY)
+}
+
 /// Checks `spec` against itself and against what already runs (`status`):
 /// no downgrade across minors, no etcd member count change after creation.
 pub fn validate(
@@ -269,7 +279,7 @@ pub fn validate(
         }
     }
 
-    if !policy.image_allowed(crate::controlplane::image_repository(spec)) {
+    if !policy.image_allowed(image_repository(spec)) {
         let why = match &spec.image_repository {
             Some(_) => "not among the image repositories the operator allows",
             None => "unset, so the default registry.k8s.io, which the operator does not allow",

@@ -250,9 +250,7 @@ impl TrailerCheck {
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::storage::hex;
 
 #[cfg(test)]
 mod tests {

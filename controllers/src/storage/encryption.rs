@@ -84,7 +84,7 @@ impl ArtifactKey {
         let digest = Sha256::digest([b"kok artifact key id:".as_slice(), raw].concat());
         Ok(Self {
             key: LessSafeKey::new(key),
-            id: crate::etcd::snapshot::hex(&digest[..8]),
+            id: super::hex(&digest[..8]),
         })
     }
 

@@ -26,6 +26,11 @@ use object_store::{ObjectStore, WriteMultipart};
 
 use self::encryption::{ArtifactKey, Decryptor, EncryptionError, Encryptor};
 
+/// Lowercase hex of a digest (sha256 sums and key ids in status).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Part size of multipart uploads (S3's minimum is 5 MiB).
 pub const PART_SIZE: usize = 5 * 1024 * 1024;
 /// Parts in flight at once: memory is bounded by PART_SIZE * (this + 1).

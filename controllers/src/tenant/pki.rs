@@ -233,7 +233,7 @@ async fn ensure_encryption_config(api: &Api<Secret>, p: &Placement) -> Result<St
         &base64::engine::general_purpose::STANDARD,
         key,
     ));
-    let secret = kok_templates::at_rest::key_secret(p, &config);
+    let secret = kok_templates::at_rest::key_secret(&p.names, &p.namespace, &config);
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => {
             info!(secret = %name, "created the key for Secrets at rest");
