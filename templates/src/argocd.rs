@@ -51,11 +51,7 @@ pub fn decide(
     server: &str,
     others: &[OtherCluster],
 ) -> Result<Registration, String> {
-    if !policy
-        .namespaces
-        .iter()
-        .any(|p| matches(p, &spec.namespace))
-    {
+    if !namespace_allowed(policy, &spec.namespace) {
         return Err(format!(
             "spec.access.argocd.namespace: {:?} is not a namespace the operator registers clusters in \
              (KOK_ARGOCD_NAMESPACES: {})",
@@ -91,6 +87,12 @@ pub fn decide(
         secret_name: secret_name(tenant_namespace, tenant),
         cluster_name,
     })
+}
+
+/// Whether kok may write cluster Secrets into `namespace` (checked before
+/// it reads anything there).
+pub fn namespace_allowed(policy: &ArgoPolicy, namespace: &str) -> bool {
+    policy.namespaces.iter().any(|p| matches(p, namespace))
 }
 
 /// `*` matches any run of characters, the rest literally.

@@ -47,7 +47,13 @@ pub(super) async fn argocd(
     };
     let server = ep.url();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &spec.namespace);
-    let outcome = match others(&api, &owner).await {
+    // Nothing is read in a namespace kok may not write to.
+    let listed = if argo::namespace_allowed(&ctx.policy.argocd, &spec.namespace) {
+        others(&api, &owner).await
+    } else {
+        Ok(Vec::new())
+    };
+    let outcome = match listed {
         Err(e) => Err((
             "ArgoCDSecretFailed",
             format!("reading cluster Secrets in {}: {e}", spec.namespace),

@@ -1073,7 +1073,23 @@ async fn replace(
                 Err(e) => {
                     // Not caught up yet ("can only promote a learner member
                     // which is in sync with leader"): try again next pass.
-                    let why = format!("waiting for the learner to catch up: {e}");
+                    // A learner whose pod crash-loops started before the
+                    // bootstrap ConfigMap let it join; it would only wait out
+                    // its back-off (up to 5 minutes), so it starts now.
+                    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.namespace);
+                    let pod = pods.get_opt(&name).await?;
+                    let waiting = pod.as_ref().and_then(waiting_reason);
+                    let pod_note = match waiting.as_deref() {
+                        Some("CrashLoopBackOff") => {
+                            ignore_gone(pods.delete(&name, &DeleteParams::default()).await)?;
+                            info!(pod = %name, "restarted a crash-looping learner to join now");
+                            "its pod was crash-looping: restarted".to_string()
+                        }
+                        Some(reason) => format!("its pod is waiting: {reason}"),
+                        None if pod.is_none() => "its pod is not there yet".to_string(),
+                        None => "its pod is running".to_string(),
+                    };
+                    let why = format!("waiting for the learner to catch up ({pod_note}): {e}");
                     r.message = Some(why.clone());
                     status.etcd_member_replacement = Some(r.clone());
                     return Ok(Healing::Replacing(progress(&r, &why)));
@@ -1154,6 +1170,16 @@ async fn unwedge(
 /// deleted), or still Terminating a minute past its grace period (its node
 /// is gone, no kubelet confirms). Called only for a member already removed from etcd whose new
 /// pod starts on another claim, so nothing runs twice on one volume.
+/// Why the pod's first waiting container waits (`CrashLoopBackOff`, ...).
+fn waiting_reason(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+}
+
 async fn clear_stuck_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
     let Some(pod) = pods.get_opt(name).await? else {
         return Ok(());
