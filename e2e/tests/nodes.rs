@@ -542,8 +542,15 @@ async fn node_faults_are_found_by_inspection() {
                 "nodeInfo": {"kubeletVersion": "v1.17.0", "machineID": "", "systemUUID": "", "bootID": "",
                     "kernelVersion": "", "osImage": "", "containerRuntimeVersion": "", "kubeProxyVersion": "v1.17.0",
                     "operatingSystem": "linux", "architecture": "amd64"},
-                "conditions": [{"type": "MemoryPressure", "status": "True", "reason": "Planted",
-                    "message": "planted by the test", "lastHeartbeatTime": now, "lastTransitionTime": now}],
+                // A fresh Ready heartbeat too: the node lifecycle controller
+                // times a node by its Ready condition, and without one it
+                // turned every condition Unknown within 5 s of each planting
+                // (an inspection under load missed the window 13 times).
+                "conditions": [
+                    {"type": "MemoryPressure", "status": "True", "reason": "Planted",
+                     "message": "planted by the test", "lastHeartbeatTime": now, "lastTransitionTime": now},
+                    {"type": "Ready", "status": "False", "reason": "Planted",
+                     "message": "no kubelet behind this Node", "lastHeartbeatTime": now, "lastTransitionTime": now}],
             }});
             nodes
                 .patch_status("old-kubelet", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&status))
