@@ -243,19 +243,9 @@ async fn run() -> anyhow::Result<()> {
             operator_node: cli.node_name.clone(),
             allow_http_s3: cli.allow_http_s3,
             private_s3: cli.s3_private_endpoints.clone(),
-            image_repositories: cli
-                .image_repositories
-                .iter()
-                .map(|r| r.trim().to_string())
-                .filter(|r| !r.is_empty())
-                .collect(),
+            image_repositories: list_items(&cli.image_repositories),
             argocd: kok_templates::argocd::ArgoPolicy {
-                namespaces: cli
-                    .argocd_namespaces
-                    .iter()
-                    .map(|n| n.trim().to_string())
-                    .filter(|n| !n.is_empty())
-                    .collect(),
+                namespaces: list_items(&cli.argocd_namespaces),
                 free_names: cli.argocd_free_names,
             },
         },
@@ -294,6 +284,16 @@ async fn run() -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// The items of a comma-separated setting, trimmed, without empty ones (an
+/// unset variable is one empty item).
+fn list_items(items: &[String]) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| i.trim().to_string())
+        .filter(|i| !i.is_empty())
+        .collect()
 }
 
 /// Tenant passes in flight at once: each holds connections to a tenant API

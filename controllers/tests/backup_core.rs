@@ -287,26 +287,8 @@ fn hack(args: &[&str]) {
 
 #[tokio::test]
 async fn s3_backup_restores_to_identical_content() {
-    hack(&["start"]);
-    hack(&["bucket", "kok-backups"]);
-    let endpoint =
-        std::env::var("KOK_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:19000".into());
-    let store = Store::s3(
-        &S3Destination {
-            bucket: "kok-backups".into(),
-            prefix: Some("it".into()),
-            endpoint: Some(endpoint),
-            region: "us-east-1".into(),
-            credentials_secret: "unused-here".into(),
-        },
-        S3Credentials {
-            access_key_id: "test".into(),
-            secret_access_key: "test".into(),
-            session_token: None,
-        },
-        &PrivateEndpoints::default(),
-    )
-    .unwrap();
+    let endpoint = moto_endpoint();
+    let store = s3_store(&endpoint, "it", "");
     let dir = scratch();
     let (source, mut client) = source_etcd(dir.path()).await;
     let key = format!("ns/demo/s3-{}.db", std::process::id());
@@ -486,11 +468,20 @@ async fn an_in_place_restore_is_identical_and_refuses_corruption() {
     assert!(matches!(err, VerifyError::Tool { .. }), "{err}");
 }
 
-fn s3_store(endpoint: &str, allowed: &str) -> Store {
+/// The test S3 server (moto), started, with bucket `kok-backups`: its endpoint.
+fn moto_endpoint() -> String {
+    hack(&["start"]);
+    hack(&["bucket", "kok-backups"]);
+    std::env::var("KOK_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:19000".into())
+}
+
+/// A store on bucket `kok-backups` under `prefix`; `allowed`: the operator's
+/// private endpoint allowlist.
+fn s3_store(endpoint: &str, prefix: &str, allowed: &str) -> Store {
     Store::s3(
         &S3Destination {
             bucket: "kok-backups".into(),
-            prefix: Some("guard".into()),
+            prefix: Some(prefix.into()),
             endpoint: Some(endpoint.into()),
             region: "us-east-1".into(),
             credentials_secret: "unused-here".into(),
@@ -510,13 +501,10 @@ fn s3_store(endpoint: &str, allowed: &str) -> Store {
 /// or by a redirect.
 #[tokio::test]
 async fn s3_client_refuses_private_names_and_follows_no_redirect() {
-    hack(&["start"]);
-    hack(&["bucket", "kok-backups"]);
-    let endpoint =
-        std::env::var("KOK_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:19000".into());
+    let endpoint = moto_endpoint();
     let port = endpoint.rsplit(':').next().unwrap().to_string();
     // An object that exists, written through the allowed address.
-    let direct = s3_store(&endpoint, "");
+    let direct = s3_store(&endpoint, "guard", "");
     let mut w = direct.writer("present.db").await.unwrap();
     w.write(b"x").await.unwrap();
     w.finish().await.unwrap();
@@ -524,7 +512,7 @@ async fn s3_client_refuses_private_names_and_follows_no_redirect() {
 
     // `localhost` resolves to loopback: refused unless the operator allows it.
     let by_name = format!("http://localhost:{port}");
-    let err = s3_store(&by_name, "")
+    let err = s3_store(&by_name, "guard", "")
         .exists("present.db")
         .await
         .unwrap_err();
@@ -532,7 +520,7 @@ async fn s3_client_refuses_private_names_and_follows_no_redirect() {
         format!("{err:?}").contains("KOK_S3_PRIVATE_ENDPOINTS"),
         "{err:?}"
     );
-    assert!(s3_store(&by_name, "127.0.0.0/8,::1")
+    assert!(s3_store(&by_name, "guard", "127.0.0.0/8,::1")
         .exists("present.db")
         .await
         .unwrap());
@@ -555,7 +543,9 @@ async fn s3_client_refuses_private_names_and_follows_no_redirect() {
             let _ = conn.write_all(reply.as_bytes()).await;
         }
     });
-    let via_redirect = s3_store(&redirecting, "").exists("present.db").await;
+    let via_redirect = s3_store(&redirecting, "guard", "")
+        .exists("present.db")
+        .await;
     assert!(
         via_redirect.is_err(),
         "the redirect was followed: {via_redirect:?}"

@@ -112,17 +112,7 @@ async fn argocd_gets_a_cluster_secret_that_follows_the_tenant() {
         .await;
         let why = argocd_refused(&client, &ns, "KOK_ARGOCD_NAMESPACES").await;
         assert!(why.contains(&elsewhere), "{why}");
-        wait_for(
-            "the allowed Secret deleted",
-            Duration::from_secs(60),
-            || async {
-                match secrets.get_opt(&name).await {
-                    Ok(None) => Poll::Ready(()),
-                    other => Poll::Pending(format!("{:?}", other.map(|o| o.is_some()))),
-                }
-            },
-        )
-        .await;
+        secret_gone(&secrets, &name, "the allowed Secret deleted").await;
 
         // Another cluster Secret there registers the same server: refused.
         let foreign: Secret = serde_json::from_value(json!({
@@ -156,18 +146,19 @@ async fn argocd_gets_a_cluster_secret_that_follows_the_tenant() {
 
         // Unset: the Secret goes.
         tenant::patch_spec(&client, &ns, "acc", json!({"access": {"argocd": null}})).await;
-        wait_for(
-            "the Argo CD cluster Secret deleted",
-            Duration::from_secs(60),
-            || async {
-                match secrets.get_opt(&name).await {
-                    Ok(None) => Poll::Ready(()),
-                    other => Poll::Pending(format!("{:?}", other.map(|o| o.is_some()))),
-                }
-            },
-        )
-        .await;
+        secret_gone(&secrets, &name, "the Argo CD cluster Secret deleted").await;
         let _ = namespaces.delete(&argocd, &DeleteParams::default()).await;
+    })
+    .await;
+}
+
+/// Waits until Secret `name` is gone.
+async fn secret_gone(secrets: &Api<Secret>, name: &str, what: &str) {
+    wait_for(what, Duration::from_secs(60), || async {
+        match secrets.get_opt(name).await {
+            Ok(None) => Poll::Ready(()),
+            other => Poll::Pending(format!("{:?}", other.map(|o| o.is_some()))),
+        }
     })
     .await;
 }
