@@ -60,12 +60,10 @@ struct Cli {
     #[arg(long, env = "KOK_IMAGE")]
     image: Option<String>,
     /// The node directory mounted at /var/lib/kok/backups (filesystem
-    /// backup destinations; restore Jobs mount it).
-    #[arg(
-        long,
-        env = "KOK_BACKUP_HOST_PATH",
-        default_value = "/var/lib/kok/backups"
-    )]
+    /// backup destinations; restore Jobs mount it). Empty (the chart's
+    /// default): the directory is an emptyDir, which dies with the pod, so
+    /// filesystem destinations are refused.
+    #[arg(long, env = "KOK_BACKUP_HOST_PATH", default_value = "")]
     backup_host_path: String,
     /// The node this replica runs on (the downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]

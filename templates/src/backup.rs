@@ -77,6 +77,15 @@ pub fn validate_backup(spec: &BackupSpec, policy: &Policy) -> Vec<FieldError> {
         (Some(_), Some(_)) | (None, None) => {
             err("destination", "set exactly one of filesystem and s3".into())
         }
+        (Some(_), None) if !policy.durable_backups => err(
+            "destination.filesystem",
+            format!(
+                "the operator has no durable backup storage: {BACKUPS_MOUNT} is a directory \
+                 in its pod (an emptyDir) and a backup there vanishes with the pod; \
+                 use an s3 destination, or have the platform set the chart value \
+                 backups.hostPath (KOK_BACKUP_HOST_PATH)"
+            ),
+        ),
         (Some(fs), None)
             if !fs.path.starts_with(&format!("{}/", BACKUPS_MOUNT))
                 || fs.path.split('/').any(|part| part == "..") =>
@@ -607,13 +616,17 @@ mod tests {
             }),
             s3: None,
         };
-        assert!(validate_backup(&spec(fs.clone()), &Default::default()).is_empty());
+        let durable = Policy {
+            durable_backups: true,
+            ..Default::default()
+        };
+        assert!(validate_backup(&spec(fs.clone()), &durable).is_empty());
 
         let mut bad = spec(fs.clone());
         bad.schedule = Some("every hour".into());
         bad.retention.max_age = Some("3 weeks".into());
         bad.retention.keep_last = Some(0);
-        let fields: Vec<String> = validate_backup(&bad, &Default::default())
+        let fields: Vec<String> = validate_backup(&bad, &durable)
             .into_iter()
             .map(|e| e.field)
             .collect();
@@ -637,7 +650,7 @@ mod tests {
             ..fs
         };
         assert_eq!(
-            validate_backup(&spec(both), &Default::default())[0].field,
+            validate_backup(&spec(both), &durable)[0].field,
             "spec.backup.destination"
         );
         let relative = Destination {
@@ -647,10 +660,33 @@ mod tests {
             s3: None,
         };
         assert_eq!(
-            validate_backup(&spec(relative), &Default::default())[0].field,
+            validate_backup(&spec(relative), &durable)[0].field,
             "spec.backup.destination.filesystem.path"
         );
     }
+
+    #[test]
+    fn filesystem_destinations_need_durable_backup_storage() {
+        // The chart's default: the backups directory is an emptyDir.
+        let fs = spec(Destination {
+            filesystem: Some(FilesystemDestination {
+                path: "/var/lib/kok/backups/prod".into(),
+            }),
+            s3: None,
+        });
+        let errors = validate_backup(&fs, &Policy::default());
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "spec.backup.destination.filesystem");
+        assert!(
+            errors[0].reason.contains("backups.hostPath"),
+            "{}",
+            errors[0]
+        );
+        // S3 needs no backups directory.
+        let s3 = s3_spec(|_| {});
+        assert!(validate_backup(&s3, &Policy::default()).is_empty());
+    }
+
     fn s3_spec(f: impl FnOnce(&mut S3Destination)) -> BackupSpec {
         let mut s3 = S3Destination {
             bucket: "kok-backups".into(),

@@ -98,7 +98,8 @@ pub struct Settings {
     pub work_dir: std::path::PathBuf,
     /// The operator's own image: restore Jobs run it.
     pub operator_image: Option<String>,
-    /// The node directory mounted at /var/lib/kok/backups.
+    /// The node directory mounted at /var/lib/kok/backups; empty when that
+    /// is an emptyDir (no durable filesystem backups).
     pub backups_host_path: String,
     /// The node the operator runs on.
     pub operator_node: Option<String>,
@@ -122,6 +123,7 @@ impl Context {
         operator_namespace_labels: std::collections::BTreeMap<String, String>,
         settings: Settings,
     ) -> Self {
+        let durable_backups = !settings.backups_host_path.is_empty();
         Self {
             client,
             recorder,
@@ -139,6 +141,7 @@ impl Context {
                 private_s3: settings.private_s3,
                 image_repositories: settings.image_repositories,
                 argocd: settings.argocd,
+                durable_backups,
             },
             failures: Mutex::default(),
             fleet: Mutex::default(),
