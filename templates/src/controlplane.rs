@@ -590,6 +590,9 @@ fn etcd_statefulset_of_generation(
         name: "etcd".into(),
         image: Some(etcd_image(spec, valid)),
         image_pull_policy: Some("IfNotPresent".into()),
+        // A crash's last log lines become its termination message, so the
+        // TenantCluster can say why (`pod_trouble`) without reading logs.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         command: Some(vec!["etcd".into()]),
         args: Some(etcd_args(spec, valid, r)),
         env: Some(vec![
@@ -734,6 +737,7 @@ fn deployment(
         name: d.component.into(),
         image: Some(component_image(spec, valid, d.component)),
         image_pull_policy: Some("IfNotPresent".into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         command: Some(vec![d.component.into()]),
         args: Some(d.args),
         ports: Some(vec![container_port("https", d.port)]),

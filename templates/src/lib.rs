@@ -17,6 +17,7 @@ pub mod migration;
 pub mod names;
 pub mod nodes;
 pub mod pki;
+pub mod pod_trouble;
 pub mod quantity;
 pub mod restore;
 pub mod secrets;

@@ -11,6 +11,8 @@
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kok_crds::condition;
 
+use crate::pod_trouble::PodTrouble;
+
 /// The rollout state of one Deployment or StatefulSet, as read from the API.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkloadRollout {
@@ -132,6 +134,9 @@ pub struct Observed {
     pub readyz: Result<(), String>,
     /// The apiserver Service has an address users can reach.
     pub endpoint_known: bool,
+    /// Why a component's pods do not run (`crate::pod_trouble`), by
+    /// condition type; read only for components that are not available.
+    pub pod_troubles: Vec<(&'static str, PodTrouble)>,
 }
 
 /// One component condition to set.
@@ -151,12 +156,15 @@ pub struct Verdict {
     pub ready: bool,
     /// Why not ready (the `Ready`/`Reconciling` message), when not.
     pub waiting_for: Option<String>,
+    /// A pod trouble waiting will not fix (reason, message): `Stalled`.
+    pub stalled: Option<(&'static str, String)>,
 }
 
 fn component(
     type_: &'static str,
     w: Option<&WorkloadRollout>,
     extra: Option<&str>,
+    trouble: Option<&PodTrouble>,
 ) -> ComponentCondition {
     let Some(w) = w else {
         return ComponentCondition {
@@ -167,8 +175,15 @@ fn component(
         };
     };
     let counts = format!("{}/{} available", w.available.min(w.desired), w.desired);
-    match (w.pending(), extra) {
-        (Some(why), _) => ComponentCondition {
+    match (w.pending(), extra, trouble) {
+        // The pods' own reason, not just a count.
+        (Some(why), _, Some(t)) => ComponentCondition {
+            type_,
+            ok: false,
+            reason: t.problem.reason(),
+            message: format!("{why}; {}", t.message),
+        },
+        (Some(why), _, None) => ComponentCondition {
             type_,
             ok: false,
             reason: if w.updated < w.desired || !w.revision_settled || w.total > w.desired {
@@ -178,13 +193,13 @@ fn component(
             },
             message: why,
         },
-        (None, Some(problem)) => ComponentCondition {
+        (None, Some(problem), _) => ComponentCondition {
             type_,
             ok: false,
             reason: "NotServing",
             message: format!("{counts}; {problem}"),
         },
-        (None, None) => ComponentCondition {
+        (None, None, _) => ComponentCondition {
             type_,
             ok: true,
             reason: "Available",
@@ -196,6 +211,12 @@ fn component(
 /// Component conditions and the overall verdict.
 pub fn verdict(o: &Observed) -> Verdict {
     let readyz_problem = o.readyz.as_ref().err().map(String::as_str);
+    let trouble = |type_: &str| {
+        o.pod_troubles
+            .iter()
+            .find(|(t, _)| *t == type_)
+            .map(|(_, trouble)| trouble)
+    };
     let etcd = match &o.etcd_rolling {
         Some(why) => ComponentCondition {
             type_: condition::ETCD,
@@ -203,18 +224,40 @@ pub fn verdict(o: &Observed) -> Verdict {
             reason: "RollingOut",
             message: why.clone(),
         },
-        None => component(condition::ETCD, o.etcd.as_ref(), None),
+        None => component(
+            condition::ETCD,
+            o.etcd.as_ref(),
+            None,
+            trouble(condition::ETCD),
+        ),
     };
     let components = vec![
         etcd,
-        component(condition::APISERVER, o.apiserver.as_ref(), readyz_problem),
+        component(
+            condition::APISERVER,
+            o.apiserver.as_ref(),
+            readyz_problem,
+            trouble(condition::APISERVER),
+        ),
         component(
             condition::CONTROLLER_MANAGER,
             o.controller_manager.as_ref(),
             None,
+            trouble(condition::CONTROLLER_MANAGER),
         ),
-        component(condition::SCHEDULER, o.scheduler.as_ref(), None),
+        component(
+            condition::SCHEDULER,
+            o.scheduler.as_ref(),
+            None,
+            trouble(condition::SCHEDULER),
+        ),
     ];
+    // Only a component that is not available stalls the tenant.
+    let stalled = components.iter().filter(|c| !c.ok).find_map(|c| {
+        trouble(c.type_)
+            .filter(|t| t.permanent)
+            .map(|t| (t.problem.reason(), format!("{}: {}", c.type_, t.message)))
+    });
     let waiting: Vec<String> = components
         .iter()
         .filter(|c| !c.ok)
@@ -231,6 +274,7 @@ pub fn verdict(o: &Observed) -> Verdict {
         ready: waiting_for.is_none(),
         components,
         waiting_for,
+        stalled,
     }
 }
 
@@ -292,6 +336,20 @@ pub fn summary(verdict: &Verdict, upgrade: Option<&OpenUpgrade>) -> Vec<Componen
     if let Some(why) = upgrade.and_then(|u| u.preflight_failed.as_deref()) {
         out.push(cond(condition::STALLED, true, "PreflightFailed", why));
     }
+    if let Some((reason, why)) = &verdict.stalled {
+        // Waiting will not fix it: kstatus reads Stalled only when
+        // Reconciling is not True.
+        out = vec![
+            cond(condition::READY, false, reason, &msg),
+            cond(
+                condition::RECONCILING,
+                false,
+                reason,
+                "waiting for a spec or cluster change",
+            ),
+            cond(condition::STALLED, true, reason, why),
+        ];
+    }
     out
 }
 
@@ -344,6 +402,7 @@ mod tests {
             scheduler: Some(done(1)),
             readyz: Ok(()),
             endpoint_known: true,
+            pod_troubles: vec![],
         }
     }
 
@@ -522,5 +581,50 @@ mod tests {
         assert_eq!(stalled.len(), 1);
         assert_eq!(stalled[0].reason, "PreflightFailed");
         assert_eq!(stalled[0].message, "EtcdBackup x failed");
+    }
+
+    fn trouble(permanent: bool) -> PodTrouble {
+        PodTrouble {
+            pod: "t-apiserver-x".into(),
+            problem: crate::pod_trouble::PodProblem::CrashLoop,
+            message: "pod t-apiserver-x: container kube-apiserver crash-looping".into(),
+            permanent,
+        }
+    }
+
+    #[test]
+    fn a_pods_reason_is_on_its_component_and_a_permanent_one_stalls() {
+        let mut o = serving();
+        o.apiserver.as_mut().unwrap().available = 0;
+        o.pod_troubles = vec![(condition::APISERVER, trouble(false))];
+        let v = verdict(&o);
+        let api = &v.components[1];
+        assert_eq!(api.reason, "CrashLoopBackOff");
+        assert!(
+            api.message
+                .starts_with("0/2 pods available; pod t-apiserver-x"),
+            "{api:?}"
+        );
+        assert_eq!(v.stalled, None);
+        let s = summary(&v, None);
+        assert!(find(&s, condition::RECONCILING)[0].ok);
+        assert!(find(&s, condition::STALLED).is_empty());
+
+        o.pod_troubles = vec![(condition::APISERVER, trouble(true))];
+        let s = summary(&verdict(&o), None);
+        let stalled = find(&s, condition::STALLED);
+        assert!(stalled[0].ok);
+        assert_eq!(stalled[0].reason, "CrashLoopBackOff");
+        assert!(stalled[0].message.contains("crash-looping"), "{stalled:?}");
+        assert!(
+            !find(&s, condition::RECONCILING)[0].ok,
+            "kstatus: Stalled, not InProgress"
+        );
+        assert!(!find(&s, condition::READY)[0].ok);
+
+        // A component that is available does not stall on an old pod's trouble.
+        let mut o = serving();
+        o.pod_troubles = vec![(condition::APISERVER, trouble(true))];
+        assert_eq!(verdict(&o).stalled, None);
     }
 }

@@ -392,7 +392,16 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         _ => Err("the apiserver has no available replica yet".to_string()),
     };
     let serving = readyz.is_ok();
-    let verdict = tenant_status::verdict(&live.observed(readyz, net.endpoint.is_some()));
+    let troubles = workloads::pod_troubles(ctx, &p.namespace, &name, &live).await;
+    // Each trouble once as a Warning Event: a lasting state is one Event.
+    for (type_, t) in &troubles {
+        let key = format!("pod-trouble/{}/{name}/{type_}", p.namespace);
+        if ctx.first_saying(&key, &format!("{} {:?} {}", t.pod, t.problem, t.permanent)) {
+            let reason = t.problem.reason();
+            publish(ctx, &tc, EventType::Warning, reason, "Observe", &t.message).await;
+        }
+    }
+    let verdict = tenant_status::verdict(&live.observed(readyz, net.endpoint.is_some(), troubles));
 
     // 8b. Worker nodes: the objects `kubeadm join` reads and the addons,
     //     inside the tenant; its nodes for status and the kubelet skew rule.

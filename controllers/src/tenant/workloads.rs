@@ -4,6 +4,9 @@
 //! every pass so drift is put back.
 
 use super::*;
+use k8s_openapi::api::core::v1::Pod;
+use kok_templates::names;
+use kok_templates::pod_trouble::{self, PodTrouble};
 use kok_templates::upgrade_plan::Rendering;
 
 /// The workloads as the API server stored them this pass.
@@ -23,8 +26,14 @@ impl Live {
         self.apiserver.as_ref().map(available_replicas).unwrap_or(0)
     }
 
-    pub fn observed(&self, readyz: Result<(), String>, endpoint_known: bool) -> Observed {
+    pub fn observed(
+        &self,
+        readyz: Result<(), String>,
+        endpoint_known: bool,
+        pod_troubles: Vec<(&'static str, PodTrouble)>,
+    ) -> Observed {
         Observed {
+            pod_troubles,
             etcd: Some(WorkloadRollout::from_statefulset(&self.etcd)),
             etcd_rolling: self.etcd_rolling.clone(),
             apiserver: self
@@ -43,6 +52,70 @@ impl Live {
             endpoint_known,
         }
     }
+}
+
+/// Why the pods of the components that are not available do not run (an
+/// image that cannot be pulled, a crash loop, no node that fits), read from
+/// the pods' status. One bounded list of the tenant's pods, and only while
+/// a component waits: a serving tenant costs no call.
+pub(super) async fn pod_troubles(
+    ctx: &Context,
+    namespace: &str,
+    tenant: &str,
+    live: &Live,
+) -> Vec<(&'static str, PodTrouble)> {
+    let probe = live.observed(Ok(()), true, vec![]);
+    let waiting: Vec<(&'static str, &'static str)> = [
+        (condition::ETCD, names::ETCD, probe.etcd.as_ref()),
+        (
+            condition::APISERVER,
+            names::APISERVER,
+            probe.apiserver.as_ref(),
+        ),
+        (
+            condition::CONTROLLER_MANAGER,
+            names::CONTROLLER_MANAGER,
+            probe.controller_manager.as_ref(),
+        ),
+        (
+            condition::SCHEDULER,
+            names::SCHEDULER,
+            probe.scheduler.as_ref(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, _, w)| w.is_some_and(|w| w.pending().is_some()))
+    .map(|(type_, component, _)| (type_, component))
+    .collect();
+    if waiting.is_empty() {
+        return vec![];
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    // At most 5 etcd members and 10 apiservers, plus pods on their way out.
+    let lp = ListParams::default()
+        .labels(&tenant_selector(tenant))
+        .limit(64);
+    let listed = match pods.list(&lp).await {
+        Ok(l) => l.items,
+        Err(e) => {
+            tracing::debug!(error = %e, "listing the tenant's pods for their status");
+            return vec![];
+        }
+    };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    waiting
+        .into_iter()
+        .filter_map(|(type_, component)| {
+            let of_component: Vec<Pod> = listed
+                .iter()
+                .filter(|p| {
+                    p.labels().get(names::COMPONENT_LABEL).map(String::as_str) == Some(component)
+                })
+                .cloned()
+                .collect();
+            pod_trouble::diagnose(&of_component, now).map(|t| (type_, t))
+        })
+        .collect()
 }
 
 /// Applies every workload at the versions `rendering` gives this pass.
