@@ -498,7 +498,11 @@ where
 {
     let mut out = Vec::new();
     let mut undecodable = 0;
-    let mut lp = lp.limit(PAGE);
+    // A caller's smaller page (Secrets) stands.
+    let mut lp = match lp.limit {
+        Some(_) => lp,
+        None => lp.limit(PAGE),
+    };
     loop {
         let page = match api.list(&lp).await {
             Ok(page) => page,
@@ -829,7 +833,9 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         f.webhooks = Some(webhooks);
     }
     // The tenant's own TLS Secrets.
-    let tls = lp().fields("type=kubernetes.io/tls");
+    let tls = lp()
+        .fields("type=kubernetes.io/tls")
+        .limit(super::health::SECRET_PAGE);
     let certs = list_facts(
         Api::<Lenient<Secret>>::all(client.clone()),
         tls,
