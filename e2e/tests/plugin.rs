@@ -34,6 +34,11 @@ fn plugin_dir() -> PathBuf {
 /// Runs `kubectl kok ARGS` with the plugin on PATH; returns stdout, panics
 /// with stderr on failure.
 fn kubectl_kok(args: &[&str]) -> String {
+    kubectl_kok_both(args).0
+}
+
+/// Like [`kubectl_kok`], with stderr (notes and progress) too.
+fn kubectl_kok_both(args: &[&str]) -> (String, String) {
     let path = format!(
         "{}:{}",
         plugin_dir().display(),
@@ -51,7 +56,35 @@ fn kubectl_kok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// A kubeconfig whose current context points nowhere and whose context
+/// `e2e` is the local cluster's: only `--context e2e` works with it.
+fn kubeconfig_with_context(dir: &std::path::Path) -> PathBuf {
+    let source = std::env::var("KUBECONFIG").expect("KUBECONFIG (hack/local-cluster env)");
+    let mut kc: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&source).expect("reading KUBECONFIG"))
+            .expect("a kubeconfig");
+    let current = kc["current-context"]
+        .as_str()
+        .expect("a current context")
+        .to_string();
+    let contexts = kc["contexts"].as_array_mut().expect("contexts");
+    let mut e2e = contexts
+        .iter()
+        .find(|c| c["name"] == current.as_str())
+        .expect("the current context")
+        .clone();
+    e2e["name"] = json!("e2e");
+    contexts.push(e2e);
+    kc["current-context"] = json!("nowhere");
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    path
 }
 
 #[tokio::test]
@@ -94,6 +127,50 @@ async fn kubectl_kok_prints_a_kubeconfig_backs_up_restores_and_plans() {
             "{status}"
         );
 
+        // -o json|yaml print the object; --kubeconfig and --context pick the cluster.
+        let json: TenantCluster =
+            serde_json::from_str(&kubectl_kok(&["-n", &ns, "status", "pl", "-o", "json"]))
+                .expect("-o json prints the TenantCluster");
+        assert_eq!(json.metadata.name.as_deref(), Some("pl"));
+        let yaml: TenantCluster =
+            serde_yaml::from_str(&kubectl_kok(&["-n", &ns, "status", "pl", "-o", "yaml"]))
+                .expect("-o yaml prints the TenantCluster");
+        assert_eq!(yaml.spec.version, "v1.20.2");
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = kubeconfig_with_context(dir.path());
+        let kc = kubeconfig.to_str().unwrap();
+        let picked = kubectl_kok(&[
+            "--kubeconfig",
+            kc,
+            "--context",
+            "e2e",
+            "-n",
+            &ns,
+            "status",
+            "pl",
+        ]);
+        assert!(picked.contains("v1.20.2"), "{picked}");
+        let nowhere = Command::new(plugin_dir().join("kubectl-kok"))
+            .args(["--kubeconfig", kc, "-n", &ns, "status", "pl"])
+            .output()
+            .unwrap();
+        assert!(
+            !nowhere.status.success(),
+            "the file's current context points nowhere"
+        );
+
+        // Completion as kubectl (1.26+) asks for it: `kubectl_complete-kok WORDS`.
+        let complete = dir.path().join("kubectl_complete-kok");
+        std::os::unix::fs::symlink(plugin_dir().join("kubectl-kok"), &complete).unwrap();
+        let out = Command::new(&complete)
+            .args(["-n", &ns, "status", "p"])
+            .output()
+            .unwrap();
+        let offered = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(offered, "pl\n:4\n", "tenant names from the cluster");
+        let out = Command::new(&complete).args(["ba"]).output().unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), "backup\n:4\n");
+
         // Backup, a later write, restore: the later write is gone.
         let cms: Api<ConfigMap> = Api::namespaced(t.clone(), "default");
         let cm = |name: &str| -> ConfigMap {
@@ -102,8 +179,14 @@ async fn kubectl_kok_prints_a_kubeconfig_backs_up_restores_and_plans() {
         cms.create(&PostParams::default(), &cm("before"))
             .await
             .unwrap();
-        let backup = kubectl_kok(&["-n", &ns, "backup", "pl", "--backup-name", "pl-b1"]);
+        let (backup, progress) =
+            kubectl_kok_both(&["-n", &ns, "backup", "pl", "--backup-name", "pl-b1"]);
         assert!(backup.contains("pl-b1 succeeded"), "{backup}");
+        // Progress on the wait: the phases it went through, on stderr.
+        assert!(
+            progress.contains("etcdbackup/pl-b1: Succeeded"),
+            "{progress}"
+        );
         cms.create(&PostParams::default(), &cm("after"))
             .await
             .unwrap();

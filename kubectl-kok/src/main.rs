@@ -23,8 +23,53 @@ struct Cli {
     /// Namespace of the TenantCluster (default: the context's).
     #[arg(short, long, global = true)]
     namespace: Option<String>,
+    /// The kubeconfig file (default: KUBECONFIG, else ~/.kube/config).
+    #[arg(long, global = true, value_name = "PATH")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context (default: its current context).
+    #[arg(long, global = true, value_name = "NAME")]
+    context: Option<String>,
+    /// How to print the object a command shows or makes (status, backup,
+    /// restore, join): text for people, json or yaml for scripts (then
+    /// progress and notes go to stderr only).
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+    Yaml,
+}
+
+/// The object as `-o json` or `-o yaml` prints it.
+fn render<T: serde::Serialize>(object: &T, output: Output) -> anyhow::Result<String> {
+    Ok(match output {
+        Output::Json => serde_json::to_string_pretty(object)? + "\n",
+        Output::Yaml => serde_yaml::to_string(object)?,
+        Output::Text => bail!("text is printed by each command"),
+    })
+}
+
+/// The client for `--kubeconfig` and `--context`, as kubectl would pick it.
+async fn client(cli: &Cli) -> anyhow::Result<Client> {
+    let options = kube::config::KubeConfigOptions {
+        context: cli.context.clone(),
+        ..Default::default()
+    };
+    let config = match &cli.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading --kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
+        }
+        None if cli.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+        None => kube::Config::infer().await?,
+    };
+    Client::try_from(config).context("connecting to the cluster")
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,6 +124,14 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // kubectl (1.26 and later) completes `kubectl kok ...` by running
+    // `kubectl_complete-kok` with the words typed so far.
+    let invoked_as = std::env::args().next().unwrap_or_default();
+    if invoked_as.rsplit('/').next() == Some("kubectl_complete-kok") {
+        let words: Vec<String> = std::env::args().skip(1).collect();
+        print!("{}", kubectl_completion(&words).await);
+        return Ok(());
+    }
     let cli = Cli::parse();
     if let Cmd::Completions { shell } = &cli.command {
         clap_complete::generate(
@@ -89,9 +142,20 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let client = Client::try_default()
-        .await
-        .context("connecting to the cluster of the current kubeconfig context")?;
+    let client = client(&cli).await?;
+    let output = cli.output;
+    // With -o json|yaml, stdout holds only the object.
+    let note = |line: String| {
+        if output == Output::Text {
+            println!("{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    if output != Output::Text && matches!(cli.command, Cmd::Kubeconfig { .. } | Cmd::Upgrade { .. })
+    {
+        bail!("-o {output:?} is for commands that print an object: status, backup, restore, join");
+    }
     let ns = cli
         .namespace
         .clone()
@@ -121,7 +185,13 @@ async fn main() -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow!("Secret {secret} has no key `value`"))?;
             print!("{}", String::from_utf8(value.0)?);
         }
-        Cmd::Status { name } => print!("{}", status_text(&get(name).await?)),
+        Cmd::Status { name } => {
+            let tc = get(name).await?;
+            match output {
+                Output::Text => print!("{}", status_text(&tc)),
+                _ => print!("{}", render(&tc, output)?),
+            }
+        }
         Cmd::Backup {
             name,
             backup_name,
@@ -142,26 +212,37 @@ async fn main() -> anyhow::Result<()> {
                 "apiVersion": "kok.dev/v1alpha1", "kind": "EtcdBackup",
                 "metadata": {"name": backup_name}, "spec": {"tenantCluster": name}
             }))?;
-            backups.create(&PostParams::default(), &eb).await?;
-            println!("etcdbackup/{backup_name} created");
+            let created = backups.create(&PostParams::default(), &eb).await?;
+            note(format!("etcdbackup/{backup_name} created"));
+            if no_wait && output != Output::Text {
+                print!("{}", render(&created, output)?);
+            }
             if !no_wait {
-                let done = wait(Duration::from_secs(900), || async {
+                let progress =
+                    std::cell::RefCell::new(Progress::new(format!("etcdbackup/{backup_name}")));
+                let (done, object) = wait(Duration::from_secs(900), || async {
                     let b = backups.get(&backup_name).await?;
-                    let s = b.status.unwrap_or_default();
+                    let s = b.status.clone().unwrap_or_default();
+                    progress
+                        .borrow_mut()
+                        .saw(s.phase.map(|p| format!("{p:?}")), s.message.as_deref());
                     Ok(match s.phase {
-                        Some(p) if p.is_terminal() => Some((p, s)),
+                        Some(p) if p.is_terminal() => Some(((p, s), b)),
                         _ => None,
                     })
                 })
                 .await?;
+                if output != Output::Text {
+                    print!("{}", render(&object, output)?);
+                }
                 match done {
-                    (BackupPhase::Succeeded, s) => println!(
+                    (BackupPhase::Succeeded, s) => note(format!(
                         "etcdbackup/{backup_name} succeeded: {} bytes, revision {}, {} keys, verified {}",
                         s.size_bytes.unwrap_or_default(),
                         s.revision.unwrap_or_default(),
                         s.key_count.unwrap_or_default(),
                         s.verified.map(|v| v.to_string()).unwrap_or_else(|| "no".into())
-                    ),
+                    )),
                     (_, s) => bail!(
                         "etcdbackup/{backup_name} failed: {}",
                         s.message.unwrap_or_default()
@@ -188,24 +269,35 @@ async fn main() -> anyhow::Result<()> {
                 "metadata": {"name": restore_name},
                 "spec": {"tenantCluster": name, "backup": from}
             }))?;
-            restores.create(&PostParams::default(), &er).await?;
-            println!("etcdrestore/{restore_name} created");
+            let created = restores.create(&PostParams::default(), &er).await?;
+            note(format!("etcdrestore/{restore_name} created"));
+            if no_wait && output != Output::Text {
+                print!("{}", render(&created, output)?);
+            }
             if !no_wait {
-                let (phase, message) = wait(Duration::from_secs(3600), || async {
+                let progress =
+                    std::cell::RefCell::new(Progress::new(format!("etcdrestore/{restore_name}")));
+                let ((phase, message), object) = wait(Duration::from_secs(3600), || async {
                     let r = restores.get(&restore_name).await?;
-                    let s = r.status.unwrap_or_default();
+                    let s = r.status.clone().unwrap_or_default();
+                    progress
+                        .borrow_mut()
+                        .saw(s.phase.map(|p| format!("{p:?}")), s.message.as_deref());
                     Ok(match s.phase {
                         Some(p @ (RestorePhase::Completed | RestorePhase::Failed)) => {
-                            Some((p, s.message.unwrap_or_default()))
+                            Some(((p, s.message.unwrap_or_default()), r))
                         }
                         _ => None,
                     })
                 })
                 .await?;
+                if output != Output::Text {
+                    print!("{}", render(&object, output)?);
+                }
                 if phase == RestorePhase::Failed {
                     bail!("etcdrestore/{restore_name} failed: {message}");
                 }
-                println!("etcdrestore/{restore_name} completed: {message}");
+                note(format!("etcdrestore/{restore_name} completed: {message}"));
             }
         }
         Cmd::Upgrade { name, to, dry_run } => {
@@ -264,12 +356,150 @@ async fn main() -> anyhow::Result<()> {
                 .data
                 .and_then(|mut d| d.remove("joinCommand"))
                 .ok_or_else(|| anyhow!("Secret {secret} has no key `joinCommand`"))?;
-            println!("{}", String::from_utf8(command.0)?);
+            let command = String::from_utf8(command.0)?;
+            match output {
+                Output::Text => println!("{command}"),
+                _ => {
+                    let jt = tokens.get(&jt_name).await?;
+                    print!(
+                        "{}",
+                        render(
+                            &json!({"joinToken": jt, "joinCommand": command.trim()}),
+                            output
+                        )?
+                    );
+                }
+            }
             eprintln!("revoke it with: kubectl -n {ns} delete jointoken {jt_name}");
         }
         Cmd::Completions { .. } => unreachable!("handled before connecting"),
     }
     Ok(())
+}
+
+/// Progress of a wait on stderr: a line each time the phase or message
+/// changes, with the seconds since the wait began.
+struct Progress {
+    what: String,
+    start: std::time::Instant,
+    last: Option<String>,
+}
+
+impl Progress {
+    fn new(what: String) -> Self {
+        Self {
+            what,
+            start: std::time::Instant::now(),
+            last: None,
+        }
+    }
+
+    fn saw(&mut self, phase: Option<String>, message: Option<&str>) {
+        if let Some(line) = progress_line(&self.what, phase.as_deref(), message) {
+            if self.last.as_deref() != Some(line.as_str()) {
+                eprintln!("[{:>4}s] {line}", self.start.elapsed().as_secs());
+                self.last = Some(line);
+            }
+        }
+    }
+}
+
+fn progress_line(what: &str, phase: Option<&str>, message: Option<&str>) -> Option<String> {
+    let phase = phase?;
+    Some(match message.filter(|m| !m.is_empty()) {
+        Some(m) => format!("{what}: {phase}: {m}"),
+        None => format!("{what}: {phase}"),
+    })
+}
+
+/// The answer to `kubectl_complete-kok WORDS...` (cobra's protocol, which
+/// kubectl follows): one candidate per line, then `:4` (no file names).
+/// The last word is the one being completed; tenant names are listed from
+/// the cluster for the commands that take one.
+async fn kubectl_completion(words: &[String]) -> String {
+    let (typed, partial) = match words.split_last() {
+        Some((last, before)) => (before.to_vec(), last.clone()),
+        None => (vec![], String::new()),
+    };
+    let tenants = if wants_tenant_name(&typed) {
+        tenant_names(&typed).await
+    } else {
+        vec![]
+    };
+    let mut out: String = candidates(&typed, &partial, &tenants)
+        .into_iter()
+        .map(|c| c + "\n")
+        .collect();
+    out.push_str(":4\n");
+    out
+}
+
+/// Subcommands and flags of the command typed so far, and tenant names
+/// where one goes, that start with `partial`.
+fn candidates(typed: &[String], partial: &str, tenants: &[String]) -> Vec<String> {
+    let root = Cli::command();
+    let sub = typed
+        .iter()
+        .find_map(|w| root.get_subcommands().find(|c| c.get_name() == w));
+    let mut out: Vec<String> = Vec::new();
+    if partial.starts_with('-') {
+        let flags = root
+            .get_arguments()
+            .chain(sub.into_iter().flat_map(|c| c.get_arguments()));
+        for a in flags {
+            if let Some(long) = a.get_long() {
+                out.push(format!("--{long}"));
+            }
+        }
+    } else {
+        match sub {
+            None => out.extend(
+                root.get_subcommands()
+                    .filter(|c| c.get_name() != "help")
+                    .map(|c| c.get_name().to_string()),
+            ),
+            Some(_) => out.extend(tenants.iter().cloned()),
+        }
+    }
+    out.retain(|c| c.starts_with(partial));
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Whether the next word is a tenant name: a subcommand that takes one is
+/// typed and its name is not yet.
+fn wants_tenant_name(typed: &[String]) -> bool {
+    let root = Cli::command();
+    let Some(at) = typed.iter().position(|w| {
+        root.get_subcommands()
+            .any(|c| c.get_name() == w && w != "completions")
+    }) else {
+        return false;
+    };
+    !typed[at + 1..].iter().any(|w| !w.starts_with('-'))
+}
+
+/// TenantCluster names in the namespace `-n` names (or the context's);
+/// none when the cluster does not answer: completion never fails loudly.
+async fn tenant_names(typed: &[String]) -> Vec<String> {
+    let ns = typed
+        .windows(2)
+        .find(|w| w[0] == "-n" || w[0] == "--namespace")
+        .map(|w| w[1].clone());
+    let Ok(client) = Client::try_default().await else {
+        return vec![];
+    };
+    let ns = ns.unwrap_or_else(|| client.default_namespace().to_string());
+    let list = tokio::time::timeout(
+        Duration::from_secs(5),
+        Api::<TenantCluster>::namespaced(client, &ns).list(&Default::default()),
+    )
+    .await;
+    match list {
+        Ok(Ok(l)) => l.items.iter().map(|t| t.name_any()).collect(),
+        _ => vec![],
+    }
 }
 
 /// Polls `check` every second until it returns a value or `timeout` passes.
@@ -461,6 +691,65 @@ mod tests {
         assert!(upgrade_plan_text(&tc, "v1.20.2")
             .unwrap()
             .contains("nothing to do"));
+    }
+
+    fn words(w: &[&str]) -> Vec<String> {
+        w.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn completion_offers_commands_flags_and_tenant_names() {
+        let tenants = words(&["demo", "prod"]);
+        assert_eq!(
+            candidates(&[], "st", &tenants),
+            words(&["status"]),
+            "a command first"
+        );
+        assert!(candidates(&[], "", &tenants).contains(&"backup".to_string()));
+        assert_eq!(
+            candidates(&words(&["status"]), "p", &tenants),
+            words(&["prod"])
+        );
+        let flags = candidates(&words(&["backup", "demo"]), "--", &tenants);
+        for f in [
+            "--backup-name",
+            "--no-wait",
+            "--context",
+            "--kubeconfig",
+            "--output",
+        ] {
+            assert!(flags.contains(&f.to_string()), "{f} in {flags:?}");
+        }
+        assert!(wants_tenant_name(&words(&["-n", "x", "status"])));
+        assert!(!wants_tenant_name(&words(&["status", "demo"])));
+        assert!(!wants_tenant_name(&words(&["completions"])));
+    }
+
+    #[test]
+    fn objects_print_as_json_or_yaml() {
+        let tc = tenant(
+            r#"{"metadata": {"name": "demo", "namespace": "ns"}, "spec": {"version": "v1.20.2"}}"#,
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(&render(&tc, Output::Json).unwrap()).unwrap();
+        assert_eq!(j["metadata"]["name"], "demo");
+        assert_eq!(j["kind"], "TenantCluster");
+        let y: serde_json::Value =
+            serde_yaml::from_str(&render(&tc, Output::Yaml).unwrap()).unwrap();
+        assert_eq!(y["spec"]["version"], "v1.20.2");
+    }
+
+    #[test]
+    fn progress_lines_name_the_object_phase_and_message() {
+        assert_eq!(progress_line("etcdbackup/b", None, None), None);
+        assert_eq!(
+            progress_line("etcdbackup/b", Some("Running"), Some("streaming")).unwrap(),
+            "etcdbackup/b: Running: streaming"
+        );
+        assert_eq!(
+            progress_line("etcdbackup/b", Some("Pending"), Some("")).unwrap(),
+            "etcdbackup/b: Pending"
+        );
     }
 
     #[test]
