@@ -100,6 +100,16 @@ struct Cli {
     /// `<their namespace>-...`.
     #[arg(long, env = "KOK_ARGOCD_FREE_NAMES", default_value_t = false, action = clap::ArgAction::Set)]
     argocd_free_names: bool,
+    /// Namespaces whose TenantClusters this operator runs, comma-separated
+    /// (the chart's `watchNamespaces`, with Roles only there). Empty: every
+    /// namespace, with cluster-wide rights.
+    #[arg(
+        long,
+        env = "KOK_WATCH_NAMESPACES",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    watch_namespaces: Vec<String>,
     /// Scratch space for restoring backups into a throwaway etcd (default:
     /// `kok` in the temp dir). etcd binaries for it: `KOK_ETCD`,
     /// `KOK_ETCDUTL`, `KOK_ETCDCTL`, else those on PATH.
@@ -199,10 +209,19 @@ async fn run() -> anyhow::Result<()> {
     ));
 
     // Lenient: one undecodable object is reported on itself, never stops the rest.
-    let tenants: Api<Lenient<TenantCluster>> = Api::all(client.clone());
-    if let Err(e) = tenants.list(&ListParams::default().limit(1)).await {
-        anyhow::bail!("cannot list TenantClusters ({e}); is the CRD installed (kubectl apply -f crds/crds.yaml)?");
+    // Where this operator acts: every namespace, or only those it watches.
+    let scopes: Vec<Option<String>> = match list_items(&cli.watch_namespaces) {
+        watched if watched.is_empty() => vec![None],
+        watched => watched.into_iter().map(Some).collect(),
+    };
+    for scope in &scopes {
+        let tenants: Api<Lenient<TenantCluster>> = scoped(&client, scope.as_deref());
+        if let Err(e) = tenants.list(&ListParams::default().limit(1)).await {
+            let where_ = scope.as_deref().unwrap_or("any namespace");
+            anyhow::bail!("cannot list TenantClusters in {where_} ({e}); is the CRD installed (kubectl apply -f crds/crds.yaml), and may kok read there?");
+        }
     }
+    info!(namespaces = ?scopes, "watching");
 
     // Ready means "able to act": a standby is ready to take over, so rollouts of
     // a multi-replica Deployment do not wait for a Lease only one replica can hold.
@@ -258,7 +277,14 @@ async fn run() -> anyhow::Result<()> {
             info!(%identity, "leading");
         }
         metrics.set_leader(true);
-        let controllers = run_controllers(client.clone(), ctx.clone(), shutdown_rx.clone());
+        let controllers = futures::future::join_all(scopes.iter().map(|scope| {
+            run_controllers(
+                client.clone(),
+                ctx.clone(),
+                shutdown_rx.clone(),
+                scope.clone(),
+            )
+        }));
         if !leader_election {
             controllers.await;
             break;
@@ -305,28 +331,46 @@ fn bounded(concurrency: u16) -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default().concurrency(concurrency)
 }
 
-/// Every controller of this term, until shutdown. Dropping the future stops
-/// them all (watches, queues and in-flight reconciles).
-async fn run_controllers(client: Client, ctx: Arc<Context>, shutdown_rx: watch::Receiver<bool>) {
-    let tenants: Api<Lenient<TenantCluster>> = Api::all(client.clone());
+/// `K` in one namespace, or in all when `scope` is `None`.
+fn scoped<K>(client: &Client, scope: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Every controller of this term for one namespace (or all), until
+/// shutdown. Dropping the future stops them all (watches, queues and
+/// in-flight reconciles).
+async fn run_controllers(
+    client: Client,
+    ctx: Arc<Context>,
+    shutdown_rx: watch::Receiver<bool>,
+    scope: Option<String>,
+) {
+    let scope = scope.as_deref();
+    let tenants: Api<Lenient<TenantCluster>> = scoped(&client, scope);
     // Only kok's own children are watched (and cached), not every Secret in the cluster.
     let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=kok");
     let tenant_controller = Controller::new(tenants.clone(), watcher::Config::default())
         .with_config(bounded(TENANT_RECONCILES))
         .owns_stream(triggers::changed(
-            Api::<StatefulSet>::all(client.clone()),
+            scoped::<StatefulSet>(&client, scope),
             children.clone(),
         ))
         .owns_stream(triggers::changed(
-            Api::<Deployment>::all(client.clone()),
+            scoped::<Deployment>(&client, scope),
             children.clone(),
         ))
         .owns_stream(triggers::changed(
-            Api::<Service>::all(client.clone()),
+            scoped::<Service>(&client, scope),
             children.clone(),
         ))
         .owns_stream(triggers::changed(
-            Api::<Secret>::all(client.clone()),
+            scoped::<Secret>(&client, scope),
             children,
         ))
         .graceful_shutdown_on(shutdown(shutdown_rx.clone()))
@@ -337,7 +381,7 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, shutdown_rx: watch::
         )
         .for_each(log_result);
     let backup_controller = Controller::new(
-        Api::<Lenient<EtcdBackup>>::all(client.clone()),
+        scoped::<Lenient<EtcdBackup>>(&client, scope),
         watcher::Config::default(),
     )
     .with_config(bounded(OTHER_RECONCILES))
@@ -350,12 +394,12 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, shutdown_rx: watch::
     .for_each(log_result);
     // The schedule looks at a tenant again whenever one of its backups changes.
     let restore_controller = Controller::new(
-        Api::<Lenient<EtcdRestore>>::all(client.clone()),
+        scoped::<Lenient<EtcdRestore>>(&client, scope),
         watcher::Config::default(),
     )
     .with_config(bounded(OTHER_RECONCILES))
     .owns(
-        Api::<Job>::all(client.clone()),
+        scoped::<Job>(&client, scope),
         watcher::Config::default().labels("kok.dev/component=etcd-restore"),
     )
     .graceful_shutdown_on(shutdown(shutdown_rx.clone()))
@@ -368,7 +412,7 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, shutdown_rx: watch::
     let schedule_controller = Controller::new(tenants, watcher::Config::default())
         .with_config(bounded(OTHER_RECONCILES))
         .watches(
-            Api::<Lenient<EtcdBackup>>::all(client.clone()),
+            scoped::<Lenient<EtcdBackup>>(&client, scope),
             watcher::Config::default(),
             |b: Lenient<EtcdBackup>| {
                 let ns = b.namespace()?;
@@ -384,7 +428,7 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, shutdown_rx: watch::
         )
         .for_each(log_result);
     let join_controller = Controller::new(
-        Api::<Lenient<JoinToken>>::all(client.clone()),
+        scoped::<Lenient<JoinToken>>(&client, scope),
         watcher::Config::default(),
     )
     .with_config(bounded(OTHER_RECONCILES))
