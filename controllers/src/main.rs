@@ -185,10 +185,22 @@ async fn run() -> anyhow::Result<()> {
     let leader_election = cli.leader_election;
     let metrics_addr = cli.metrics_addr;
 
-    let client = Client::try_default()
-        .await
-        .context("connecting to the management cluster")?;
     let metrics = Arc::new(Metrics::new());
+    // Every request counted (kok_api_requests_total): what a fleet, or one
+    // broken tenant, costs the API server is measured, not guessed.
+    let counted = metrics.clone();
+    let client = kube::client::ClientBuilder::try_from(
+        kube::Config::infer()
+            .await
+            .context("connecting to the management cluster")?,
+    )?
+    .with_layer(&tower::util::MapRequestLayer::new(
+        move |request: http::Request<kube::client::Body>| {
+            counted.api_request(request.method());
+            request
+        },
+    ))
+    .build();
     let health = Arc::new(Health::default());
 
     // One shutdown signal for everything: SIGTERM (kubelet) or Ctrl-C.

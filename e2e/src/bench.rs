@@ -165,3 +165,24 @@ pub fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
         .find(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(labels))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
+
+/// Creates the namespace `name` a benchmark works in; returns the
+/// Namespaces API, for deleting it at the end.
+pub async fn make_namespace(
+    client: &Client,
+    name: &str,
+) -> Api<k8s_openapi::api::core::v1::Namespace> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns = k8s_openapi::api::core::v1::Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    namespaces
+        .create(&kube::api::PostParams::default(), &ns)
+        .await
+        .expect("creating the benchmark namespace");
+    namespaces
+}

@@ -41,7 +41,7 @@ async fn operator_has_no_backup_host_path(client: &Client) {
 /// A backup into the operator pod's own directory would report success and
 /// vanish with the pod: with the chart's defaults the tenant is Stalled
 /// naming the field and the chart value, an Event says so, and no EtcdBackup,
-/// scheduled or made by hand, ever succeeds.
+/// scheduled or made by hand, ever succeeds. Its control plane still runs.
 #[tokio::test]
 async fn a_filesystem_destination_without_durable_storage_is_stalled() {
     with_namespace("defaults", |client, ns| async move {
@@ -70,6 +70,20 @@ async fn a_filesystem_destination_without_durable_storage_is_stalled() {
             .message;
         assert!(message.contains(REFUSED_FIELD), "{message}");
         assert!(message.contains("backups.hostPath"), "{message}");
+        assert_eq!(
+            tenant::condition(&stalled, "Stalled").map(|c| c.reason.as_str()),
+            Some("BackupDestinationRefused")
+        );
+        // Refusing its backups does not stop running it.
+        tenant::wait_condition(
+            &client,
+            &ns,
+            "fs",
+            "APIServerReady",
+            "True",
+            Duration::from_secs(180),
+        )
+        .await;
 
         let events: Api<Event> = Api::namespaced(client.clone(), &ns);
         wait_for(

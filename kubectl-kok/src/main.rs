@@ -468,7 +468,7 @@ fn candidates(typed: &[String], partial: &str, tenants: &[String]) -> Vec<String
 }
 
 /// Whether the next word is a tenant name: a subcommand that takes one is
-/// typed and its name is not yet.
+/// typed and its name is not yet (a flag's value is not a name).
 fn wants_tenant_name(typed: &[String]) -> bool {
     let root = Cli::command();
     let Some(at) = typed.iter().position(|w| {
@@ -477,20 +477,60 @@ fn wants_tenant_name(typed: &[String]) -> bool {
     }) else {
         return false;
     };
-    !typed[at + 1..].iter().any(|w| !w.starts_with('-'))
+    let takes_value = |flag: &str| {
+        root.get_arguments()
+            .chain(root.get_subcommands().flat_map(|c| c.get_arguments()))
+            .any(|a| {
+                let named = a.get_long().is_some_and(|l| flag == format!("--{l}"))
+                    || a.get_short().is_some_and(|s| flag == format!("-{s}"));
+                named && a.get_action().takes_values()
+            })
+    };
+    let mut words = typed[at + 1..].iter();
+    while let Some(w) = words.next() {
+        if !w.starts_with('-') {
+            return false;
+        }
+        if !w.contains('=') && takes_value(w) {
+            words.next();
+        }
+    }
+    true
 }
 
-/// TenantCluster names in the namespace `-n` names (or the context's);
-/// none when the cluster does not answer: completion never fails loudly.
+/// The value of a flag typed as `--flag value`, `--flag=value` or `-f value`.
+fn typed_flag(typed: &[String], long: &str, short: Option<&str>) -> Option<String> {
+    let mut words = typed.iter();
+    while let Some(w) = words.next() {
+        if let Some(v) = w.strip_prefix(&format!("--{long}=")) {
+            return Some(v.to_string());
+        }
+        if *w == format!("--{long}") || short.is_some_and(|s| w == s) {
+            return words.next().cloned();
+        }
+    }
+    None
+}
+
+/// TenantCluster names in the namespace `-n` names (or the context's), on
+/// the cluster `--kubeconfig` and `--context` name; none when it does not
+/// answer: completion never fails loudly.
 async fn tenant_names(typed: &[String]) -> Vec<String> {
-    let ns = typed
-        .windows(2)
-        .find(|w| w[0] == "-n" || w[0] == "--namespace")
-        .map(|w| w[1].clone());
-    let Ok(client) = Client::try_default().await else {
+    let cli = Cli {
+        namespace: typed_flag(typed, "namespace", Some("-n")),
+        kubeconfig: typed_flag(typed, "kubeconfig", None).map(Into::into),
+        context: typed_flag(typed, "context", None),
+        output: Output::Text,
+        command: Cmd::Completions {
+            shell: clap_complete::Shell::Bash,
+        },
+    };
+    let Ok(client) = client(&cli).await else {
         return vec![];
     };
-    let ns = ns.unwrap_or_else(|| client.default_namespace().to_string());
+    let ns = cli
+        .namespace
+        .unwrap_or_else(|| client.default_namespace().to_string());
     let list = tokio::time::timeout(
         Duration::from_secs(5),
         Api::<TenantCluster>::namespaced(client, &ns).list(&Default::default()),
@@ -722,6 +762,28 @@ mod tests {
         }
         assert!(wants_tenant_name(&words(&["-n", "x", "status"])));
         assert!(!wants_tenant_name(&words(&["status", "demo"])));
+        assert!(wants_tenant_name(&words(&[
+            "backup",
+            "--backup-name",
+            "b1"
+        ])));
+        assert!(wants_tenant_name(&words(&[
+            "backup",
+            "--backup-name=b1",
+            "--no-wait"
+        ])));
+        assert!(!wants_tenant_name(&words(&["backup", "--no-wait", "demo"])));
+        let typed = words(&["--namespace=team", "--context", "prod", "status"]);
+        assert_eq!(
+            typed_flag(&typed, "namespace", Some("-n")).as_deref(),
+            Some("team")
+        );
+        assert_eq!(typed_flag(&typed, "context", None).as_deref(), Some("prod"));
+        let short = words(&["-n", "x"]);
+        assert_eq!(
+            typed_flag(&short, "namespace", Some("-n")).as_deref(),
+            Some("x")
+        );
         assert!(!wants_tenant_name(&words(&["completions"])));
     }
 

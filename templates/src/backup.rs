@@ -77,15 +77,6 @@ pub fn validate_backup(spec: &BackupSpec, policy: &Policy) -> Vec<FieldError> {
         (Some(_), Some(_)) | (None, None) => {
             err("destination", "set exactly one of filesystem and s3".into())
         }
-        (Some(_), None) if !policy.durable_backups => err(
-            "destination.filesystem",
-            format!(
-                "the operator has no durable backup storage: {BACKUPS_MOUNT} is a directory \
-                 in its pod (an emptyDir) and a backup there vanishes with the pod; \
-                 use an s3 destination, or have the platform set the chart value \
-                 backups.hostPath (KOK_BACKUP_HOST_PATH)"
-            ),
-        ),
         (Some(fs), None)
             if !fs.path.starts_with(&format!("{}/", BACKUPS_MOUNT))
                 || fs.path.split('/').any(|part| part == "..") =>
@@ -106,6 +97,23 @@ pub fn validate_backup(spec: &BackupSpec, policy: &Policy) -> Vec<FieldError> {
         _ => {}
     }
     errors
+}
+
+/// Why this operator cannot keep backups where `spec` sends them, if it
+/// cannot: a filesystem destination without durable storage (the backups
+/// directory is then an emptyDir: backups would report success and vanish
+/// with the pod). A valid spec, refused by this installation: backups and
+/// restores are refused, the control plane is still run.
+pub fn storage_refusal(spec: &BackupSpec, policy: &Policy) -> Option<FieldError> {
+    (spec.destination.filesystem.is_some() && !policy.durable_backups).then(|| FieldError {
+        field: "spec.backup.destination.filesystem".into(),
+        reason: format!(
+            "the operator has no durable backup storage: {BACKUPS_MOUNT} is a directory \
+             in its pod (an emptyDir) and a backup there vanishes with the pod; \
+             use an s3 destination, or have the platform set the chart value \
+             backups.hostPath (KOK_BACKUP_HOST_PATH)"
+        ),
+    })
 }
 
 /// Problems of an S3 destination as (field under `s3`, reason).
@@ -674,17 +682,19 @@ mod tests {
             }),
             s3: None,
         });
-        let errors = validate_backup(&fs, &Policy::default());
-        assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].field, "spec.backup.destination.filesystem");
-        assert!(
-            errors[0].reason.contains("backups.hostPath"),
-            "{}",
-            errors[0]
-        );
+        // A valid spec, which this installation cannot honour.
+        assert!(validate_backup(&fs, &Policy::default()).is_empty());
+        let refusal = storage_refusal(&fs, &Policy::default()).expect("refused");
+        assert_eq!(refusal.field, "spec.backup.destination.filesystem");
+        assert!(refusal.reason.contains("backups.hostPath"), "{refusal}");
+        let durable = Policy {
+            durable_backups: true,
+            ..Default::default()
+        };
+        assert_eq!(storage_refusal(&fs, &durable), None);
         // S3 needs no backups directory.
         let s3 = s3_spec(|_| {});
-        assert!(validate_backup(&s3, &Policy::default()).is_empty());
+        assert_eq!(storage_refusal(&s3, &Policy::default()), None);
     }
 
     fn s3_spec(f: impl FnOnce(&mut S3Destination)) -> BackupSpec {

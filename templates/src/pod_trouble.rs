@@ -84,16 +84,22 @@ fn of_pod(pod: &Pod, now: Timestamp) -> Option<PodTrouble> {
         .find(|c| c.type_ == "PodScheduled" && c.status == "False")
         .filter(|c| c.reason.as_deref() == Some("Unschedulable"))
     {
-        let since = c
+        let waited = c
             .last_transition_time
             .as_ref()
             .map(|t| now.as_second() - t.0.as_second())
             .unwrap_or(0);
         let what = c.message.clone().unwrap_or_else(|| "no node fits".into());
+        // No running clock in the message: status would change every pass.
+        let since = c
+            .last_transition_time
+            .as_ref()
+            .map(|t| format!(" since {}", t.0))
+            .unwrap_or_default();
         return Some(trouble(
             PodProblem::Unschedulable,
-            format!("Unschedulable for {since}s: {what}"),
-            since >= UNSCHEDULABLE_STALLS_AFTER_SECS,
+            format!("Unschedulable{since}: {what}"),
+            waited >= UNSCHEDULABLE_STALLS_AFTER_SECS,
         ));
     }
     let containers = status
@@ -287,6 +293,15 @@ mod tests {
         assert!(!fresh.permanent);
         let old = diagnose(&[at("2026-12-03T11:50:00Z")], now()).unwrap();
         assert!(old.permanent);
+        let later = diagnose(
+            &[at("2026-12-03T11:50:00Z")],
+            "2026-12-03T12:01:00Z".parse().unwrap(),
+        );
+        assert_eq!(
+            later.unwrap().message,
+            old.message,
+            "the same message on every pass"
+        );
     }
 
     #[test]

@@ -96,7 +96,11 @@ async fn run_schedule(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Actio
             .map(|t| kok_templates::backup::from_unix(t.0.as_second()))
             .unwrap_or(now);
         let d = due(&schedule, counted_from, now);
-        if let Some(slot) = d.run {
+        // A destination this installation refuses gets no doomed backup per
+        // slot (the TenantCluster is Stalled saying why); the first slot
+        // after it is fixed runs.
+        let refused = kok_templates::backup::storage_refusal(&spec, &ctx.policy).is_some();
+        if let Some(slot) = d.run.filter(|_| !refused) {
             start_scheduled(&ctx, &tc, &backups, slot).await?;
             status.last_schedule_time = Some(Time(
                 k8s_openapi::jiff::Timestamp::from_second(slot.timestamp()).unwrap_or_default(),

@@ -55,6 +55,22 @@ pub fn set_known(
     }
 }
 
+/// A pass may set a condition one way and then the other (`Stalled` is
+/// cleared when the spec is admitted, set again when a pod cannot run):
+/// where the pass ends with the status the object already had, its
+/// transition time stays. Otherwise every such pass would write status, and
+/// the write would start the next pass at once.
+pub fn keep_transition_times(old: &[Condition], new: &mut [Condition]) {
+    for c in new.iter_mut() {
+        if let Some(before) = old
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
+            c.last_transition_time = before.last_transition_time.clone();
+        }
+    }
+}
+
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions
         .iter()
@@ -95,5 +111,27 @@ mod tests {
         let mut cs = Vec::new();
         set(&mut cs, "Stalled", false, "SpecValid", "", Some(1));
         assert_eq!(cs[0].message, "SpecValid");
+    }
+
+    #[test]
+    fn a_condition_set_back_within_a_pass_keeps_its_transition_time() {
+        let mut old = Vec::new();
+        set(&mut old, "Stalled", true, "CrashLoopBackOff", "x", Some(1));
+        let before = old[0].last_transition_time.clone();
+        let mut new = old.clone();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        set(&mut new, "Stalled", false, "SpecValid", "ok", Some(1));
+        set(&mut new, "Stalled", true, "CrashLoopBackOff", "x", Some(1));
+        assert_ne!(
+            new[0].last_transition_time, before,
+            "two flips stamp a new time"
+        );
+        keep_transition_times(&old, &mut new);
+        assert_eq!(new, old, "nothing to write");
+        // A real change keeps its new time.
+        set(&mut new, "Stalled", false, "SpecValid", "ok", Some(1));
+        let changed = new[0].last_transition_time.clone();
+        keep_transition_times(&old, &mut new);
+        assert_eq!(new[0].last_transition_time, changed);
     }
 }

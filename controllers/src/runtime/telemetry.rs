@@ -55,6 +55,11 @@ struct TenantLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckLabels {
     check: String,
 }
@@ -78,6 +83,7 @@ pub struct Metrics {
     backup_duration: Family<TenantLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     restores: Family<ResultLabels, Counter>,
     leader: Gauge,
+    api_requests: Family<MethodLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -175,6 +181,12 @@ impl Metrics {
             "EtcdRestores finished, by result (completed, failed)",
             restores.clone(),
         );
+        let api_requests = Family::<MethodLabels, Counter>::default();
+        registry.register(
+            "kok_api_requests",
+            "Requests to the management cluster's API server, by HTTP method (a watch counts once)",
+            api_requests.clone(),
+        );
         registry.register(
             "kok_leader",
             "1 while this replica holds the leader Lease (or runs without election)",
@@ -197,7 +209,17 @@ impl Metrics {
             backup_duration,
             restores,
             leader,
+            api_requests,
         }
+    }
+
+    /// Counts one request to the management API (a layer on kok's client, main.rs).
+    pub fn api_request(&self, method: &http::Method) {
+        self.api_requests
+            .get_or_create(&MethodLabels {
+                method: method.as_str().to_string(),
+            })
+            .inc();
     }
 
     /// Counts a reconcile and times it until the returned timer is dropped.
@@ -492,6 +514,23 @@ mod tests {
         );
         assert!(
             text.contains(r#"kok_reconcile_duration_seconds_count{controller="tenantcluster"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn api_requests_are_counted_by_method() {
+        let m = Metrics::new();
+        m.api_request(&http::Method::GET);
+        m.api_request(&http::Method::GET);
+        m.api_request(&http::Method::PATCH);
+        let text = m.render();
+        assert!(
+            text.contains(r#"kok_api_requests_total{method="GET"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kok_api_requests_total{method="PATCH"} 1"#),
             "{text}"
         );
     }

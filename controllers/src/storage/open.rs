@@ -30,6 +30,7 @@ pub async fn open_store(
     // policy refuses (metadata service, plain http) is never contacted.
     let invalid: Vec<String> = kok_templates::backup::validate_backup(spec, &ctx.policy)
         .into_iter()
+        .chain(kok_templates::backup::storage_refusal(spec, &ctx.policy))
         .filter(|e| e.field.starts_with("spec.backup.destination"))
         .map(|e| e.to_string())
         .collect();

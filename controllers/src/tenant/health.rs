@@ -42,7 +42,8 @@ pub async fn tenant_client(
 /// The most one answer of a tenant apiserver may hold. A tenant controls its
 /// apiserver's image and its own objects: unbounded, it could make the
 /// shared operator read gigabytes and crash it for every tenant. 64 MiB
-/// holds a page of 250 objects' metadata with large annotations, or
+/// holds a page of 500 ordinary objects, 50 CRDs or custom objects, 250
+/// objects' metadata with large annotations (a migration's check), or
 /// [`SECRET_PAGE`] Secrets of the API's largest (1 MiB of data, 1.4 MiB as
 /// JSON); a larger answer fails that one read.
 pub const RESPONSE_LIMIT: usize = 64 << 20;

@@ -45,6 +45,9 @@ pub const INSPECT_ANNOTATION: &str = "kok.dev/inspect";
 /// A tenant list is read in pages of this many objects: memory stays at
 /// one page plus the small facts kept from each object.
 const PAGE: u32 = 500;
+/// CRDs and custom objects are read in smaller pages: a CRD's schema alone
+/// can be hundreds of KiB, and a page must fit the tenant answer bound.
+const LARGE_OBJECT_PAGE: u32 = 50;
 /// How long the tenant API may take per request during an inspection.
 const TENANT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -454,7 +457,7 @@ async fn migrate_stored_versions(
     let resource = ApiResource::from_gvk_with_plural(&gvk, &def.spec.names.plural);
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let mut rewritten = 0u64;
-    let mut lp = ListParams::default().limit(PAGE);
+    let mut lp = ListParams::default().limit(LARGE_OBJECT_PAGE);
     loop {
         let page = api.list(&lp).await.map_err(|e| e.to_string())?;
         for obj in &page.items {
@@ -727,7 +730,7 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
     };
     f.crds = list_facts(
         Api::<Lenient<CustomResourceDefinition>>::all(client.clone()),
-        lp(),
+        lp().limit(LARGE_OBJECT_PAGE),
         "CustomResourceDefinitions",
         errors,
         |c| {

@@ -394,11 +394,25 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     let serving = readyz.is_ok();
     let troubles = workloads::pod_troubles(ctx, &p.namespace, &name, &live).await;
     // Each trouble once as a Warning Event: a lasting state is one Event.
-    for (type_, t) in &troubles {
+    for type_ in [
+        condition::ETCD,
+        condition::APISERVER,
+        condition::CONTROLLER_MANAGER,
+        condition::SCHEDULER,
+    ] {
         let key = format!("pod-trouble/{}/{name}/{type_}", p.namespace);
-        if ctx.first_saying(&key, &format!("{} {:?} {}", t.pod, t.problem, t.permanent)) {
-            let reason = t.problem.reason();
-            publish(ctx, &tc, EventType::Warning, reason, "Observe", &t.message).await;
+        match troubles.iter().find(|(t, _)| *t == type_) {
+            Some((_, t)) => {
+                let note = format!("{} {:?} {}", t.pod, t.problem, t.permanent);
+                if ctx.first_saying(&key, &note) {
+                    let reason = t.problem.reason();
+                    publish(ctx, &tc, EventType::Warning, reason, "Observe", &t.message).await;
+                }
+            }
+            // Said again when it comes back after the pods ran.
+            None => {
+                ctx.first_saying(&key, "");
+            }
         }
     }
     let verdict = tenant_status::verdict(&live.observed(readyz, net.endpoint.is_some(), troubles));
@@ -511,6 +525,22 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         scale::Scaling::Idle => {}
     }
 
+    // Backups this installation cannot keep: the control plane still runs,
+    // but the spec is not met until the destination or the operator changes.
+    let backup_refused = tc
+        .spec
+        .backup
+        .as_ref()
+        .and_then(|b| kok_templates::backup::storage_refusal(b, &ctx.policy))
+        .map(|e| e.to_string());
+    if let Some(why) = &backup_refused {
+        let r = "BackupDestinationRefused";
+        conditions::set(c, condition::READY, false, r, why, g);
+        conditions::set(c, condition::STALLED, true, r, why, g);
+        let w = "waiting for a spec or operator change";
+        conditions::set(c, condition::RECONCILING, false, r, w, g);
+    }
+
     if let Some(why) = migration_refused {
         // Serving, but not what the spec asks for, until the spec changes.
         conditions::set(c, condition::READY, false, "MigrationFailed", &why, g);
@@ -560,6 +590,17 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     let cluster_version_known = upgrade::etcd_cluster_version_settled(&status);
     let not_ready = not_ready_for(&status);
     patch_status(ctx, &tc, &old_status, status).await?;
+    let refusal_key = format!("backup-refused/{}/{name}", p.namespace);
+    match &backup_refused {
+        Some(why) if ctx.first_saying(&refusal_key, why) => {
+            let (t, r) = (EventType::Warning, "BackupDestinationRefused");
+            publish(ctx, &tc, t, r, "Backup", why).await;
+        }
+        Some(_) => {}
+        None => {
+            ctx.first_saying(&refusal_key, "");
+        }
+    }
     if became_ready {
         info!("tenant control plane ready");
         let (t, r) = (EventType::Normal, "Ready");
@@ -628,6 +669,8 @@ async fn patch_status(
     old: &TenantClusterStatus,
     new: TenantClusterStatus,
 ) -> Result<()> {
+    let mut new = new;
+    conditions::keep_transition_times(&old.conditions, &mut new.conditions);
     if *old == new && tc.status.is_some() {
         return Ok(());
     }
@@ -635,7 +678,6 @@ async fn patch_status(
         Api::namespaced(ctx.client.clone(), &tc.namespace().unwrap_or_default());
     // `status.backup` belongs to the backup schedule's field manager: left
     // out, a stale copy from this reconcile cannot roll it back.
-    let mut new = new;
     new.backup = None;
     apply_status(&api, tc, manager::TENANT, &new).await
 }

@@ -9,11 +9,11 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kok_crds::TenantCluster;
 use kok_e2e::volumes::{make_volumes, remove_volumes};
 use kok_e2e::{client, tenant};
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -34,20 +34,7 @@ async fn main() {
 
 async fn run(client: &Client, target: &str, label: &str, objects: usize, bytes_each: usize) {
     let ns = format!("bench-migrate-{}-{}", std::process::id(), objects);
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.clone()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("creating the benchmark namespace");
+    let namespaces = kok_e2e::bench::make_namespace(client, &ns).await;
     make_volumes(client, &ns, 4).await;
     let mut tc = tenant::dev_tenant("mig", 1);
     tc.spec.etcd.storage =

@@ -8,11 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
 use kok_crds::TenantCluster;
 use kok_e2e::bench::{num_cpus, sample_leader};
 use kok_e2e::{client, tenant};
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::api::DeleteParams;
 use kube::{Api, Client};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -25,20 +24,7 @@ async fn main() {
         .unwrap_or(3);
     let client = client().await;
     let ns = format!("bench-provision-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.clone()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("creating the benchmark namespace");
+    let namespaces = kok_e2e::bench::make_namespace(&client, &ns).await;
 
     println!("# kok provisioning benchmark ({runs} runs per size)");
     println!("machine: {} cores", num_cpus());
