@@ -28,6 +28,7 @@ use kok_controllers::runtime::leader::LeaderElector;
 use kok_controllers::runtime::lenient::{self, Lenient};
 use kok_controllers::runtime::telemetry::{self, Health, Metrics};
 use kok_controllers::runtime::triggers;
+use kok_controllers::storage::serve::{self, signing_key, ArtifactService, BackupsDirectory};
 use kok_controllers::tenant;
 
 const OPERATOR_NAME: &str = "kok-operator";
@@ -65,6 +66,30 @@ struct Cli {
     /// filesystem destinations are refused.
     #[arg(long, env = "KOK_BACKUP_HOST_PATH", default_value = "")]
     backup_host_path: String,
+    /// The PersistentVolumeClaim mounted at /var/lib/kok/backups (the
+    /// chart's `backups.persistentVolumeClaim`): durable on any node, and
+    /// restore Jobs fetch artifacts from the operator's artifact Service.
+    #[arg(long, env = "KOK_BACKUP_CLAIM", default_value = "")]
+    backup_claim: String,
+    /// Where artifacts of the backups claim are served to restore Jobs.
+    #[arg(long, env = "KOK_ARTIFACTS_ADDR", default_value = "0.0.0.0:8081")]
+    artifacts_addr: std::net::SocketAddr,
+    /// The Service (in the operator's namespace) restore Jobs reach the
+    /// artifact server through; its port is the one named `artifacts`.
+    #[arg(
+        long,
+        env = "KOK_ARTIFACTS_SERVICE",
+        default_value = "kok-operator-artifacts"
+    )]
+    artifacts_service: String,
+    /// The Secret (in the operator's namespace) holding the key that signs
+    /// artifact tokens; made at start if missing.
+    #[arg(
+        long,
+        env = "KOK_ARTIFACTS_KEY_SECRET",
+        default_value = "kok-artifact-signing"
+    )]
+    artifacts_key_secret: String,
     /// The node this replica runs on (the downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
@@ -220,6 +245,33 @@ async fn run() -> anyhow::Result<()> {
         shutdown(shutdown_rx.clone()),
     ));
 
+    let backups = match (cli.backup_host_path.as_str(), cli.backup_claim.as_str()) {
+        ("", "") => BackupsDirectory::Ephemeral,
+        (dir, "") => BackupsDirectory::HostPath(dir.to_string()),
+        ("", _claim) => {
+            let key = Arc::new(
+                signing_key(&client, &namespace, &cli.artifacts_key_secret)
+                    .await
+                    .context("the artifact signing key")?,
+            );
+            let listener = tokio::net::TcpListener::bind(cli.artifacts_addr)
+                .await
+                .with_context(|| format!("binding {}", cli.artifacts_addr))?;
+            tokio::spawn(serve::serve(
+                listener,
+                serve::router(kok_templates::backup::BACKUPS_MOUNT.into(), key.clone()),
+                shutdown(shutdown_rx.clone()),
+            ));
+            BackupsDirectory::Claim(ArtifactService {
+                service: cli.artifacts_service.clone(),
+                key,
+            })
+        }
+        _ => anyhow::bail!(
+            "KOK_BACKUP_HOST_PATH and KOK_BACKUP_CLAIM are both set: the backups directory is one or the other"
+        ),
+    };
+
     // Lenient: one undecodable object is reported on itself, never stops the rest.
     // Where this operator acts: every namespace, or only those it watches.
     let scopes: Vec<Option<String>> = match list_items(&cli.watch_namespaces) {
@@ -268,7 +320,7 @@ async fn run() -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| std::env::temp_dir().join("kok")),
             operator_image: cli.image.clone(),
-            backups_host_path: cli.backup_host_path.clone(),
+            backups,
             operator_node: cli.node_name.clone(),
             allow_http_s3: cli.allow_http_s3,
             private_s3: cli.s3_private_endpoints.clone(),

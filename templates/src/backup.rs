@@ -111,7 +111,8 @@ pub fn storage_refusal(spec: &BackupSpec, policy: &Policy) -> Option<FieldError>
             "the operator has no durable backup storage: {BACKUPS_MOUNT} is a directory \
              in its pod (an emptyDir) and a backup there vanishes with the pod; \
              use an s3 destination, or have the platform set the chart value \
-             backups.hostPath (KOK_BACKUP_HOST_PATH)"
+             backups.persistentVolumeClaim (KOK_BACKUP_CLAIM) or backups.hostPath \
+             (KOK_BACKUP_HOST_PATH)"
         ),
     })
 }

@@ -42,8 +42,8 @@ pub struct Policy {
     pub image_repositories: Vec<String>,
     /// Where tenants may register with Argo CD (`crate::argocd`).
     pub argocd: crate::argocd::ArgoPolicy,
-    /// Whether the operator's backups directory outlives its pod (a hostPath,
-    /// `KOK_BACKUP_HOST_PATH`). Without it the directory is an emptyDir:
+    /// Whether the operator's backups directory outlives its pod (a claim,
+    /// `KOK_BACKUP_CLAIM`, or a hostPath, `KOK_BACKUP_HOST_PATH`). Without it the directory is an emptyDir:
     /// filesystem backups would report success and vanish with the pod, so
     /// filesystem destinations are refused.
     pub durable_backups: bool,

@@ -3,6 +3,7 @@
 
 pub mod addons;
 pub mod argocd;
+pub mod artifact_access;
 pub mod at_rest;
 pub mod backup;
 pub mod backup_source;

@@ -43,6 +43,8 @@ pub enum RestoreJobError {
     OutsideBackupsMount(String),
     #[error("the artifact key {0:?} has no directory part")]
     FlatArtifactKey(String),
+    #[error("the operator has no durable backups directory for filesystem destinations")]
+    NoBackupsDirectory,
 }
 
 pub struct MemberRestore<'a> {
@@ -62,10 +64,8 @@ pub struct MemberRestore<'a> {
     pub encryption: Option<&'a BackupEncryption>,
     /// The private S3 endpoints the operator allows (`KOK_S3_PRIVATE_ENDPOINTS`).
     pub private_s3: &'a crate::backup::PrivateEndpoints,
-    /// On the node, the directory mounted as `BACKUPS_MOUNT` in the operator.
-    pub backups_host_path: &'a str,
-    /// The operator's node: a filesystem destination is a hostPath there.
-    pub operator_node: Option<&'a str>,
+    /// How the Job reaches a filesystem destination (unused for S3).
+    pub backups: BackupsAccess<'a>,
     pub artifact_key: &'a str,
     pub sha256: &'a str,
     /// etcd's sha256 trailer the backup recorded (older backups have none).
@@ -77,6 +77,34 @@ pub struct MemberRestore<'a> {
     /// Needs etcdutl 3.5+, which the operator image carries at [`ETCDUTL_IN_IMAGE`].
     pub bump_revision: Option<u64>,
 }
+
+/// How a restore Job reaches the operator's backups directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupsAccess<'a> {
+    /// The directory is a node directory (`KOK_BACKUP_HOST_PATH`): the Job
+    /// mounts it, read-only, on the node that took the backup.
+    HostPath {
+        /// On the node, the directory mounted as `BACKUPS_MOUNT` in the operator.
+        dir: &'a str,
+        node: Option<&'a str>,
+    },
+    /// The directory is the operator's claim (`KOK_BACKUP_CLAIM`), which no
+    /// pod of another namespace can mount: the Job fetches the artifact from
+    /// the operator (see `artifact_access`).
+    Served {
+        /// The destination's base URL (`artifact_access::served_artifact`).
+        base_url: String,
+        /// Good for this artifact only, for a limited time.
+        token: String,
+    },
+    /// The operator has no durable directory: filesystem destinations are
+    /// refused before a restore starts, and a Job for one cannot be built.
+    None,
+}
+
+/// Env vars of a Job that fetches its artifact from the operator.
+pub const ARTIFACT_URL_ENV: &str = "KOK_RESTORE_ARTIFACT_URL";
+pub const ARTIFACT_TOKEN_ENV: &str = "KOK_RESTORE_ARTIFACT_TOKEN";
 
 /// Where the kok-operator image keeps etcdutl 3.5 (off PATH).
 pub const ETCDUTL_IN_IMAGE: &str = "/usr/local/lib/kok/etcdutl";
@@ -135,17 +163,28 @@ pub struct ArtifactMount {
     pub mount_path: String,
 }
 
+/// The destination's directory relative to [`BACKUPS_MOUNT`] (empty for
+/// the mount itself, no slash at either end), if it lies under it.
+pub fn relative_to_backups(destination_path: &str) -> Result<&str, RestoreJobError> {
+    let dest = destination_path.trim_end_matches('/');
+    dest.strip_prefix(BACKUPS_MOUNT)
+        .filter(|r| r.is_empty() || r.starts_with('/'))
+        .map(|r| r.trim_start_matches('/'))
+        .filter(|r| !r.split('/').any(|part| part == ".." || part == "."))
+        .filter(|r| r.is_empty() || !r.split('/').any(str::is_empty))
+        .ok_or_else(|| RestoreJobError::OutsideBackupsMount(destination_path.into()))
+}
+
 pub fn artifact_mount(
     destination_path: &str,
     backups_host_path: &str,
     artifact_key: &str,
 ) -> Result<ArtifactMount, RestoreJobError> {
     let dest = destination_path.trim_end_matches('/');
-    let relative = dest
-        .strip_prefix(BACKUPS_MOUNT)
-        .filter(|r| r.is_empty() || r.starts_with('/'))
-        .filter(|r| !r.split('/').any(|part| part == ".."))
-        .ok_or_else(|| RestoreJobError::OutsideBackupsMount(destination_path.into()))?;
+    let relative = match relative_to_backups(destination_path)? {
+        "" => String::new(),
+        dir => format!("/{dir}"),
+    };
     let (dir, _file) = artifact_key
         .rsplit_once('/')
         .filter(|(dir, _)| !dir.is_empty() && !dir.split('/').any(|p| p == ".."))
@@ -221,24 +260,36 @@ pub fn member_restore_job(r: &MemberRestore<'_>) -> Result<Job, RestoreJobError>
             ..Default::default()
         },
     ];
+    // The backups hostPath is on the node that took the backup.
+    let mut node_name = None;
     if let Some(fs) = &r.destination.filesystem {
-        // Only this tenant's artifacts, read-only: a restore Job of one tenant
-        // can neither read another tenant's backups nor change any backup.
-        let m = artifact_mount(&fs.path, r.backups_host_path, r.artifact_key)?;
-        mounts.push(VolumeMount {
-            name: "backups".into(),
-            mount_path: m.mount_path,
-            read_only: Some(true),
-            ..Default::default()
-        });
-        volumes.push(Volume {
-            name: "backups".into(),
-            host_path: Some(HostPathVolumeSource {
-                path: m.host_path,
-                type_: Some("Directory".into()),
-            }),
-            ..Default::default()
-        });
+        match &r.backups {
+            BackupsAccess::HostPath { dir, node } => {
+                // Only this tenant's artifacts, read-only: a restore Job of one
+                // tenant can neither read another tenant's backups nor change any.
+                let m = artifact_mount(&fs.path, dir, r.artifact_key)?;
+                mounts.push(VolumeMount {
+                    name: "backups".into(),
+                    mount_path: m.mount_path,
+                    read_only: Some(true),
+                    ..Default::default()
+                });
+                volumes.push(Volume {
+                    name: "backups".into(),
+                    host_path: Some(HostPathVolumeSource {
+                        path: m.host_path,
+                        type_: Some("Directory".into()),
+                    }),
+                    ..Default::default()
+                });
+                node_name = node.map(String::from);
+            }
+            BackupsAccess::Served { base_url, token } => {
+                envs.push(env(ARTIFACT_URL_ENV, base_url.clone()));
+                envs.push(env(ARTIFACT_TOKEN_ENV, token.clone()));
+            }
+            BackupsAccess::None => return Err(RestoreJobError::NoBackupsDirectory),
+        }
     }
     if let Some(s3) = &r.destination.s3 {
         let from_secret = |name: &str, key: &str, optional: bool| EnvVar {
@@ -302,12 +353,7 @@ pub fn member_restore_job(r: &MemberRestore<'_>) -> Result<Job, RestoreJobError>
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
-                    // The backups hostPath is the operator's node's directory.
-                    node_name: r
-                        .destination
-                        .filesystem
-                        .as_ref()
-                        .and(r.operator_node.map(String::from)),
+                    node_name,
                     // The Job needs no API access: no token in the pod.
                     automount_service_account_token: Some(false),
                     // The same identity as etcd (and the operator, which wrote
@@ -436,8 +482,10 @@ mod tests {
             destination,
             encryption,
             private_s3: &Default::default(),
-            backups_host_path: "/srv/backups",
-            operator_node: Some("node-a"),
+            backups: BackupsAccess::HostPath {
+                dir: "/srv/backups",
+                node: Some("node-a"),
+            },
             artifact_key: "tenants/demo/b1.db",
             sha256: "ab",
             etcd_sha256: None,
@@ -731,6 +779,75 @@ mod tests {
     }
 
     #[test]
+    fn a_job_fetches_a_served_artifact_on_any_node_without_a_mount() {
+        let names = Names::new("demo");
+        let dest = filesystem();
+        let job = member_restore_job(&MemberRestore {
+            names: &names,
+            namespace: "tenants",
+            restore_name: "r1",
+            owner: OwnerReference::default(),
+            restore_id: "uid-1",
+            member: 0,
+            replicas: 1,
+            image: "img",
+            destination: &dest,
+            encryption: None,
+            private_s3: &Default::default(),
+            backups: BackupsAccess::Served {
+                base_url: "http://10.96.0.20:8081/artifacts/fs".into(),
+                token: "v1.10.ab".into(),
+            },
+            artifact_key: "tenants/demo/b1.db",
+            sha256: "ab",
+            etcd_sha256: None,
+            cluster_token: "t",
+            bump_revision: None,
+        })
+        .unwrap();
+        assert_eq!(
+            env(&job, ARTIFACT_URL_ENV).as_deref(),
+            Some("http://10.96.0.20:8081/artifacts/fs")
+        );
+        assert_eq!(env(&job, ARTIFACT_TOKEN_ENV).as_deref(), Some("v1.10.ab"));
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.node_name, None);
+        let volumes: Vec<String> = pod
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert!(!volumes.contains(&"backups".to_string()), "{volumes:?}");
+    }
+
+    #[test]
+    fn a_filesystem_destination_without_a_backups_directory_fails_the_build() {
+        let names = Names::new("demo");
+        let dest = filesystem();
+        let built = member_restore_job(&MemberRestore {
+            names: &names,
+            namespace: "tenants",
+            restore_name: "r1",
+            owner: OwnerReference::default(),
+            restore_id: "uid-1",
+            member: 0,
+            replicas: 1,
+            image: "img",
+            destination: &dest,
+            encryption: None,
+            private_s3: &Default::default(),
+            backups: BackupsAccess::None,
+            artifact_key: "tenants/demo/b1.db",
+            sha256: "ab",
+            etcd_sha256: None,
+            cluster_token: "t",
+            bump_revision: None,
+        });
+        assert_eq!(built.err(), Some(RestoreJobError::NoBackupsDirectory));
+    }
+
+    #[test]
     fn a_destination_outside_the_mount_fails_the_build() {
         let names = Names::new("demo");
         let dest = Destination {
@@ -751,8 +868,10 @@ mod tests {
             destination: &dest,
             encryption: None,
             private_s3: &Default::default(),
-            backups_host_path: "/srv/backups",
-            operator_node: None,
+            backups: BackupsAccess::HostPath {
+                dir: "/srv/backups",
+                node: None,
+            },
             artifact_key: "tenants/demo/b1.db",
             sha256: "ab",
             etcd_sha256: None,

@@ -16,3 +16,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "kok.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
+
+{{/* The claim mounted as the backups directory. */}}
+{{- define "kok.backupsClaim" -}}
+{{- .Values.backups.persistentVolumeClaim.existingClaim | default "kok-backups" -}}
+{{- end }}

@@ -71,7 +71,13 @@ async fn prepare_and_swap() -> anyhow::Result<()> {
         &std::env::var(kok_templates::restore::PRIVATE_S3_ENV).unwrap_or_default(),
     )
     .map_err(|e| anyhow::anyhow!("{}: {e}", kok_templates::restore::PRIVATE_S3_ENV))?;
-    let store = Store::open(&destination, creds, &private)?.with_key(key);
+    // A filesystem destination on the operator's claim is fetched from the
+    // operator; any other is opened as the operator opens it.
+    let store = match std::env::var(kok_templates::restore::ARTIFACT_URL_ENV) {
+        Ok(url) => Store::served(&url, &var(kok_templates::restore::ARTIFACT_TOKEN_ENV)?)?,
+        Err(_) => Store::open(&destination, creds, &private)?,
+    }
+    .with_key(key);
 
     // Our own scratch names, safe to replace when a previous attempt died.
     let snapshot = root.join(format!("restore-{id}.db"));

@@ -46,6 +46,7 @@ use crate::runtime::conditions;
 use crate::runtime::context::Context;
 use crate::runtime::error::{Error, Result};
 use crate::runtime::status::{apply_status, manager};
+use crate::storage::serve::backups_access;
 use crate::storage::{open_store, Refusal};
 
 const CONTROLLER: &str = "etcdrestore";
@@ -736,6 +737,13 @@ async fn restore_members(
         status.member_jobs_created = Some(true);
         patch_status(ctx, er, status).await?;
     }
+    let backups = backups_access(
+        ctx,
+        &spec.destination,
+        &key,
+        b.status.as_ref().and_then(|s| s.node.as_deref()),
+    )
+    .await?;
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns(er));
     let mut done = 0;
     for member in 0..replicas {
@@ -751,14 +759,7 @@ async fn restore_members(
             destination: &spec.destination,
             encryption: spec.encryption.as_ref(),
             private_s3: &ctx.policy.private_s3,
-            backups_host_path: &ctx.backups_host_path,
-            // The artifact is on the node that took the backup, which need not
-            // be where the leader runs now (the chart runs 2 replicas).
-            operator_node: b
-                .status
-                .as_ref()
-                .and_then(|s| s.node.as_deref())
-                .or(ctx.operator_node.as_deref()),
+            backups: backups.clone(),
             artifact_key: &key,
             sha256: &sha256,
             etcd_sha256: b.status.as_ref().and_then(|s| s.etcd_sha256.as_deref()),

@@ -29,8 +29,9 @@ pub struct Context {
     pub work_dir: std::path::PathBuf,
     /// The operator's own image (`KOK_IMAGE`): restore Jobs run it.
     pub operator_image: Option<String>,
-    /// The node directory mounted at /var/lib/kok/backups (`KOK_BACKUP_HOST_PATH`).
-    pub backups_host_path: String,
+    /// What /var/lib/kok/backups is: an emptyDir, a node directory
+    /// (`KOK_BACKUP_HOST_PATH`) or a claim (`KOK_BACKUP_CLAIM`).
+    pub backups: crate::storage::serve::BackupsDirectory,
     /// The node the operator runs on (`NODE_NAME`, from the downward API).
     pub operator_node: Option<String>,
     /// What specs may ask for (`KOK_ALLOW_HTTP_S3=true` accepts http S3
@@ -98,9 +99,8 @@ pub struct Settings {
     pub work_dir: std::path::PathBuf,
     /// The operator's own image: restore Jobs run it.
     pub operator_image: Option<String>,
-    /// The node directory mounted at /var/lib/kok/backups; empty when that
-    /// is an emptyDir (no durable filesystem backups).
-    pub backups_host_path: String,
+    /// What /var/lib/kok/backups is.
+    pub backups: crate::storage::serve::BackupsDirectory,
     /// The node the operator runs on.
     pub operator_node: Option<String>,
     /// Accept http:// S3 endpoints.
@@ -123,7 +123,7 @@ impl Context {
         operator_namespace_labels: std::collections::BTreeMap<String, String>,
         settings: Settings,
     ) -> Self {
-        let durable_backups = !settings.backups_host_path.is_empty();
+        let durable_backups = settings.backups.durable();
         Self {
             client,
             recorder,
@@ -134,7 +134,7 @@ impl Context {
             etcd_tools: crate::etcd::verify::Tools::from_env(),
             work_dir: settings.work_dir,
             operator_image: settings.operator_image.filter(|s| !s.is_empty()),
-            backups_host_path: settings.backups_host_path,
+            backups: settings.backups,
             operator_node: settings.operator_node.filter(|s| !s.is_empty()),
             policy: kok_templates::validate::Policy {
                 allow_http_s3: settings.allow_http_s3,

@@ -30,6 +30,8 @@ pub enum Error {
     Etcd(String),
     #[error("upgrade: {0}")]
     Upgrade(String),
+    #[error("{0}")]
+    ArtifactService(String),
 }
 
 impl Error {
@@ -51,6 +53,7 @@ impl Error {
             Error::VolumesNotAdoptable(_) => "volumes_not_adoptable",
             Error::Etcd(_) => "etcd",
             Error::Upgrade(_) => "upgrade",
+            Error::ArtifactService(_) => "artifact_service",
         }
     }
 

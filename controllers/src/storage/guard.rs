@@ -30,15 +30,56 @@ impl HttpConnector for GuardedConnector {
             .dns_resolver(Arc::new(GuardedResolver {
                 allowed: self.allowed.clone(),
             }))
-            // object_store's defaults.
+            // object_store's connect timeout. Its 30 s request timeout counts
+            // until the body ends, which a large snapshot's download outlasts:
+            // a stalled read is what is cut instead.
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(30))
             .https_only(!self.allow_http)
             .build()
             .map_err(|e| object_store::Error::Generic {
                 store: "S3",
                 source: Box::new(e),
             })?;
+        Ok(HttpClient::new(client))
+    }
+}
+
+/// The client of a restore Job fetching an artifact the operator serves
+/// (`super::serve`): the Job's token on every request, no redirects, plain
+/// http inside the cluster (the artifact's sha256 is checked on arrival, and
+/// a sealed artifact travels sealed).
+#[derive(Clone)]
+pub struct ServedConnector {
+    pub token: String,
+}
+
+impl std::fmt::Debug for ServedConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedConnector").finish_non_exhaustive()
+    }
+}
+
+impl HttpConnector for ServedConnector {
+    fn connect(&self, _options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let generic = |e: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
+            store: "operator",
+            source: e,
+        };
+        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.token))
+            .map_err(|e| generic(Box::new(e)))?;
+        auth.set_sensitive(true);
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .default_headers(
+                [(reqwest::header::AUTHORIZATION, auth)]
+                    .into_iter()
+                    .collect(),
+            )
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| generic(Box::new(e)))?;
         Ok(HttpClient::new(client))
     }
 }

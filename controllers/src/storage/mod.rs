@@ -7,6 +7,7 @@
 pub mod encryption;
 mod guard;
 mod open;
+pub mod serve;
 
 pub use self::open::{open_store, s3_credentials, Refusal};
 
@@ -22,7 +23,7 @@ use kok_templates::backup::PrivateEndpoints;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, WriteMultipart};
+use object_store::{ClientOptions, ObjectStore, WriteMultipart};
 
 use self::encryption::{ArtifactKey, Decryptor, EncryptionError, Encryptor};
 
@@ -154,6 +155,26 @@ impl Store {
                 .trim_matches('/')
                 .to_string(),
             base_url: format!("s3://{}", s3.bucket),
+            key: None,
+        })
+    }
+
+    /// An artifact directory the operator serves (`serve`), read by a
+    /// restore Job with a token for one artifact. Read-only in practice: the
+    /// operator serves GET only.
+    pub fn served(base_url: &str, token: &str) -> Result<Self, DestinationError> {
+        let store = object_store::http::HttpBuilder::new()
+            .with_url(base_url)
+            .with_client_options(ClientOptions::new().with_allow_http(true))
+            .with_http_connector(guard::ServedConnector {
+                token: token.to_string(),
+            })
+            .build()?;
+        Ok(Self {
+            inner: Arc::new(store),
+            local: None,
+            prefix: String::new(),
+            base_url: base_url.trim_end_matches('/').to_string(),
             key: None,
         })
     }

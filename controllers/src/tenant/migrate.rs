@@ -29,6 +29,7 @@
 
 use std::time::Duration;
 
+use crate::storage::serve::backups_access;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -715,6 +716,7 @@ async fn copy(
     let tp = target_placement(x, m);
     let key = artifact_key(ns, &tc.name_any(), &name);
     let id = migration_id(tc, m);
+    let backups = backups_access(ctx, &backup_spec.destination, &key, bs.node.as_deref()).await?;
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     let mut done = 0;
     for member in 0..m.target.etcd_replicas {
@@ -730,8 +732,7 @@ async fn copy(
             destination: &backup_spec.destination,
             encryption: backup_spec.encryption.as_ref(),
             private_s3: &ctx.policy.private_s3,
-            backups_host_path: &ctx.backups_host_path,
-            operator_node: bs.node.as_deref().or(ctx.operator_node.as_deref()),
+            backups: backups.clone(),
             artifact_key: &key,
             sha256: &sha256,
             etcd_sha256: bs.etcd_sha256.as_deref(),
