@@ -23,12 +23,13 @@ use clap::Parser;
 use kok_controllers::backup::{self, schedule as backup_schedule};
 use kok_controllers::join;
 use kok_controllers::restore::{self, member as restore_member};
+use kok_controllers::runtime::context::{ArtifactService, BackupsDirectory};
 use kok_controllers::runtime::context::{Context, Settings};
 use kok_controllers::runtime::leader::LeaderElector;
 use kok_controllers::runtime::lenient::{self, Lenient};
 use kok_controllers::runtime::telemetry::{self, Health, Metrics};
 use kok_controllers::runtime::triggers;
-use kok_controllers::storage::serve::{self, signing_key, ArtifactService, BackupsDirectory};
+use kok_controllers::storage::serve::{self, signing_key};
 use kok_controllers::tenant;
 
 const OPERATOR_NAME: &str = "kok-operator";

@@ -114,18 +114,35 @@ pub fn served_artifact(
     artifact_key: &str,
 ) -> Result<ServedArtifact, RestoreJobError> {
     let relative = crate::restore::relative_to_backups(destination_path)?;
-    let path = match relative {
+    let path = match relative.as_str() {
         "" => artifact_key.to_string(),
         dir => format!("{dir}/{artifact_key}"),
     };
     if request_path(&path).is_none() || !artifact_key.contains('/') {
         return Err(RestoreJobError::FlatArtifactKey(artifact_key.into()));
     }
-    let base_url = match relative {
-        "" => format!("{}{ARTIFACTS_ROUTE}", origin.trim_end_matches('/')),
-        dir => format!("{}{ARTIFACTS_ROUTE}/{dir}", origin.trim_end_matches('/')),
-    };
+    // Each segment percent-encoded: the server decodes the path it is asked
+    // for, which must be the one the token names (a `#`, `?` or `%` in a
+    // directory name would otherwise change it).
+    let mut base_url = format!("{}{ARTIFACTS_ROUTE}", origin.trim_end_matches('/'));
+    for segment in relative.split('/').filter(|s| !s.is_empty()) {
+        base_url.push('/');
+        base_url.push_str(&encode_segment(segment));
+    }
     Ok(ServedArtifact { base_url, path })
+}
+
+/// `segment` with every byte but RFC 3986's unreserved ones percent-encoded.
+fn encode_segment(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -228,6 +245,12 @@ mod tests {
         .unwrap();
         assert_eq!(at_root.base_url, "http://10.96.0.20:8081/artifacts");
         assert_eq!(at_root.path, "ns/t/b1.db");
+        // Dropped `.` and empty segments; an odd character encoded in the URL
+        // and plain in the path the token names.
+        let odd =
+            served_artifact("http://h", "/var/lib/kok/backups/./a//b #?%/", "ns/t/b1.db").unwrap();
+        assert_eq!(odd.base_url, "http://h/artifacts/a/b%20%23%3F%25");
+        assert_eq!(odd.path, "a/b #?%/ns/t/b1.db");
         assert!(served_artifact("http://x", "/etc", "ns/t/b1.db").is_err());
         assert!(served_artifact("http://x", "/var/lib/kok/backups", "b1.db").is_err());
         assert!(served_artifact("http://x", "/var/lib/kok/backups", "ns/../b1.db").is_err());

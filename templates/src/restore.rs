@@ -164,15 +164,22 @@ pub struct ArtifactMount {
 }
 
 /// The destination's directory relative to [`BACKUPS_MOUNT`] (empty for
-/// the mount itself, no slash at either end), if it lies under it.
-pub fn relative_to_backups(destination_path: &str) -> Result<&str, RestoreJobError> {
-    let dest = destination_path.trim_end_matches('/');
-    dest.strip_prefix(BACKUPS_MOUNT)
+/// the mount itself), if it lies under it. Empty and `.` segments are
+/// dropped (the spec allows them; they name the same directory).
+pub fn relative_to_backups(destination_path: &str) -> Result<String, RestoreJobError> {
+    let outside = || RestoreJobError::OutsideBackupsMount(destination_path.into());
+    let rest = destination_path
+        .strip_prefix(BACKUPS_MOUNT)
         .filter(|r| r.is_empty() || r.starts_with('/'))
-        .map(|r| r.trim_start_matches('/'))
-        .filter(|r| !r.split('/').any(|part| part == ".." || part == "."))
-        .filter(|r| r.is_empty() || !r.split('/').any(str::is_empty))
-        .ok_or_else(|| RestoreJobError::OutsideBackupsMount(destination_path.into()))
+        .ok_or_else(outside)?;
+    let segments: Vec<&str> = rest
+        .split('/')
+        .filter(|part| !part.is_empty() && *part != ".")
+        .collect();
+    if segments.contains(&"..") {
+        return Err(outside());
+    }
+    Ok(segments.join("/"))
 }
 
 pub fn artifact_mount(
@@ -182,7 +189,7 @@ pub fn artifact_mount(
 ) -> Result<ArtifactMount, RestoreJobError> {
     let dest = destination_path.trim_end_matches('/');
     let relative = match relative_to_backups(destination_path)? {
-        "" => String::new(),
+        dir if dir.is_empty() => dir,
         dir => format!("/{dir}"),
     };
     let (dir, _file) = artifact_key

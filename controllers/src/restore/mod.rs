@@ -48,6 +48,7 @@ use crate::runtime::error::{Error, Result};
 use crate::runtime::status::{apply_status, manager};
 use crate::storage::serve::backups_access;
 use crate::storage::{open_store, Refusal};
+use kok_templates::membership::{self, Mover};
 
 const CONTROLLER: &str = "etcdrestore";
 /// Held while deleting the restore could leave the tenant silently stopped.
@@ -544,15 +545,19 @@ async fn begin(er: &EtcdRestore, ctx: &Context, status: &mut EtcdRestoreStatus) 
         Ok(accepted) => accepted,
         Err(why) => return Ok(invalid(why)),
     };
-    if let Some(m) = tc
-        .status
-        .as_ref()
-        .and_then(|s| s.migration.as_ref())
-        .filter(|m| !kok_templates::migration::finished(&m.phase))
-    {
+    // The one rule on who moves etcd members: a restore supersedes a
+    // replacement, scaling, roll or lost quorum, never a migration. (Another
+    // restore holding the tenant is settled below, by the annotation.)
+    let record = membership::on_record(tc.status.as_ref(), false, false);
+    if let Err(holder) = membership::may_start(Mover::Restore, &record) {
+        let phase = tc
+            .status
+            .as_ref()
+            .and_then(|s| s.migration.as_ref())
+            .map(|m| format!(" (status.migration.phase {})", m.phase))
+            .unwrap_or_default();
         return Ok(invalid(format!(
-            "TenantCluster {name} is being migrated (status.migration.phase {}): restore once the migration has finished or been rolled back",
-            m.phase
+            "TenantCluster {name} is in a {holder}{phase}: restore once it has finished or been rolled back"
         )));
     }
     if tc.spec.etcd.storage.ephemeral {
@@ -737,39 +742,13 @@ async fn restore_members(
         status.member_jobs_created = Some(true);
         patch_status(ctx, er, status).await?;
     }
-    let backups = backups_access(
-        ctx,
-        &spec.destination,
-        &key,
-        b.status.as_ref().and_then(|s| s.node.as_deref()),
-    )
-    .await?;
+    let backup_node = b.status.as_ref().and_then(|s| s.node.as_deref());
+    // How Jobs reach the artifact: worked out once, and only when a Job is
+    // to be made (a Job running already needs nothing more).
+    let mut backups = None;
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns(er));
     let mut done = 0;
     for member in 0..replicas {
-        let job = member_restore_job(&MemberRestore {
-            names: &names,
-            namespace: &ns(er),
-            restore_name: &er.name_any(),
-            owner: owner.clone(),
-            restore_id: &uid,
-            member,
-            replicas,
-            image,
-            destination: &spec.destination,
-            encryption: spec.encryption.as_ref(),
-            private_s3: &ctx.policy.private_s3,
-            backups: backups.clone(),
-            artifact_key: &key,
-            sha256: &sha256,
-            etcd_sha256: b.status.as_ref().and_then(|s| s.etcd_sha256.as_deref()),
-            cluster_token: &token,
-            bump_revision: None,
-        });
-        let job = match job {
-            Ok(job) => job,
-            Err(e) => return Ok(failed(format!("building the restore Job: {e}"))),
-        };
         let name = member_restore_job_name(&er.name_any(), member);
         let current = match jobs.get_opt(&name).await? {
             // A Job of that name that this restore did not create is never
@@ -778,11 +757,48 @@ async fn restore_members(
                 Ok(()) => j,
                 Err(e) => return Ok(failed(e.to_string())),
             },
-            None => match jobs.create(&PostParams::default(), &job).await {
-                Ok(j) => j,
-                Err(kube::Error::Api(e)) if e.code == 409 => jobs.get(&name).await?,
-                Err(e) => return Err(e.into()),
-            },
+            None => {
+                let access = match backups.clone() {
+                    Some(a) => a,
+                    None => {
+                        match backups_access(ctx, &spec.destination, &key, backup_node).await? {
+                            Ok(a) => {
+                                backups = Some(a.clone());
+                                a
+                            }
+                            Err(why) => return Ok(failed(why)),
+                        }
+                    }
+                };
+                let job = member_restore_job(&MemberRestore {
+                    names: &names,
+                    namespace: &ns(er),
+                    restore_name: &er.name_any(),
+                    owner: owner.clone(),
+                    restore_id: &uid,
+                    member,
+                    replicas,
+                    image,
+                    destination: &spec.destination,
+                    encryption: spec.encryption.as_ref(),
+                    private_s3: &ctx.policy.private_s3,
+                    backups: access,
+                    artifact_key: &key,
+                    sha256: &sha256,
+                    etcd_sha256: b.status.as_ref().and_then(|s| s.etcd_sha256.as_deref()),
+                    cluster_token: &token,
+                    bump_revision: None,
+                });
+                let job = match job {
+                    Ok(job) => job,
+                    Err(e) => return Ok(failed(format!("building the restore Job: {e}"))),
+                };
+                match jobs.create(&PostParams::default(), &job).await {
+                    Ok(j) => j,
+                    Err(kube::Error::Api(e)) if e.code == 409 => jobs.get(&name).await?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
         };
         let js = current.status.unwrap_or_default();
         let failed_for_good = js

@@ -31,7 +31,7 @@ pub struct Context {
     pub operator_image: Option<String>,
     /// What /var/lib/kok/backups is: an emptyDir, a node directory
     /// (`KOK_BACKUP_HOST_PATH`) or a claim (`KOK_BACKUP_CLAIM`).
-    pub backups: crate::storage::serve::BackupsDirectory,
+    pub backups: BackupsDirectory,
     /// The node the operator runs on (`NODE_NAME`, from the downward API).
     pub operator_node: Option<String>,
     /// What specs may ask for (`KOK_ALLOW_HTTP_S3=true` accepts http S3
@@ -48,6 +48,41 @@ pub struct Context {
     /// Per key: the fingerprint of what was last done in full, and when
     /// (periodic rounds such as the tenant-side objects for nodes).
     rounds: Mutex<HashMap<String, (String, std::time::Instant)>>,
+}
+
+/// What the operator's backups directory (`/var/lib/kok/backups`) is.
+#[derive(Clone, Debug)]
+pub enum BackupsDirectory {
+    /// An emptyDir: it dies with the pod, so filesystem destinations are refused.
+    Ephemeral,
+    /// A node directory (`KOK_BACKUP_HOST_PATH`).
+    HostPath(String),
+    /// A PersistentVolumeClaim (`KOK_BACKUP_CLAIM`), served to restore Jobs.
+    Claim(ArtifactService),
+}
+
+#[derive(Clone)]
+pub struct ArtifactService {
+    /// The Service in the operator's namespace that selects every replica.
+    pub service: String,
+    /// The shared token signing key.
+    pub key: Arc<Vec<u8>>,
+}
+
+// Never print the key.
+impl std::fmt::Debug for ArtifactService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactService")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackupsDirectory {
+    /// Whether a backup written there outlives the operator's pod.
+    pub fn durable(&self) -> bool {
+        !matches!(self, BackupsDirectory::Ephemeral)
+    }
 }
 
 /// Per tenant (`namespace/name`): whether it is unhealthy, as this replica
@@ -100,7 +135,7 @@ pub struct Settings {
     /// The operator's own image: restore Jobs run it.
     pub operator_image: Option<String>,
     /// What /var/lib/kok/backups is.
-    pub backups: crate::storage::serve::BackupsDirectory,
+    pub backups: BackupsDirectory,
     /// The node the operator runs on.
     pub operator_node: Option<String>,
     /// Accept http:// S3 endpoints.

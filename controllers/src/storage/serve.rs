@@ -27,43 +27,8 @@ use kok_templates::restore::BackupsAccess;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
-use crate::runtime::context::Context;
+use crate::runtime::context::{BackupsDirectory, Context};
 use crate::runtime::error::{Error, Result};
-
-/// What the operator's backups directory (`/var/lib/kok/backups`) is.
-#[derive(Clone, Debug)]
-pub enum BackupsDirectory {
-    /// An emptyDir: it dies with the pod, so filesystem destinations are refused.
-    Ephemeral,
-    /// A node directory (`KOK_BACKUP_HOST_PATH`).
-    HostPath(String),
-    /// A PersistentVolumeClaim (`KOK_BACKUP_CLAIM`), served to restore Jobs.
-    Claim(ArtifactService),
-}
-
-#[derive(Clone)]
-pub struct ArtifactService {
-    /// The Service in the operator's namespace that selects every replica.
-    pub service: String,
-    /// The shared token signing key.
-    pub key: Arc<Vec<u8>>,
-}
-
-// Never print the key.
-impl std::fmt::Debug for ArtifactService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArtifactService")
-            .field("service", &self.service)
-            .finish_non_exhaustive()
-    }
-}
-
-impl BackupsDirectory {
-    /// Whether a backup written there outlives the operator's pod.
-    pub fn durable(&self) -> bool {
-        !matches!(self, BackupsDirectory::Ephemeral)
-    }
-}
 
 /// The key's length: HMAC-SHA256's block size.
 const KEY_BYTES: usize = 32;
@@ -162,6 +127,18 @@ async fn artifact(
         return (StatusCode::FORBIDDEN, format!("{e}\n")).into_response();
     }
     let file_path = served.root.join(path);
+    // Only a file under the directory: a symlink on the volume (made there
+    // by hand) leads nowhere else.
+    let inside = match (
+        tokio::fs::canonicalize(&file_path).await,
+        tokio::fs::canonicalize(served.root.as_ref()).await,
+    ) {
+        (Ok(file), Ok(root)) => file.starts_with(root),
+        _ => false,
+    };
+    if !inside {
+        return (StatusCode::NOT_FOUND, "no such artifact\n").into_response();
+    }
     let file = match tokio::fs::File::open(&file_path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -207,35 +184,38 @@ pub async fn serve(
 }
 
 /// How a restore Job of `destination` reads `artifact_key`, a backup that
-/// `backup_node` took.
+/// `backup_node` took. The inner `Err` is final (a destination that cannot
+/// be served); an outer one may pass (the Service not there yet).
 pub async fn backups_access<'a>(
     ctx: &'a Context,
     destination: &Destination,
     artifact_key: &str,
     backup_node: Option<&'a str>,
-) -> Result<BackupsAccess<'a>> {
+) -> Result<std::result::Result<BackupsAccess<'a>, String>> {
     let Some(fs) = &destination.filesystem else {
-        return Ok(BackupsAccess::None);
+        return Ok(Ok(BackupsAccess::None));
     };
-    match &ctx.backups {
-        BackupsDirectory::Ephemeral => Ok(BackupsAccess::None),
-        BackupsDirectory::HostPath(dir) => Ok(BackupsAccess::HostPath {
+    Ok(Ok(match &ctx.backups {
+        BackupsDirectory::Ephemeral => BackupsAccess::None,
+        BackupsDirectory::HostPath(dir) => BackupsAccess::HostPath {
             dir: dir.as_str(),
             // The artifact is on the node that took the backup, which need not
             // be where the leader runs now (the chart runs 2 replicas).
             node: backup_node.or(ctx.operator_node.as_deref()),
-        }),
+        },
         BackupsDirectory::Claim(a) => {
             let origin = service_origin(ctx, &a.service).await?;
-            let served = artifact_access::served_artifact(&origin, &fs.path, artifact_key)
-                .map_err(|e| Error::ArtifactService(e.to_string()))?;
+            let served = match artifact_access::served_artifact(&origin, &fs.path, artifact_key) {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(format!("serving the artifact to restore Jobs: {e}"))),
+            };
             let expires = now_unix() + artifact_access::TOKEN_LIFETIME.as_secs();
-            Ok(BackupsAccess::Served {
+            BackupsAccess::Served {
                 base_url: served.base_url,
                 token: artifact_access::mint(&a.key, &served.path, expires),
-            })
+            }
         }
-    }
+    }))
 }
 
 /// `http://<cluster IP>:<port>` of the artifact Service: by address, since a
@@ -338,6 +318,17 @@ mod tests {
         assert_ne!(status, StatusCode::OK);
         let (status, _) = get(&dir, "/artifacts/fs/team-a/demo", Some(&token)).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
+
+        // A symlink out of the directory serves nothing, with a token or not.
+        let outside = dir.with_extension("outside");
+        std::fs::write(&outside, b"not a backup").unwrap();
+        let link = dir.join("fs/team-a/demo/link.db");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let linked = artifact_access::mint(KEY, "fs/team-a/demo/link.db", later);
+        let (status, _) = get(&dir, "/artifacts/fs/team-a/demo/link.db", Some(&linked)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let _ = std::fs::remove_file(&outside);
 
         // A token for a path that is not there: 404, not an error.
         let gone = artifact_access::mint(KEY, "fs/team-a/demo/b2.db", later);

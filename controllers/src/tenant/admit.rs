@@ -60,7 +60,19 @@ pub(super) async fn admit(
     conditions::set(c, condition::STALLED, false, "SpecValid", why, generation);
 
     if let Some(restore) = tc.annotations().get(kok_crds::RESTORE_ANNOTATION) {
-        if let Some((reason, message)) = restore_problem(ctx, &ns, restore).await? {
+        let held = restore_hold(ctx, &ns, restore).await?;
+        if held.rebuilding {
+            // Every member is rebuilt from one snapshot with a new cluster
+            // ID: a replacement, scaling or roll on record acted on members
+            // that no longer exist (`membership::may_start`: the restore
+            // supersedes them). Their records would resume against the
+            // restored cluster, so they end here.
+            status.etcd_member_replacement = None;
+            status.etcd_scaling = None;
+            status.etcd_drained_member = None;
+            status.etcd_unhealthy_since.clear();
+        }
+        if let Some((reason, message)) = held.problem {
             publish(ctx, tc, EventType::Warning, reason, "Restore", &message).await;
             conditions::set(c, condition::STALLED, true, reason, &message, generation);
             conditions::set(c, condition::READY, false, reason, message, generation);
@@ -86,33 +98,44 @@ pub(super) async fn admit(
     Ok(Admission::Proceed(valid))
 }
 
-/// Why a TenantCluster held by a restore is stuck, if it is: the EtcdRestore
-/// named by the annotation was deleted or failed, leaving etcd stopped.
-async fn restore_problem(
-    ctx: &Context,
-    ns: &str,
-    restore: &str,
-) -> Result<Option<(&'static str, String)>> {
+/// A TenantCluster held by a restore, as that restore stands.
+struct RestoreHold {
+    /// Why it is stuck, if it is: the EtcdRestore named by the annotation
+    /// was deleted or failed, leaving etcd stopped.
+    problem: Option<(&'static str, String)>,
+    /// The restore may have begun replacing members' data.
+    rebuilding: bool,
+}
+
+async fn restore_hold(ctx: &Context, ns: &str, restore: &str) -> Result<RestoreHold> {
     let api: Api<Lenient<EtcdRestore>> = Api::namespaced(ctx.client.clone(), ns);
     let resume = format!(
         "to start the control plane on the data its members have now, remove annotation {} (see docs/runbooks/backup-restore.md)",
         kok_crds::RESTORE_ANNOTATION
     );
-    Ok(match api.get_opt(restore).await? {
-        None => Some((
-            "RestoreAbandoned",
-            format!("EtcdRestore {restore} was deleted before it finished; the control plane is stopped; {resume}"),
-        )),
-        Some(r) => match &r.object {
-            Ok(er) if er.status.as_ref().and_then(|s| s.phase) == Some(RestorePhase::Failed) => Some((
-                "RestoreFailed",
-                format!(
-                    "EtcdRestore {restore} failed: {}; the control plane is stopped; {resume}",
-                    er.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default()
-                ),
+    let Some(r) = api.get_opt(restore).await? else {
+        return Ok(RestoreHold {
+            problem: Some((
+                "RestoreAbandoned",
+                format!("EtcdRestore {restore} was deleted before it finished; the control plane is stopped; {resume}"),
             )),
-            _ => None,
-        },
+            rebuilding: false,
+        });
+    };
+    let status = r.object.as_ref().ok().and_then(|er| er.status.as_ref());
+    let problem = match status {
+        Some(s) if s.phase == Some(RestorePhase::Failed) => Some((
+            "RestoreFailed",
+            format!(
+                "EtcdRestore {restore} failed: {}; the control plane is stopped; {resume}",
+                s.message.clone().unwrap_or_default()
+            ),
+        )),
+        _ => None,
+    };
+    Ok(RestoreHold {
+        problem,
+        rebuilding: status.and_then(|s| s.member_jobs_created) == Some(true),
     })
 }
 

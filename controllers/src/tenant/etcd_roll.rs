@@ -15,6 +15,7 @@ use kok_templates::controlplane::ETCD_CLIENT_PORT;
 use kok_templates::etcd_roll::{
     next_action, replace_gate, MemberObservation, MemberStatus, ReplaceGate, RollAction,
 };
+use kok_templates::membership::{self, Mover};
 use kok_templates::names::{component_selector, tenant_names, Names, APISERVER, ETCD};
 use kube::api::ListParams;
 use kube::runtime::events::EventType;
@@ -133,6 +134,19 @@ async fn roll_members(
         .collect();
     if stale.is_empty() {
         return Ok(MemberRoll::Current);
+    }
+    // Members to roll: only while no other operation moves members (a
+    // replacement or a lost quorum would see a rolled member as down).
+    let record = membership::on_record(
+        tc.status.as_ref(),
+        tc.annotations().contains_key(kok_crds::RESTORE_ANNOTATION),
+        true,
+    );
+    if let Err(holder) = membership::may_move(Mover::Roll, &record) {
+        return Ok(MemberRoll::Rolling(format!(
+            "{} of {replicas} etcd members to roll, held until the {holder} has finished",
+            stale.len()
+        )));
     }
 
     let access = EtcdAccess::for_tenant(&ctx.client, tc)

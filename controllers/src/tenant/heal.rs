@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_client::{AlarmAction, AlarmType, CompactionOptions, GetOptions, MemberAddOptions};
+use etcd_client::{GetOptions, MemberAddOptions};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -18,6 +18,7 @@ use kok_crds::{
 use kok_templates::controlplane::{self as cp, Placement, ETCD_PEER_PORT};
 use kok_templates::etcd_scale;
 use kok_templates::inspection::{self as insp, ETCD_MEMBER_LOST, ETCD_MEMBER_UNHEALTHY};
+use kok_templates::membership::{self, lost_members, removal_keeps_quorum, MemberVolume, Mover};
 use kok_templates::names::Names;
 use kok_templates::restore::member_claim;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -166,14 +167,11 @@ pub(super) async fn members(
         };
         return replace(ctx, tc, p, status, r, &observed, around).await;
     }
-    // Not while a live scaling has a member in flight (a learner joining:
-    // etcd takes one learner at a time; a member being removed): reported
-    // by the inspection, replaced once that member settled.
-    if status
-        .etcd_scaling
-        .as_ref()
-        .is_some_and(|s| s.phase == etcd_scale::JOINING || s.phase == etcd_scale::REMOVING)
-    {
+    // Not beside another mover (a live scaling with a member in flight:
+    // etcd takes one learner at a time): reported by the inspection, and
+    // replaced once the members are free (`membership::may_start`).
+    let record = membership::on_record(Some(status), false, false);
+    if membership::may_start(Mover::Replacement, &record).is_err() {
         return Ok(Healing::Idle);
     }
     // One member at a time, and only when it is the only one lost: while
@@ -305,7 +303,7 @@ async fn unhealthy(
         Some(pv) => Some(format!(
             "volume {pv}, kept by an earlier replacement, still exists: one kept volume per tenant at a time (delete it, or remove its annotation {KEPT_FROM_ANNOTATION}, see docs/runbooks/etcd-member-unhealthy.md)"
         )),
-        None => super::inspect::repair_refused(ctx, tc, status, ETCD_MEMBER_UNHEALTHY),
+        None => super::repairs::repair_refused(ctx, tc, status, ETCD_MEMBER_UNHEALTHY),
     };
     if let Some(why) = refused {
         let note = format!("etcd member {name} is due for replacement but not replaced: {why}");
@@ -541,7 +539,7 @@ async fn quorum_loss(
         .await;
         ctx.metrics
             .repaired(insp::ETCD_QUORUM_LOST, true, Some(seconds));
-        super::inspect::push_repair(
+        super::repairs::push_repair(
             status,
             Repair {
                 check: insp::ETCD_QUORUM_LOST.into(),
@@ -708,39 +706,6 @@ const PHASE_KEEPING: &str = "KeepingVolume";
 const PHASE_ADDING: &str = "AddingLearner";
 const PHASE_RESTARTING: &str = "Restarting";
 const PHASE_PROMOTING: &str = "Promoting";
-
-#[derive(Debug, Clone)]
-pub(super) struct MemberVolume {
-    pub ordinal: i32,
-    /// The claim's uid, unless it is missing or being deleted.
-    pub claim_uid: Option<String>,
-    pub pod_ready: bool,
-}
-
-/// Members whose claim is not the one they were recorded serving on (a new
-/// claim: the old one and its data were deleted), with the new claim's uid.
-/// A missing claim is not lost yet: the StatefulSet is about to make one.
-pub(super) fn lost_members(
-    recorded: &BTreeMap<String, String>,
-    names: &Names,
-    observed: &[MemberVolume],
-) -> Vec<(i32, Option<String>)> {
-    observed
-        .iter()
-        .filter_map(|m| {
-            let was = recorded.get(&member_claim(names, m.ordinal))?;
-            let now = m.claim_uid.as_ref()?;
-            (now != was).then(|| (m.ordinal, Some(now.clone())))
-        })
-        .collect()
-}
-
-/// Whether member `i` may be removed: after the removal, the members left
-/// must still have a quorum of healthy ones.
-pub(super) fn removal_keeps_quorum(voting: usize, healthy_others: usize) -> bool {
-    let after = voting.saturating_sub(1);
-    after > 0 && healthy_others > after / 2
-}
 
 async fn replace(
     ctx: &Context,
@@ -1049,7 +1014,7 @@ async fn replace(
                         ),
                     };
                     ctx.metrics.repaired(check, true, Some(seconds));
-                    super::inspect::push_repair(
+                    super::repairs::push_repair(
                         status,
                         Repair {
                             check: check.into(),
@@ -1237,230 +1202,4 @@ fn pod_ready(p: &Pod) -> bool {
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// The cluster's alarms as `(member name, alarm)`.
-pub(super) async fn alarms(
-    access: &EtcdAccess,
-) -> std::result::Result<Vec<(String, String)>, String> {
-    let mut client = access.connect().await.map_err(|e| e.to_string())?;
-    let listed = client
-        .alarm(AlarmAction::Get, AlarmType::None, None)
-        .await
-        .map_err(|e| e.to_string())?;
-    if listed.alarms().is_empty() {
-        return Ok(Vec::new());
-    }
-    let members = client.member_list().await.map_err(|e| e.to_string())?;
-    Ok(listed
-        .alarms()
-        .iter()
-        .map(|a| {
-            let name = members
-                .members()
-                .iter()
-                .find(|m| m.id() == a.member_id())
-                .map(|m| m.name().to_string())
-                .unwrap_or_else(|| format!("{:x}", a.member_id()));
-            let alarm = match a.alarm() {
-                AlarmType::Nospace => "NOSPACE".to_string(),
-                AlarmType::Corrupt => "CORRUPT".to_string(),
-                other => format!("{other:?}").to_uppercase(),
-            };
-            (name, alarm)
-        })
-        .collect())
-}
-
-/// Runs the scheduled defragmentation when a slot of
-/// `spec.healing.defragmentationSchedule` passed since the last one (at
-/// most one catch-up after downtime). Recorded in status before it acts.
-pub(super) async fn scheduled_defragmentation(
-    ctx: &Context,
-    tc: &TenantCluster,
-    status: &mut TenantClusterStatus,
-) {
-    let Some(schedule) = tc
-        .spec
-        .healing
-        .defragmentation_schedule
-        .as_deref()
-        .and_then(|s| kok_templates::backup::parse_schedule(s).ok())
-    else {
-        return;
-    };
-    let from_unix = kok_templates::backup::from_unix;
-    let last = status
-        .last_defragmentation_time
-        .as_ref()
-        .or(tc.metadata.creation_timestamp.as_ref())
-        .map(|t| from_unix(t.0.as_second()))
-        .unwrap_or_else(|| from_unix(0));
-    let now = from_unix(Timestamp::now().as_second());
-    let Some(slot) = kok_templates::backup::due(&schedule, last, now).run else {
-        return;
-    };
-    status.last_defragmentation_time = Timestamp::from_second(slot.timestamp()).ok().map(Time);
-    let (t, reason, note) = match defragment(ctx, tc).await {
-        Ok(done) => (
-            EventType::Normal,
-            "Defragmented",
-            format!("scheduled defragmentation: {done}"),
-        ),
-        Err(e) => (
-            EventType::Warning,
-            "DefragmentationFailed",
-            format!("scheduled defragmentation: {e}"),
-        ),
-    };
-    info!("{note}");
-    super::publish(ctx, tc, t, reason, "Defragment", &note).await;
-}
-
-/// Defragments every member that answers, followers first and the leader
-/// last (a member blocks while it defragments; the leader's pause stalls
-/// every write, so it goes once).
-pub(super) async fn defragment(
-    ctx: &Context,
-    tc: &TenantCluster,
-) -> std::result::Result<String, String> {
-    let access = EtcdAccess::for_tenant(&ctx.client, tc)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut order = Vec::new();
-    for m in &access.members {
-        let mut c = access.connect_member(m).await.map_err(|e| e.to_string())?;
-        let s = c.status().await.map_err(|e| e.to_string())?;
-        let id = s.header().map(|h| h.member_id()).unwrap_or_default();
-        order.push((s.leader() == id, m.clone(), s.db_size()));
-    }
-    order.sort_by_key(|(leader, _, _)| *leader);
-    let mut done = Vec::new();
-    for (_, m, before) in order {
-        let mut c = access.connect_member(&m).await.map_err(|e| e.to_string())?;
-        tokio::time::timeout(Duration::from_secs(120), c.defragment())
-            .await
-            .map_err(|_| format!("{}: defragmentation took over 120s", m.url))?
-            .map_err(|e| format!("{}: {e}", m.url))?;
-        let after = c.status().await.map(|s| s.db_size()).unwrap_or(before);
-        done.push(format!(
-            "{} {:.1} -> {:.1} MiB",
-            m.tls_name.clone().unwrap_or_else(|| m.url.clone()),
-            before as f64 / 1048576.0,
-            after as f64 / 1048576.0
-        ));
-    }
-    Ok(done.join(", "))
-}
-
-/// NOSPACE: compact the history to the current revision, defragment every
-/// member, and disarm the alarm once every database is below 80% of the
-/// quota. If live data alone fills the quota, the alarm stays: disarming
-/// would only let etcd fill up again (raise `spec.etcd.quotaBackendBytes`).
-pub(super) async fn resolve_nospace(
-    ctx: &Context,
-    tc: &TenantCluster,
-) -> std::result::Result<String, String> {
-    let access = EtcdAccess::for_tenant(&ctx.client, tc)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut client = access.connect().await.map_err(|e| e.to_string())?;
-    let head = client
-        .get(
-            "",
-            Some(GetOptions::new().with_all_keys().with_count_only()),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let revision = head.header().map(|h| h.revision()).unwrap_or_default();
-    match client
-        .compact(revision, Some(CompactionOptions::new().with_physical()))
-        .await
-    {
-        Ok(_) => {}
-        // Compacted to it already (an earlier attempt).
-        Err(e) if e.to_string().contains("compacted") => {}
-        Err(e) => return Err(format!("compacting to revision {revision}: {e}")),
-    }
-    let defragmented = defragment(ctx, tc).await?;
-    let quota = tc
-        .spec
-        .etcd
-        .quota_backend_bytes
-        .unwrap_or(insp::ETCD_DEFAULT_QUOTA);
-    for m in &access.members {
-        let mut c = access.connect_member(m).await.map_err(|e| e.to_string())?;
-        let size = c.status().await.map_err(|e| e.to_string())?.db_size();
-        if size * 10 > quota * 8 {
-            return Err(format!(
-                "after compaction and defragmentation {} still holds {:.1} MiB of a {:.1} MiB quota: the live data fills it; raise spec.etcd.quotaBackendBytes (the alarm stays armed)",
-                m.tls_name.clone().unwrap_or_default(),
-                size as f64 / 1048576.0,
-                quota as f64 / 1048576.0
-            ));
-        }
-    }
-    let listed = client
-        .alarm(AlarmAction::Get, AlarmType::None, None)
-        .await
-        .map_err(|e| e.to_string())?;
-    for a in listed
-        .alarms()
-        .iter()
-        .filter(|a| a.alarm() == AlarmType::Nospace)
-    {
-        let mut options = etcd_client::AlarmOptions::new();
-        options.with_member(a.member_id());
-        client
-            .alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(options))
-            .await
-            .map_err(|e| format!("disarming NOSPACE: {e}"))?;
-    }
-    Ok(format!(
-        "compacted to revision {revision}; defragmented {defragmented}; NOSPACE disarmed"
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn vol(ordinal: i32, uid: Option<&str>) -> MemberVolume {
-        MemberVolume {
-            ordinal,
-            claim_uid: uid.map(Into::into),
-            pod_ready: false,
-        }
-    }
-
-    #[test]
-    fn a_member_is_lost_when_its_claim_is_another_one() {
-        let names = Names::new("t");
-        let recorded = BTreeMap::from([
-            (member_claim(&names, 0), "a".to_string()),
-            (member_claim(&names, 1), "b".to_string()),
-            (member_claim(&names, 2), "c".to_string()),
-        ]);
-        let observed = [vol(0, Some("a")), vol(1, Some("b2")), vol(2, None)];
-        // Member 1 runs on a new claim; member 2's claim is missing (being
-        // made again): not lost until it exists.
-        assert_eq!(
-            lost_members(&recorded, &names, &observed),
-            [(1, Some("b2".to_string()))]
-        );
-        // Nothing recorded yet: nothing can be called lost.
-        assert!(lost_members(&BTreeMap::new(), &names, &observed).is_empty());
-    }
-
-    #[test]
-    fn a_member_is_removed_only_when_the_rest_keep_quorum() {
-        // 3 members, the lost one aside: both others must be healthy.
-        assert!(removal_keeps_quorum(3, 2));
-        assert!(!removal_keeps_quorum(3, 1));
-        // 5 members: three of the other four.
-        assert!(removal_keeps_quorum(5, 3));
-        assert!(!removal_keeps_quorum(5, 2));
-        // Never the last member.
-        assert!(!removal_keeps_quorum(1, 0));
-    }
 }

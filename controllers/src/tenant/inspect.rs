@@ -91,9 +91,12 @@ pub(super) async fn alarm_raised(ctx: &Context, tc: &TenantCluster) -> bool {
     let Ok(access) = EtcdAccess::for_tenant(&ctx.client, tc).await else {
         return false;
     };
-    tokio::time::timeout(Duration::from_secs(5), super::heal::alarms(&access))
-        .await
-        .is_ok_and(|a| a.is_ok_and(|a| !a.is_empty()))
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        super::etcd_maintenance::alarms(&access),
+    )
+    .await
+    .is_ok_and(|a| a.is_ok_and(|a| !a.is_empty()))
 }
 
 /// What the inspection needs from this pass.
@@ -187,7 +190,9 @@ pub(super) async fn run(
             continue;
         };
         if let RepairAction::RestartControlPlanePod { .. } = action {
-            if let Some(why) = repair_refused(ctx, tc, status, insp::CONTROL_PLANE_CRASH_LOOP) {
+            if let Some(why) =
+                super::repairs::repair_refused(ctx, tc, status, insp::CONTROL_PLANE_CRASH_LOOP)
+            {
                 finding.repair = Some(format!("not repaired: {why}"));
                 continue;
             }
@@ -236,51 +241,6 @@ pub(super) async fn run(
     info!(findings = status.findings.len(), "tenant inspected");
 }
 
-/// Why a control-plane repair (a pod restart, the replacement of an
-/// unhealthy etcd member) may not run now: the tenant's hourly budget for
-/// that check is spent, or too many tenants are unhealthy at once (fleet
-/// breaker).
-pub(super) fn repair_refused(
-    ctx: &Context,
-    tc: &TenantCluster,
-    status: &TenantClusterStatus,
-    check: &str,
-) -> Option<String> {
-    let max = tc
-        .spec
-        .healing
-        .max_repairs_per_hour
-        .unwrap_or(insp::DEFAULT_MAX_REPAIRS_PER_HOUR);
-    let times: Vec<i64> = status
-        .repairs
-        .iter()
-        .filter(|r| r.check == check)
-        .map(|r| r.time.0.as_second())
-        .collect();
-    if !insp::repair_allowed(&times, Timestamp::now().as_second(), max) {
-        return Some(format!(
-            "{max} {check} repairs in the last hour (spec.healing.maxRepairsPerHour)"
-        ));
-    }
-    let (unhealthy, total) = ctx.fleet_health();
-    if insp::circuit_open(
-        unhealthy,
-        total,
-        FLEET_MAX_UNHEALTHY_PERCENT,
-        FLEET_MIN_UNHEALTHY,
-    ) {
-        return Some(format!(
-            "{unhealthy} of {total} namespaces have unhealthy tenants at once: automatic restarts are paused fleet-wide (likely a shared cause)"
-        ));
-    }
-    None
-}
-
-/// The fleet breaker opens above this share of unhealthy tenants ...
-const FLEET_MAX_UNHEALTHY_PERCENT: u32 = 50;
-/// ... once at least this many are.
-const FLEET_MIN_UNHEALTHY: usize = 3;
-
 async fn record_repair(
     ctx: &Context,
     tc: &TenantCluster,
@@ -312,7 +272,7 @@ async fn record_repair(
         describe(action)
     );
     super::publish(ctx, tc, t, reason, "Repair", &note).await;
-    push_repair(
+    super::repairs::push_repair(
         status,
         Repair {
             check: finding.check.clone(),
@@ -325,26 +285,6 @@ async fn record_repair(
             seconds_to_repair: Some(seconds),
         },
     );
-}
-
-/// Appends to `status.repairs`, keeping the newest [`insp::MAX_REPAIRS`].
-/// Control-plane restarts of the last hour are kept past that: the restart
-/// budget counts them.
-pub(super) fn push_repair(status: &mut TenantClusterStatus, repair: Repair) {
-    status.repairs.push(repair);
-    let hour_ago = Timestamp::now().as_second() - 3600;
-    let mut excess = status.repairs.len().saturating_sub(insp::MAX_REPAIRS);
-    status.repairs.retain(|r| {
-        // The budgets' records are never trimmed while they count.
-        let budgeted =
-            r.check == insp::CONTROL_PLANE_CRASH_LOOP || r.check == insp::ETCD_MEMBER_UNHEALTHY;
-        let counted = budgeted && r.time.0.as_second() > hour_ago;
-        if excess > 0 && !counted {
-            excess -= 1;
-            return false;
-        }
-        true
-    });
 }
 
 fn describe(action: &RepairAction) -> String {
@@ -411,8 +351,8 @@ async fn repair(
             let client = tenant(inputs).await?;
             migrate_stored_versions(&client, crd, storage).await
         }
-        RepairAction::DefragmentEtcd => super::heal::defragment(ctx, tc).await,
-        RepairAction::ResolveNoSpace => super::heal::resolve_nospace(ctx, tc).await,
+        RepairAction::DefragmentEtcd => super::etcd_maintenance::defragment(ctx, tc).await,
+        RepairAction::ResolveNoSpace => super::etcd_maintenance::resolve_nospace(ctx, tc).await,
         RepairAction::RestartControlPlanePod { pod } => {
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &inputs.p.namespace);
             match pods.delete(pod, &DeleteParams::default()).await {
@@ -1009,7 +949,7 @@ async fn read_lost_members(
     for i in 0..replicas {
         let name = kok_templates::restore::member_claim(&inputs.p.names, i);
         match claims.get_opt(&name).await {
-            Ok(c) => observed.push(super::heal::MemberVolume {
+            Ok(c) => observed.push(kok_templates::membership::MemberVolume {
                 ordinal: i,
                 claim_uid: c
                     .filter(|c| c.metadata.deletion_timestamp.is_none())
@@ -1029,11 +969,15 @@ async fn read_lost_members(
         .as_ref()
         .filter(|r| r.kept_volume.is_some())
         .map(|r| r.member);
-    f.etcd_lost = super::heal::lost_members(&status.etcd_member_claims, &inputs.p.names, &observed)
-        .into_iter()
-        .filter(|(i, _)| Some(*i) != kept_aside)
-        .map(|(i, _)| inputs.p.names.etcd_member(i))
-        .collect();
+    f.etcd_lost = kok_templates::membership::lost_members(
+        &status.etcd_member_claims,
+        &inputs.p.names,
+        &observed,
+    )
+    .into_iter()
+    .filter(|(i, _)| Some(*i) != kept_aside)
+    .map(|(i, _)| inputs.p.names.etcd_member(i))
+    .collect();
 }
 
 fn component_fact(p: Pod, now: i64) -> Option<ComponentPodFact> {
@@ -1112,6 +1056,6 @@ async fn etcd_facts(
             Err(_) => warn!(member = %name, "etcd member status: no answer within 5s"),
         }
     }
-    let alarms = super::heal::alarms(&access).await?;
+    let alarms = super::etcd_maintenance::alarms(&access).await?;
     Ok((members, alarms))
 }

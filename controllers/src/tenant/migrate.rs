@@ -35,6 +35,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kok_crds::{BackupPhase, MigrationShape, MigrationStatus, UpgradeStrategy};
 use kok_templates::backup::artifact_key;
+use kok_templates::membership::{self, Mover};
 use kok_templates::migration::{self as mig, Decision};
 use kok_templates::names::{component_selector, APISERVER, TENANT_LABEL};
 use kok_templates::restore::{
@@ -117,6 +118,15 @@ fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
+/// Whether another operation holds the etcd members, so no migration
+/// starts: a live scaling (the copy would be of a member count in between;
+/// the scaling is reported as blocked), a replacement or a lost quorum (the
+/// copy would be of a cluster missing a member).
+fn members_busy(status: &TenantClusterStatus) -> bool {
+    let record = membership::on_record(Some(status), false, false);
+    membership::may_start(Mover::Migration, &record).is_err()
+}
+
 /// Drives a migration when one is on record or the spec asks for one.
 /// `None`: no migration; the normal pass goes on.
 pub(super) async fn pass(
@@ -178,7 +188,7 @@ pub(super) async fn pass(
             Decision::Done => {
                 if !(tc.spec.upgrade.strategy == UpgradeStrategy::Migrate
                     && mig::due(&running, &desired))
-                    || status.etcd_scaling.is_some()
+                    || members_busy(status)
                 {
                     return Ok(Outcome::None);
                 }
@@ -187,11 +197,9 @@ pub(super) async fn pass(
             }
         },
         None => {
-            // Not while a live scaling is open: it would copy from a member
-            // count in between (the scaling is reported as blocked).
             if !(tc.spec.upgrade.strategy == UpgradeStrategy::Migrate
                 && mig::due(&running, &desired))
-                || status.etcd_scaling.is_some()
+                || members_busy(status)
             {
                 return Ok(Outcome::None);
             }
@@ -716,44 +724,64 @@ async fn copy(
     let tp = target_placement(x, m);
     let key = artifact_key(ns, &tc.name_any(), &name);
     let id = migration_id(tc, m);
-    let backups = backups_access(ctx, &backup_spec.destination, &key, bs.node.as_deref()).await?;
+    // How Jobs reach the artifact: worked out once, only for a Job to make.
+    let mut backups = None;
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     let mut done = 0;
     for member in 0..m.target.etcd_replicas {
-        let job = member_restore_job(&MemberRestore {
-            names: &tp.names,
-            namespace: ns,
-            restore_name: &name,
-            owner: x.p.owner.clone(),
-            restore_id: &id,
-            member,
-            replicas: m.target.etcd_replicas,
-            image,
-            destination: &backup_spec.destination,
-            encryption: backup_spec.encryption.as_ref(),
-            private_s3: &ctx.policy.private_s3,
-            backups: backups.clone(),
-            artifact_key: &key,
-            sha256: &sha256,
-            etcd_sha256: bs.etcd_sha256.as_deref(),
-            cluster_token: &id,
-            bump_revision: Some(mig::REVISION_BUMP),
-        });
-        let job = match job {
-            Ok(job) => job,
-            Err(e) => return Ok(Step::Abort(format!("building the restore Job: {e}"))),
-        };
         let job_name = member_restore_job_name(&name, member);
         let current = match jobs.get_opt(&job_name).await? {
             Some(j) => {
                 check_owner(&j, &x.p.owner.uid)?;
                 j
             }
-            None => match jobs.create(&PostParams::default(), &job).await {
-                Ok(j) => j,
-                Err(kube::Error::Api(e)) if e.code == 409 => jobs.get(&job_name).await?,
-                Err(e) => return Err(e.into()),
-            },
+            None => {
+                let access = match backups.clone() {
+                    Some(a) => a,
+                    None => match backups_access(
+                        ctx,
+                        &backup_spec.destination,
+                        &key,
+                        bs.node.as_deref(),
+                    )
+                    .await?
+                    {
+                        Ok(a) => {
+                            backups = Some(a.clone());
+                            a
+                        }
+                        Err(why) => return Ok(Step::Abort(why)),
+                    },
+                };
+                let job = member_restore_job(&MemberRestore {
+                    names: &tp.names,
+                    namespace: ns,
+                    restore_name: &name,
+                    owner: x.p.owner.clone(),
+                    restore_id: &id,
+                    member,
+                    replicas: m.target.etcd_replicas,
+                    image,
+                    destination: &backup_spec.destination,
+                    encryption: backup_spec.encryption.as_ref(),
+                    private_s3: &ctx.policy.private_s3,
+                    backups: access,
+                    artifact_key: &key,
+                    sha256: &sha256,
+                    etcd_sha256: bs.etcd_sha256.as_deref(),
+                    cluster_token: &id,
+                    bump_revision: Some(mig::REVISION_BUMP),
+                });
+                let job = match job {
+                    Ok(job) => job,
+                    Err(e) => return Ok(Step::Abort(format!("building the restore Job: {e}"))),
+                };
+                match jobs.create(&PostParams::default(), &job).await {
+                    Ok(j) => j,
+                    Err(kube::Error::Api(e)) if e.code == 409 => jobs.get(&job_name).await?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
         };
         let js = current.status.unwrap_or_default();
         if js

@@ -14,6 +14,7 @@ use kok_crds::{
 use kok_templates::controlplane::{self as cp, Placement, Resolved};
 use kok_templates::etcd_scale;
 use kok_templates::flags::APISERVER_PORT;
+use kok_templates::membership::{self, Mover};
 use kok_templates::names::{tenant_names, tenant_selector, Names};
 use kok_templates::pki::{kubeconfig, CaKind};
 use kok_templates::secrets;
@@ -38,6 +39,7 @@ use crate::runtime::status::{apply_status, manager};
 mod access;
 mod admit;
 mod cleanup;
+mod etcd_maintenance;
 mod etcd_roll;
 mod heal;
 pub mod health;
@@ -46,6 +48,7 @@ mod kubeconfigs;
 mod migrate;
 mod nodes;
 pub mod pki;
+mod repairs;
 mod scale;
 mod services;
 mod upgrade;
@@ -345,25 +348,23 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     let live = workloads::apply(ctx, &tc, &p, &valid, &resolved, &pass.rendering).await?;
     status.etcd_replicas = Some(valid.etcd_replicas);
     status.etcd_drained_member = live.etcd_drained_member;
-    // Healing: a member that lost its data is replaced, one step a pass
-    // (not while members are rolled for an upgrade).
-    // A roll waits while a scaling has a member in flight (etcd_roll), so
-    // that member is finished first.
-    let roll_held = etcd_scale::kept_off(scaling_record).is_some();
-    let healing =
-        if live.etcd_rolling.is_none() || roll_held || status.etcd_member_replacement.is_some() {
-            heal::members(ctx, &tc, &p, valid.etcd_replicas, &mut status, joining).await?
-        } else {
-            // Members restart during a roll: their health is timed afresh.
-            status.etcd_unhealthy_since.clear();
-            heal::Healing::Idle
-        };
-    // Live scaling (InPlace): one member per recorded phase, only while
-    // nothing else moves etcd members.
-    let settled = (live.etcd_rolling.is_none() || roll_held)
-        && matches!(healing, heal::Healing::Idle)
-        && status.etcd_member_replacement.is_none()
-        && status.quorum_loss.is_none();
+    // Who moves etcd members this pass is decided by one rule
+    // (`membership::holder`). Healing: a member that lost its data is
+    // replaced, one step a pass; not while the roll holds the members.
+    let record = |status: &TenantClusterStatus| {
+        membership::on_record(Some(status), false, live.etcd_rolling.is_some())
+    };
+    let healing = if membership::holder(&record(&status)) != Some(Mover::Roll) {
+        heal::members(ctx, &tc, &p, valid.etcd_replicas, &mut status, joining).await?
+    } else {
+        // Members restart during a roll: their health is timed afresh.
+        status.etcd_unhealthy_since.clear();
+        heal::Healing::Idle
+    };
+    // Live scaling (InPlace): one member per recorded phase, only while it
+    // holds the members (a replacement begun in this pass included).
+    let scaling_blocked = membership::may_move(Mover::Scaling, &record(&status)).err();
+    let settled = scaling_blocked.is_none() && matches!(healing, heal::Healing::Idle);
     let scaling = if !in_place {
         match &status.etcd_scaling {
             Some(s) => scale::Scaling::Blocked(format!(
@@ -375,8 +376,12 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     } else if settled {
         scale::step(ctx, &tc, &p, tc.spec.etcd.replicas, &mut status).await?
     } else if let Some(s) = &status.etcd_scaling {
+        let waiting_for = match scaling_blocked {
+            Some(holder) => holder.to_string(),
+            None => "etcd repair".to_string(),
+        };
         scale::Scaling::Moving(format!(
-            "{}: waiting for the etcd roll or repair to finish",
+            "{}: waiting for the {waiting_for} to finish",
             etcd_scale::describe(s)
         ))
     } else {
@@ -567,7 +572,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     }
     let next_inspection = inspect::due_in(&tc, &status).unwrap_or(inspect::interval(&tc));
     if live.apiserver_available() > 0 && status.etcd_member_replacement.is_none() {
-        heal::scheduled_defragmentation(ctx, &tc, &mut status).await;
+        etcd_maintenance::scheduled_defragmentation(ctx, &tc, &mut status).await;
     }
 
     let ready = conditions::is_true(&status.conditions, condition::READY);

@@ -441,7 +441,7 @@ async fn remove(
         return Ok(Step::MemberDone);
     };
     let id = target.id();
-    if !super::heal::removal_keeps_quorum(voting, healthy) {
+    if !kok_templates::membership::removal_keeps_quorum(voting, healthy) {
         s.message = Some(format!(
             "waiting: only {healthy} of the other {} members are healthy",
             voting.saturating_sub(1)
