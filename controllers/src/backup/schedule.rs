@@ -226,7 +226,7 @@ async fn start_scheduled(
     match api.create(&PostParams::default(), &backup).await {
         Ok(_) => info!(backup = %name, "started a scheduled backup"),
         // Already started for this slot (by us before a restart): not a second run.
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) if crate::runtime::api::is_conflict(&e) => {}
         Err(e) => return Err(e.into()),
     }
     Ok(())
@@ -243,7 +243,7 @@ async fn apply_retention(
     // Until the EtcdRestore CRD is installed there is no restore to protect.
     let restores = match restores.list(&ListParams::default()).await {
         Ok(list) => list.items,
-        Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
+        Err(e) if crate::runtime::api::is_not_found(&e) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
     // A restore that cannot be read may be using any backup: delete none.
@@ -309,7 +309,7 @@ async fn apply_retention(
         }
         match api.delete(&victim, &DeleteParams::default()).await {
             Ok(_) => info!(backup = %victim, "retention deleted a backup"),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) if crate::runtime::api::is_not_found(&e) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -351,11 +351,9 @@ pub async fn delete_all_backups(ctx: &Context, tc: &TenantCluster) -> Result<()>
             warn!(backup = %b.name_any(), error = %e, "could not delete the artifact; keeping the backup");
             continue;
         }
-        match api.delete(&b.name_any(), &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        crate::runtime::api::gone_is_done(
+            api.delete(&b.name_any(), &DeleteParams::default()).await,
+        )?;
     }
     Ok(())
 }

@@ -283,7 +283,7 @@ async fn issue(jt: &JoinToken, ctx: &Context) -> Result<Action> {
     let wanted = bootstrap_token_secret(&token, &exp, &description, &uid);
     match tenant_secrets.create(&PostParams::default(), &wanted).await {
         Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {
+        Err(e) if crate::runtime::api::is_conflict(&e) => {
             let theirs = tenant_secrets.get(&token.secret_name()).await?;
             let label = theirs
                 .labels()
@@ -345,11 +345,7 @@ async fn revoke(jt: &JoinToken, ctx: &Context) -> Result<Action> {
     })?;
     let api: Api<Secret> = Api::namespaced(client, KUBE_SYSTEM);
     let name = format!("bootstrap-token-{id}");
-    match api.delete(&name, &DeleteParams::default()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(e.into()),
-    }
+    crate::runtime::api::gone_is_done(api.delete(&name, &DeleteParams::default()).await)?;
     info!(token_id = %id, "bootstrap token revoked");
     publish(
         ctx,

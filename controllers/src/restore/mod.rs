@@ -31,7 +31,7 @@ use kok_templates::restore::{
     check_incarnation, member_restore_job, member_restore_job_name, on_delete, overdue,
     restore_label_value, MemberRestore, OnDelete, RESTORE_LABEL,
 };
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
@@ -490,7 +490,7 @@ async fn release_tenant(ctx: &Context, er: &EtcdRestore) -> Result<bool> {
         .await
     {
         Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) if crate::runtime::api::is_not_found(&e) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -624,7 +624,7 @@ async fn begin(er: &EtcdRestore, ctx: &Context, status: &mut EtcdRestoreStatus) 
         .await
     {
         Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {
+        Err(e) if crate::runtime::api::is_conflict(&e) => {
             return Ok(Step::Wait(
                 "the TenantCluster changed; checking again".into(),
             ))
@@ -673,20 +673,13 @@ async fn stop_control_plane(er: &EtcdRestore, ctx: &Context) -> Result<Step> {
         names.controller_manager(),
         names.scheduler(),
     ] {
-        match deployments.patch(&d, &pp, &zero).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        crate::runtime::api::gone_is_done(deployments.patch(&d, &pp, &zero).await)?;
     }
-    match Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns(er))
-        .patch(&names.etcd(), &pp, &zero)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(e.into()),
-    }
+    crate::runtime::api::gone_is_done(
+        Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns(er))
+            .patch(&names.etcd(), &pp, &zero)
+            .await,
+    )?;
     let running = control_plane_pods(ctx, er).await?;
     if running > 0 {
         return Ok(Step::Wait(format!(
@@ -793,11 +786,7 @@ async fn restore_members(
                     Ok(job) => job,
                     Err(e) => return Ok(failed(format!("building the restore Job: {e}"))),
                 };
-                match jobs.create(&PostParams::default(), &job).await {
-                    Ok(j) => j,
-                    Err(kube::Error::Api(e)) if e.code == 409 => jobs.get(&name).await?,
-                    Err(e) => return Err(e.into()),
-                }
+                crate::runtime::api::create_or_get(&jobs, &job).await?
             }
         };
         let js = current.status.unwrap_or_default();

@@ -259,7 +259,7 @@ impl LeaderElector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(created) => Ok(self.wrote(&created)),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::Conflict),
+                Err(e) if crate::runtime::api::is_conflict(&e) => Ok(Attempt::Conflict),
                 Err(e) => Err(e),
             };
         };
@@ -286,7 +286,7 @@ impl LeaderElector {
             .await
         {
             Ok(written) => Ok(self.wrote(&written)),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::Conflict),
+            Err(e) if crate::runtime::api::is_conflict(&e) => Ok(Attempt::Conflict),
             Err(e) => Err(e),
         }
     }

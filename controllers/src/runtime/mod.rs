@@ -1,5 +1,6 @@
 //! Plumbing shared by every reconciler.
 
+pub mod api;
 pub mod apply;
 pub mod conditions;
 pub mod context;

@@ -93,7 +93,7 @@ where
         .await
     {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) if crate::runtime::api::is_conflict(&e) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

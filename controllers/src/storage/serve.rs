@@ -73,11 +73,9 @@ pub async fn signing_key(client: &Client, namespace: &str, name: &str) -> anyhow
             data: Some([(KEY_FIELD.to_string(), ByteString(key))].into()),
             ..Default::default()
         };
-        match secrets.create(&PostParams::default(), &secret).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
+        crate::runtime::api::existing_is_done(
+            secrets.create(&PostParams::default(), &secret).await,
+        )?;
     }
     anyhow::bail!("Secret {namespace}/{name} was made but cannot be read back")
 }

@@ -169,11 +169,7 @@ pub(super) async fn delete_if_ours(ctx: &Context, key: &str, owner: &str) -> Res
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(s) = api.get_opt(name).await? {
         if annotation(&s) == Some(owner) {
-            match api.delete(name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            crate::runtime::api::gone_is_done(api.delete(name, &DeleteParams::default()).await)?;
         }
     }
     Ok(())

@@ -46,11 +46,7 @@ where
 {
     let existing = api.list_metadata(lp).await?;
     for obj in &existing.items {
-        match api.delete(&obj.name_any(), dp).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        crate::runtime::api::gone_is_done(api.delete(&obj.name_any(), dp).await)?;
     }
     if existing.items.is_empty() {
         return Ok(0);

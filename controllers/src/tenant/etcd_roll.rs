@@ -269,11 +269,7 @@ async fn roll_members(
             // Only the pod observed: a pod recreated meanwhile is not deleted.
             let uid = pod_of(i).and_then(|p| p.uid());
             let dp = only_uid(uid);
-            match pods.delete(&name, &dp).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                Err(e) => return Err(e.into()),
-            }
+            crate::runtime::api::gone_or_replaced_is_done(pods.delete(&name, &dp).await)?;
             let note = format!("replacing etcd member {name} with the current template");
             info!("{note}");
             super::publish(

@@ -670,11 +670,7 @@ async fn quorum_loss(
         "spec": {"tenantCluster": name, "backup": chosen.name},
     }))
     .map_err(|e| Error::IncompleteObject(e.to_string()))?;
-    match restores.create(&PostParams::default(), &restore).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(e.into()),
-    }
+    crate::runtime::api::existing_is_done(restores.create(&PostParams::default(), &restore).await)?;
     let note = format!(
         "etcd quorum lost ({}); restoring the newest verified backup {} automatically (EtcdRestore {restore_name})",
         q.lost_members.join(", "),
@@ -780,13 +776,13 @@ async fn replace(
             if let Some(uid) = &r.lost_claim {
                 // By uid: never a claim made since (a repeat of this step).
                 let dp = only_uid(Some(uid.clone()));
-                match claims.delete(&claim_name, &dp).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
+                crate::runtime::api::gone_or_replaced_is_done(
+                    claims.delete(&claim_name, &dp).await,
+                )?;
             }
-            ignore_gone(pods.delete(&name, &DeleteParams::default()).await)?;
+            crate::runtime::api::gone_or_replaced_is_done(
+                pods.delete(&name, &DeleteParams::default()).await,
+            )?;
             r.phase = PHASE_REMOVING.into();
             r.message = Some("its volume is kept and its claim released".into());
         }
@@ -901,7 +897,9 @@ async fn replace(
                     r.phase = PHASE_PROMOTING.into();
                     r.lost_claim = Some(uid);
                     status.etcd_member_replacement = Some(r.clone());
-                    ignore_gone(pods.delete(&name, &DeleteParams::default()).await)?;
+                    crate::runtime::api::gone_or_replaced_is_done(
+                        pods.delete(&name, &DeleteParams::default()).await,
+                    )?;
                     return Ok(Healing::Replacing(progress(
                         &r,
                         "restarted on its fresh volume to join",
@@ -929,8 +927,12 @@ async fn replace(
                     if Some(&uid) == r.lost_claim.as_ref() && Some(&uid) != recorded.as_ref() =>
                 {
                     let dp = only_uid(Some(uid.clone()));
-                    ignore_gone(claims.delete(&claim_name, &dp).await)?;
-                    ignore_gone(pods.delete(&name, &DeleteParams::default()).await)?;
+                    crate::runtime::api::gone_or_replaced_is_done(
+                        claims.delete(&claim_name, &dp).await,
+                    )?;
+                    crate::runtime::api::gone_or_replaced_is_done(
+                        pods.delete(&name, &DeleteParams::default()).await,
+                    )?;
                     return Ok(Healing::Replacing(progress(
                         &r,
                         "starting it on a fresh volume",
@@ -1046,7 +1048,9 @@ async fn replace(
                     let waiting = pod.as_ref().and_then(waiting_reason);
                     let pod_note = match waiting.as_deref() {
                         Some("CrashLoopBackOff") => {
-                            ignore_gone(pods.delete(&name, &DeleteParams::default()).await)?;
+                            crate::runtime::api::gone_or_replaced_is_done(
+                                pods.delete(&name, &DeleteParams::default()).await,
+                            )?;
                             info!(pod = %name, "restarted a crash-looping learner to join now");
                             "its pod was crash-looping: restarted".to_string()
                         }
@@ -1115,14 +1119,18 @@ async fn unwedge(
                         member = i,
                         "released a claim being deleted that only an unscheduled pod referred to"
                     ),
-                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                    Err(e)
+                        if crate::runtime::api::is_not_found(&e)
+                            || crate::runtime::api::is_conflict(&e) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
         }
         None => {
             let dp = only_uid(pod.uid());
-            ignore_gone(pods.delete(&names.etcd_member(i), &dp).await)?;
+            crate::runtime::api::gone_or_replaced_is_done(
+                pods.delete(&names.etcd_member(i), &dp).await,
+            )?;
             info!(member = i, "deleted a pending etcd pod whose claim is gone");
         }
         Some(_) => {}
@@ -1151,7 +1159,9 @@ async fn clear_stuck_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
     };
     let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
     match &pod.metadata.deletion_timestamp {
-        None if pending => ignore_gone(pods.delete(name, &DeleteParams::default()).await),
+        None if pending => Ok(crate::runtime::api::gone_or_replaced_is_done(
+            pods.delete(name, &DeleteParams::default()).await,
+        )?),
         Some(since) if Timestamp::now().as_second() - since.0.as_second() > 60 => {
             let dp = DeleteParams {
                 grace_period_seconds: Some(0),
@@ -1161,7 +1171,9 @@ async fn clear_stuck_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
                 pod = name,
                 "force-deleting an etcd pod stuck terminating (its member is already removed)"
             );
-            ignore_gone(pods.delete(name, &dp).await)
+            Ok(crate::runtime::api::gone_or_replaced_is_done(
+                pods.delete(name, &dp).await,
+            )?)
         }
         _ => Ok(()),
     }
@@ -1186,14 +1198,6 @@ async fn cluster_ids(access: &EtcdAccess) -> Vec<(String, Option<u64>)> {
         (name, id)
     });
     futures::future::join_all(asks).await
-}
-
-fn ignore_gone<T>(r: std::result::Result<T, kube::Error>) -> Result<()> {
-    match r {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 fn pod_ready(p: &Pod) -> bool {

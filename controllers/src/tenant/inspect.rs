@@ -357,7 +357,7 @@ async fn repair(
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &inputs.p.namespace);
             match pods.delete(pod, &DeleteParams::default()).await {
                 Ok(_) => Ok(format!("deleted pod {pod}")),
-                Err(kube::Error::Api(e)) if e.code == 404 => Ok("already gone".into()),
+                Err(e) if crate::runtime::api::is_not_found(&e) => Ok("already gone".into()),
                 Err(e) => Err(e.to_string()),
             }
         }
@@ -372,7 +372,7 @@ async fn force_delete(client: Client, namespace: &str, name: &str) -> Result<Str
         .await
     {
         Ok(_) => Ok("deleted with grace period 0".into()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok("already gone".into()),
+        Err(e) if crate::runtime::api::is_not_found(&e) => Ok("already gone".into()),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -411,7 +411,9 @@ async fn migrate_stored_versions(
                 .await
             {
                 Ok(_) => rewritten += 1,
-                Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
+                Err(e)
+                    if crate::runtime::api::is_conflict(&e)
+                        || crate::runtime::api::is_not_found(&e) => {}
                 Err(e) => return Err(format!("rewriting {}: {e}", obj.name_any())),
             }
         }

@@ -508,7 +508,10 @@ async fn rewrite_all(
                     match api.replace(&name, &PostParams::default(), obj).await {
                         Ok(_) => rewritten += 1,
                         // Changed (or deleted) meanwhile: its writer stored it anew.
-                        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+                        Err(e)
+                            if crate::runtime::api::is_conflict(&e)
+                                || crate::runtime::api::is_not_found(&e) =>
+                        {
                             rewritten += 1
                         }
                         Err(e) => return Err(format!("{} {name}: {e}", ar.plural)),
@@ -560,7 +563,7 @@ async fn create_target(
                 match claims.create(&PostParams::default(), &claim).await {
                     Ok(_) => None,
                     // Someone made it meanwhile: it is checked like any other.
-                    Err(kube::Error::Api(e)) if e.code == 409 => claims.get_opt(&name).await?,
+                    Err(e) if crate::runtime::api::is_conflict(&e) => claims.get_opt(&name).await?,
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -625,14 +628,11 @@ async fn scale(ctx: &Context, ns: &str, names: &[String], replicas: i32) -> Resu
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
     for name in names {
-        match deployments
-            .patch(name, &PatchParams::default(), &patch)
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        crate::runtime::api::gone_is_done(
+            deployments
+                .patch(name, &PatchParams::default(), &patch)
+                .await,
+        )?;
     }
     Ok(())
 }
@@ -665,14 +665,10 @@ async fn freeze(ctx: &Context, x: &Pass<'_>, m: &mut MigrationStatus) -> Result<
     let left = listed.len();
     for pod in listed {
         let name = pod.metadata.name.unwrap_or_default();
-        match pods
-            .delete(&name, &DeleteParams::default().grace_period(2))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        crate::runtime::api::gone_is_done(
+            pods.delete(&name, &DeleteParams::default().grace_period(2))
+                .await,
+        )?;
     }
     if left > 0 {
         return Ok(Step::Stay(format!(
@@ -776,11 +772,7 @@ async fn copy(
                     Ok(job) => job,
                     Err(e) => return Ok(Step::Abort(format!("building the restore Job: {e}"))),
                 };
-                match jobs.create(&PostParams::default(), &job).await {
-                    Ok(j) => j,
-                    Err(kube::Error::Api(e)) if e.code == 409 => jobs.get(&job_name).await?,
-                    Err(e) => return Err(e.into()),
-                }
+                crate::runtime::api::create_or_get(&jobs, &job).await?
             }
         };
         let js = current.status.unwrap_or_default();
@@ -939,7 +931,7 @@ async fn cut_over(
         .await
     {
         Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) if crate::runtime::api::is_not_found(&e) => {}
         Err(e) => return Err(e.into()),
     }
     // The control plane on the target, as the normal pass will render it.
@@ -1100,11 +1092,7 @@ async fn roll_back(
                 propagation_policy: Some(kube::api::PropagationPolicy::Background),
                 ..Default::default()
             };
-            match jobs.delete(&job.name_any(), &dp).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            crate::runtime::api::gone_is_done(jobs.delete(&job.name_any(), &dp).await)?;
         }
     }
     // Target pods must be gone before their claims go.
@@ -1152,7 +1140,7 @@ async fn roll_back(
         .await
     {
         Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) if crate::runtime::api::is_not_found(&e) => {}
         Err(e) => return Err(e.into()),
     }
     Ok(Step::Next(format!(

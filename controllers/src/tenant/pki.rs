@@ -142,7 +142,7 @@ async fn ensure_ca(
             Ok(ca)
         }
         // Someone (a previous run of ours) created it meanwhile: use theirs.
-        Err(kube::Error::Api(e)) if e.code == 409 => {
+        Err(e) if crate::runtime::api::is_conflict(&e) => {
             let existing = api.get(&name).await?;
             check_owner(&existing, &p.owner.uid)?;
             read_ca(&name, &existing)
@@ -201,7 +201,7 @@ async fn ensure_service_account_key(api: &Api<Secret>, p: &Placement) -> Result<
     );
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => Ok((key, public)),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
+        Err(e) if crate::runtime::api::is_conflict(&e) => {
             let existing = api.get(&name).await?;
             check_owner(&existing, &p.owner.uid)?;
             read(&existing)
@@ -239,7 +239,7 @@ async fn ensure_encryption_config(api: &Api<Secret>, p: &Placement) -> Result<St
             info!(secret = %name, "created the key for Secrets at rest");
             Ok(config)
         }
-        Err(kube::Error::Api(e)) if e.code == 409 => read(&api.get(&name).await?),
+        Err(e) if crate::runtime::api::is_conflict(&e) => read(&api.get(&name).await?),
         Err(e) => Err(e.into()),
     }
 }

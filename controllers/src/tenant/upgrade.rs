@@ -14,7 +14,7 @@ use kok_templates::names::TENANT_LABEL;
 use kok_templates::nodes::kubelet_skew_problem;
 use kok_templates::tenant_status::{OpenUpgrade, Verdict};
 use kok_templates::upgrade_plan::{note_step, preflight_backup_name, Rendering};
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::ObjectMeta;
 
 use super::*;
 
@@ -285,11 +285,7 @@ pub(super) async fn ensure_backup(
         },
         status: None,
     };
-    match api.create(&PostParams::default(), &eb).await {
-        Ok(b) => Ok(b),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(name).await?),
-        Err(e) => Err(e.into()),
-    }
+    Ok(crate::runtime::api::create_or_get(&api, &eb).await?)
 }
 
 /// Where the preflight stands.
