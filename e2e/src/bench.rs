@@ -129,23 +129,42 @@ pub fn pod_usage(pod_uid: &str) -> Option<PodUsage> {
     })
 }
 
-/// The operator pod holding the Lease, and its IP.
+/// The operator pod holding the Lease, and its IP. Waits for one: another
+/// test may have just restarted the operator, whose replicas then hold no
+/// Lease for a few seconds.
 pub async fn leader_pod(client: &Client) -> (String, String) {
-    let lease = Api::<Lease>::namespaced(client.clone(), "kok-system")
-        .get("kok-operator")
-        .await
-        .expect("reading the leader Lease");
-    let holder = lease
-        .spec
-        .and_then(|s| s.holder_identity)
-        .expect("the Lease has a holder");
-    let pod_ip = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "kok-system")
-        .get(&holder)
-        .await
-        .ok()
-        .and_then(|p| p.status?.pod_ip)
-        .expect("the leader pod has an IP");
-    (holder, pod_ip)
+    crate::wait_for(
+        "an operator replica holding the Lease, with an IP",
+        std::time::Duration::from_secs(90),
+        || {
+            let client = client.clone();
+            async move {
+                let lease = match Api::<Lease>::namespaced(client.clone(), "kok-system")
+                    .get("kok-operator")
+                    .await
+                {
+                    Ok(l) => l,
+                    Err(e) => return crate::Poll::Pending(format!("reading the Lease: {e}")),
+                };
+                let Some(holder) = lease.spec.and_then(|s| s.holder_identity) else {
+                    return crate::Poll::Pending("the Lease has no holder".into());
+                };
+                let pod_ip = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
+                    client.clone(),
+                    "kok-system",
+                )
+                .get(&holder)
+                .await
+                .ok()
+                .and_then(|p| p.status?.pod_ip);
+                match pod_ip {
+                    Some(ip) => crate::Poll::Ready((holder, ip)),
+                    None => crate::Poll::Pending(format!("the holder {holder} has no pod IP")),
+                }
+            }
+        },
+    )
+    .await
 }
 
 /// The `/metrics` text of the operator replica holding the Lease.
