@@ -785,12 +785,13 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_job_fetches_a_served_artifact_on_any_node_without_a_mount() {
-        let names = Names::new("demo");
-        let dest = filesystem();
-        let job = member_restore_job(&MemberRestore {
-            names: &names,
+    /// The Job of member 0 of 1, for `destination` reached as `backups`.
+    fn member_zero(
+        destination: &Destination,
+        backups: BackupsAccess<'_>,
+    ) -> Result<Job, RestoreJobError> {
+        member_restore_job(&MemberRestore {
+            names: &Names::new("demo"),
             namespace: "tenants",
             restore_name: "r1",
             owner: OwnerReference::default(),
@@ -798,20 +799,25 @@ mod tests {
             member: 0,
             replicas: 1,
             image: "img",
-            destination: &dest,
+            destination,
             encryption: None,
             private_s3: &Default::default(),
-            backups: BackupsAccess::Served {
-                base_url: "http://10.96.0.20:8081/artifacts/fs".into(),
-                token: "v1.10.ab".into(),
-            },
+            backups,
             artifact_key: "tenants/demo/b1.db",
             sha256: "ab",
             etcd_sha256: None,
             cluster_token: "t",
             bump_revision: None,
         })
-        .unwrap();
+    }
+
+    #[test]
+    fn a_job_fetches_a_served_artifact_on_any_node_without_a_mount() {
+        let served = BackupsAccess::Served {
+            base_url: "http://10.96.0.20:8081/artifacts/fs".into(),
+            token: "v1.10.ab".into(),
+        };
+        let job = member_zero(&filesystem(), served).unwrap();
         assert_eq!(
             env(&job, ARTIFACT_URL_ENV).as_deref(),
             Some("http://10.96.0.20:8081/artifacts/fs")
@@ -830,62 +836,23 @@ mod tests {
 
     #[test]
     fn a_filesystem_destination_without_a_backups_directory_fails_the_build() {
-        let names = Names::new("demo");
-        let dest = filesystem();
-        let built = member_restore_job(&MemberRestore {
-            names: &names,
-            namespace: "tenants",
-            restore_name: "r1",
-            owner: OwnerReference::default(),
-            restore_id: "uid-1",
-            member: 0,
-            replicas: 1,
-            image: "img",
-            destination: &dest,
-            encryption: None,
-            private_s3: &Default::default(),
-            backups: BackupsAccess::None,
-            artifact_key: "tenants/demo/b1.db",
-            sha256: "ab",
-            etcd_sha256: None,
-            cluster_token: "t",
-            bump_revision: None,
-        });
+        let built = member_zero(&filesystem(), BackupsAccess::None);
         assert_eq!(built.err(), Some(RestoreJobError::NoBackupsDirectory));
     }
 
     #[test]
     fn a_destination_outside_the_mount_fails_the_build() {
-        let names = Names::new("demo");
         let dest = Destination {
             filesystem: Some(FilesystemDestination {
                 path: "/etc".into(),
             }),
             s3: None,
         };
-        let built = member_restore_job(&MemberRestore {
-            names: &names,
-            namespace: "tenants",
-            restore_name: "r1",
-            owner: OwnerReference::default(),
-            restore_id: "uid-1",
-            member: 0,
-            replicas: 1,
-            image: "img",
-            destination: &dest,
-            encryption: None,
-            private_s3: &Default::default(),
-            backups: BackupsAccess::HostPath {
-                dir: "/srv/backups",
-                node: None,
-            },
-            artifact_key: "tenants/demo/b1.db",
-            sha256: "ab",
-            etcd_sha256: None,
-            cluster_token: "t",
-            bump_revision: None,
-        });
-        assert!(built.is_err());
+        let host_path = BackupsAccess::HostPath {
+            dir: "/srv/backups",
+            node: None,
+        };
+        assert!(member_zero(&dest, host_path).is_err());
     }
 
     #[test]

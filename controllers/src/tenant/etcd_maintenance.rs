@@ -103,6 +103,10 @@ pub(super) async fn defragment(
     let access = EtcdAccess::for_tenant(&ctx.client, tc)
         .await
         .map_err(|e| e.to_string())?;
+    defragment_members(&access).await
+}
+
+async fn defragment_members(access: &EtcdAccess) -> std::result::Result<String, String> {
     let mut order = Vec::new();
     for m in &access.members {
         let mut c = access.connect_member(m).await.map_err(|e| e.to_string())?;
@@ -158,7 +162,7 @@ pub(super) async fn resolve_nospace(
         Err(e) if e.to_string().contains("compacted") => {}
         Err(e) => return Err(format!("compacting to revision {revision}: {e}")),
     }
-    let defragmented = defragment(ctx, tc).await?;
+    let defragmented = defragment_members(&access).await?;
     let quota = tc
         .spec
         .etcd
