@@ -187,3 +187,33 @@ pub async fn inspect(client: &Client, ns: &str, name: &str, trigger: &str) -> Te
     )
     .await
 }
+
+/// Waits (up to 400 s) until EtcdRestore `name` is Completed or Failed, and
+/// returns its status.
+pub async fn restore_finished(
+    restores: &kube::Api<kok_crds::EtcdRestore>,
+    name: &str,
+) -> kok_crds::EtcdRestoreStatus {
+    use kok_crds::RestorePhase;
+    crate::wait_for(
+        &format!("restore {name} to finish"),
+        std::time::Duration::from_secs(400),
+        || {
+            let restores = restores.clone();
+            async move {
+                match restores.get(name).await.ok().and_then(|r| r.status) {
+                    Some(s)
+                        if matches!(
+                            s.phase,
+                            Some(RestorePhase::Completed) | Some(RestorePhase::Failed)
+                        ) =>
+                    {
+                        crate::Poll::Ready(s)
+                    }
+                    s => crate::Poll::Pending(format!("{s:?}")),
+                }
+            }
+        },
+    )
+    .await
+}

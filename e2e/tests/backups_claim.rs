@@ -198,23 +198,7 @@ async fn backups_on_a_claim_restore_through_the_operator() {
             .unwrap();
         assert_eq!(status, 403, "the token is for b1.db alone");
 
-        let done = wait_for("restore r1 to finish", Duration::from_secs(400), || {
-            let restores = restores.clone();
-            async move {
-                match restores.get("r1").await.ok().and_then(|r| r.status) {
-                    Some(s)
-                        if matches!(
-                            s.phase,
-                            Some(RestorePhase::Completed) | Some(RestorePhase::Failed)
-                        ) =>
-                    {
-                        Poll::Ready(s)
-                    }
-                    s => Poll::Pending(format!("{s:?}")),
-                }
-            }
-        })
-        .await;
+        let done = tenant::restore_finished(&restores, "r1").await;
         assert_eq!(
             done.phase,
             Some(RestorePhase::Completed),

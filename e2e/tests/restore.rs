@@ -127,31 +127,6 @@ async fn take_backup(client: &Client, ns: &str, name: &str) -> EtcdBackupStatus 
     .await
 }
 
-/// Waits until EtcdRestore `name` is Completed or Failed.
-async fn restore_finished(restores: &Api<EtcdRestore>, name: &str) -> kok_crds::EtcdRestoreStatus {
-    wait_for(
-        &format!("restore {name} to finish"),
-        Duration::from_secs(400),
-        || {
-            let restores = restores.clone();
-            async move {
-                match restores.get(name).await.ok().and_then(|r| r.status) {
-                    Some(s)
-                        if matches!(
-                            s.phase,
-                            Some(RestorePhase::Completed) | Some(RestorePhase::Failed)
-                        ) =>
-                    {
-                        Poll::Ready(s)
-                    }
-                    s => Poll::Pending(format!("{s:?}")),
-                }
-            }
-        },
-    )
-    .await
-}
-
 /// Deletes TenantCluster `rs` and waits until it is gone.
 async fn delete_tenant(client: &Client, ns: &str) {
     let tcs = Api::<TenantCluster>::namespaced(client.clone(), ns);
@@ -276,7 +251,7 @@ async fn restore_round_trip(prefix: &str, members: i32, restart_operator: bool, 
             .await
             .expect("deleting the operator pods");
         }
-        let done = restore_finished(&restores, "r1").await;
+        let done = tenant::restore_finished(&restores, "r1").await;
         assert_eq!(
             done.phase,
             Some(RestorePhase::Completed),
@@ -576,7 +551,7 @@ async fn a_backup_taken_with_one_member_down_restores_every_object() {
         }))
         .unwrap();
         restores.create(&PostParams::default(), &er).await.unwrap();
-        let done = restore_finished(&restores, "r1").await;
+        let done = tenant::restore_finished(&restores, "r1").await;
         assert_eq!(
             done.phase,
             Some(RestorePhase::Completed),

@@ -394,24 +394,7 @@ async fn restore_from(client: &Client, ns: &str, backup: &str) {
     }))
     .unwrap();
     restores.create(&PostParams::default(), &er).await.unwrap();
-    let done = wait_for(
-        &format!("restore {RESTORE} to finish"),
-        Duration::from_secs(400),
-        || async {
-            match restores.get(RESTORE).await.ok().and_then(|r| r.status) {
-                Some(s)
-                    if matches!(
-                        s.phase,
-                        Some(RestorePhase::Completed) | Some(RestorePhase::Failed)
-                    ) =>
-                {
-                    Poll::Ready(s)
-                }
-                s => Poll::Pending(format!("{s:?}")),
-            }
-        },
-    )
-    .await;
+    let done = tenant::restore_finished(&restores, RESTORE).await;
     assert_eq!(
         done.phase,
         Some(RestorePhase::Completed),
