@@ -167,6 +167,22 @@ pub async fn leader_pod(client: &Client) -> (String, String) {
     .await
 }
 
+/// The operator process holding the Lease: its pod and when its container
+/// last started. Process-local counters (restores, backups) describe this
+/// process only; a test compares two readings to know whether the one that
+/// acted is the one it scrapes.
+pub async fn leader_process(client: &Client) -> (String, Option<String>) {
+    let (pod, _) = leader_pod(client).await;
+    let started = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "kok-system")
+        .get(&pod)
+        .await
+        .ok()
+        .and_then(|p| p.status?.container_statuses?.into_iter().next())
+        .and_then(|c| c.state?.running?.started_at)
+        .map(|t| t.0.to_string());
+    (pod, started)
+}
+
 /// The `/metrics` text of the operator replica holding the Lease.
 pub async fn leader_metrics(client: &Client) -> String {
     let (_, pod_ip) = leader_pod(client).await;
