@@ -2,10 +2,12 @@
 
 pub mod backup;
 pub mod join;
+pub mod phases;
 pub mod tenant_cluster;
 
 pub use backup::*;
 pub use join::*;
+pub use phases::*;
 pub use tenant_cluster::*;
 
 /// The API group of every kok resource.

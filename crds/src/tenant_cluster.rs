@@ -650,7 +650,7 @@ pub struct MemberReplacement {
     pub member: i32,
     /// `KeepingVolume` (only for a member replaced because it stayed
     /// unhealthy), `Removing`, `AddingLearner`, `Restarting`, `Promoting`.
-    pub phase: String,
+    pub phase: crate::ReplacementPhase,
     /// The etcd member ID removed (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_id: Option<String>,
@@ -688,7 +688,7 @@ pub struct EtcdScaling {
     pub member: i32,
     /// Adding: `AddingLearner`, `Joining` (started, promoted once caught
     /// up). Removing: `Draining` (apiservers moved off it), `Removing`.
-    pub phase: String,
+    pub phase: crate::ScalingPhase,
     /// The learner's etcd member ID (hex), once added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learner_id: Option<String>,
@@ -781,7 +781,7 @@ pub struct UpgradeStatus {
     #[serde(default)]
     pub step: u32,
     /// `Preflight`, `RollingEtcd`, `RollingControlPlane`, `Completed`.
-    pub phase: String,
+    pub phase: crate::UpgradePhase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// What the preflight found (tenant health, the backup taken first, or
@@ -828,7 +828,7 @@ pub struct MigrationStatus {
     pub target: MigrationShape,
     /// `Preflight`, `CreatingTarget`, `Frozen`, `Copying`, `Verifying`,
     /// `CuttingOver`, `Completed`, `RollingBack`, `RolledBack`.
-    pub phase: String,
+    pub phase: crate::MigrationPhase,
     /// What the step waits for, or why it is stuck.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -13,11 +13,7 @@
 //! the second learner takes to catch up, as with etcd's own runbook.
 
 use kok_crds::EtcdScaling;
-
-pub const ADDING_LEARNER: &str = "AddingLearner";
-pub const JOINING: &str = "Joining";
-pub const DRAINING: &str = "Draining";
-pub const REMOVING: &str = "Removing";
+use kok_crds::ScalingPhase::{self, *};
 
 /// The next member to move from `serving` members towards `target`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +34,10 @@ pub fn next_move(serving: i32, target: i32) -> Option<Move> {
 }
 
 /// The first phase of a move.
-pub fn first_phase(m: Move) -> &'static str {
+pub fn first_phase(m: Move) -> ScalingPhase {
     match m {
-        Move::Add(_) => ADDING_LEARNER,
-        Move::Remove(_) => DRAINING,
+        Move::Add(_) => AddingLearner,
+        Move::Remove(_) => Draining,
     }
 }
 
@@ -50,13 +46,13 @@ pub fn first_phase(m: Move) -> &'static str {
 /// clients left.
 pub fn kept_off(s: Option<&EtcdScaling>) -> Option<i32> {
     let s = s?;
-    matches!(s.phase.as_str(), JOINING | DRAINING | REMOVING).then_some(s.member)
+    matches!(s.phase, Joining | Draining | Removing).then_some(s.member)
 }
 
 /// Whether a member that starts without data must join the running
 /// cluster (`existing`): only the learner kok added for this phase.
 pub fn joining(s: Option<&EtcdScaling>) -> bool {
-    s.is_some_and(|s| s.phase == JOINING)
+    s.is_some_and(|s| s.phase == Joining)
 }
 
 /// Whether the recorded scaling still goes where the spec asks. A spec
@@ -68,8 +64,8 @@ pub fn towards(s: &EtcdScaling, target: i32) -> bool {
 
 /// `<from> -> <to>` for messages.
 pub fn describe(s: &EtcdScaling) -> String {
-    let member = match s.phase.as_str() {
-        ADDING_LEARNER | JOINING => "adding",
+    let member = match s.phase {
+        AddingLearner | Joining => "adding",
         _ => "removing",
     };
     format!(
@@ -84,12 +80,12 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
 
-    fn record(member: i32, phase: &str) -> EtcdScaling {
+    fn record(member: i32, phase: ScalingPhase) -> EtcdScaling {
         EtcdScaling {
             from: 1,
             to: 3,
             member,
-            phase: phase.into(),
+            phase,
             learner_id: None,
             start_time: Time(Timestamp::UNIX_EPOCH),
             message: None,
@@ -113,23 +109,23 @@ mod tests {
     fn the_apiservers_stay_off_a_learner_and_a_member_on_its_way_out() {
         assert_eq!(kept_off(None), None);
         // Not yet in the membership the apiservers are rendered from.
-        assert_eq!(kept_off(Some(&record(1, ADDING_LEARNER))), None);
-        assert_eq!(kept_off(Some(&record(1, JOINING))), Some(1));
-        assert_eq!(kept_off(Some(&record(2, DRAINING))), Some(2));
-        assert_eq!(kept_off(Some(&record(2, REMOVING))), Some(2));
+        assert_eq!(kept_off(Some(&record(1, AddingLearner))), None);
+        assert_eq!(kept_off(Some(&record(1, Joining))), Some(1));
+        assert_eq!(kept_off(Some(&record(2, Draining))), Some(2));
+        assert_eq!(kept_off(Some(&record(2, Removing))), Some(2));
     }
 
     #[test]
     fn only_the_added_learner_starts_as_existing() {
         assert!(!joining(None));
-        assert!(!joining(Some(&record(1, ADDING_LEARNER))));
-        assert!(joining(Some(&record(1, JOINING))));
-        assert!(!joining(Some(&record(2, DRAINING))));
+        assert!(!joining(Some(&record(1, AddingLearner))));
+        assert!(joining(Some(&record(1, Joining))));
+        assert!(!joining(Some(&record(2, Draining))));
     }
 
     #[test]
     fn a_record_is_followed_only_while_the_spec_asks_for_its_target() {
-        let r = record(1, JOINING);
+        let r = record(1, Joining);
         assert!(towards(&r, 3));
         assert!(!towards(&r, 1));
         assert_eq!(

@@ -77,7 +77,7 @@ pub fn on_record(status: Option<&TenantClusterStatus>, restore: bool, rolling: b
         restore,
         migration: status
             .and_then(|s| s.migration.as_ref())
-            .is_some_and(|m| !crate::migration::finished(&m.phase)),
+            .is_some_and(|m| !crate::migration::finished(m.phase)),
         quorum_loss: status.is_some_and(|s| s.quorum_loss.is_some()),
         replacement: status.is_some_and(|s| s.etcd_member_replacement.is_some()),
         scaling: match (scaling, crate::etcd_scale::kept_off(scaling)) {

@@ -18,25 +18,17 @@ use sha2::{Digest, Sha256};
 use crate::upgrade_plan::EtcdVersion;
 use crate::version::KubeVersion;
 
-pub const PREFLIGHT: &str = "Preflight";
-pub const CREATING_TARGET: &str = "CreatingTarget";
-pub const FROZEN: &str = "Frozen";
-pub const COPYING: &str = "Copying";
-pub const VERIFYING: &str = "Verifying";
-pub const CUTTING_OVER: &str = "CuttingOver";
-pub const COMPLETED: &str = "Completed";
-pub const ROLLING_BACK: &str = "RollingBack";
-pub const ROLLED_BACK: &str = "RolledBack";
+use kok_crds::MigrationPhase::{self, *};
 
 /// The phases forward, in order.
-pub const FORWARD: &[&str] = &[
-    PREFLIGHT,
-    CREATING_TARGET,
-    FROZEN,
-    COPYING,
-    VERIFYING,
-    CUTTING_OVER,
-    COMPLETED,
+pub const FORWARD: &[MigrationPhase] = &[
+    Preflight,
+    CreatingTarget,
+    Frozen,
+    Copying,
+    Verifying,
+    CuttingOver,
+    Completed,
 ];
 
 /// How far the target's revision is raised above the snapshot's: as the
@@ -46,37 +38,40 @@ pub const FORWARD: &[&str] = &[
 pub const REVISION_BUMP: u64 = 1_000_000_000;
 
 /// The phase after `phase` (a finished migration stays where it is).
-pub fn next_phase(phase: &str) -> &'static str {
-    if phase == ROLLING_BACK || phase == ROLLED_BACK {
-        return ROLLED_BACK;
+pub fn next_phase(phase: MigrationPhase) -> MigrationPhase {
+    if matches!(phase, RollingBack | RolledBack) {
+        return RolledBack;
     }
     match FORWARD.iter().position(|p| *p == phase) {
         Some(i) if i + 1 < FORWARD.len() => FORWARD[i + 1],
-        _ => COMPLETED,
+        _ => Completed,
     }
 }
 
 /// The migration is finished one way or the other.
-pub fn finished(phase: &str) -> bool {
-    phase == COMPLETED || phase == ROLLED_BACK
+pub fn finished(phase: MigrationPhase) -> bool {
+    matches!(phase, Completed | RolledBack)
 }
 
 /// Phases in which the target generation exists (or is being built) and
 /// needs its certificates.
-pub fn builds_target(phase: &str) -> bool {
-    [CREATING_TARGET, FROZEN, COPYING, VERIFYING, CUTTING_OVER].contains(&phase)
+pub fn builds_target(phase: MigrationPhase) -> bool {
+    matches!(
+        phase,
+        CreatingTarget | Frozen | Copying | Verifying | CuttingOver
+    )
 }
 
 /// The source's apiservers are stopped in these phases (writes are frozen).
-pub fn frozen(phase: &str) -> bool {
-    [FROZEN, COPYING, VERIFYING].contains(&phase)
+pub fn frozen(phase: MigrationPhase) -> bool {
+    matches!(phase, Frozen | Copying | Verifying)
 }
 
 /// Before the control plane is started on the target (recorded first), no
 /// client can have written to the target, the source is untouched, and a
 /// rollback gives it back exactly.
 pub fn before_point_of_no_return(m: &MigrationStatus) -> bool {
-    m.cut_over_time.is_none() && m.first_write_time.is_none() && m.phase != COMPLETED
+    m.cut_over_time.is_none() && m.first_write_time.is_none() && m.phase != Completed
 }
 
 /// Why the target cannot be reached from what runs in one migration: the
@@ -124,9 +119,9 @@ pub enum Decision {
 }
 
 pub fn decide(m: &MigrationStatus, desired: &MigrationShape, generation: Option<i64>) -> Decision {
-    match m.phase.as_str() {
-        COMPLETED => Decision::Done,
-        ROLLED_BACK => {
+    match m.phase {
+        Completed => Decision::Done,
+        RolledBack => {
             let failed_here = same_target(&m.target, desired) && m.spec_generation == generation;
             if failed_here {
                 Decision::Refused(m.message.clone().unwrap_or_default())
@@ -134,7 +129,7 @@ pub fn decide(m: &MigrationStatus, desired: &MigrationShape, generation: Option<
                 Decision::Done
             }
         }
-        ROLLING_BACK => Decision::Continue,
+        RollingBack => Decision::Continue,
         _ if !same_target(&m.target, desired) && before_point_of_no_return(m) => Decision::RollBack,
         _ => Decision::Continue,
     }
@@ -159,7 +154,7 @@ pub fn open(
         )),
         source: running.clone(),
         target,
-        phase: PREFLIGHT.into(),
+        phase: Preflight,
         start_time: Some(now.clone()),
         phase_time: Some(now),
         spec_generation: generation,
@@ -176,9 +171,14 @@ pub fn describe(s: &MigrationShape) -> String {
 }
 
 /// Moves the record to `phase`, stamped now.
-pub fn enter(m: &mut MigrationStatus, phase: &str, message: impl Into<String>, now: Time) {
+pub fn enter(
+    m: &mut MigrationStatus,
+    phase: MigrationPhase,
+    message: impl Into<String>,
+    now: Time,
+) {
     if m.phase != phase {
-        m.phase = phase.to_string();
+        m.phase = phase;
         m.phase_time = Some(now.clone());
     }
     m.message = Some(message.into());
@@ -454,19 +454,19 @@ mod tests {
 
     #[test]
     fn the_phases_run_in_order_and_end() {
-        let mut phase = PREFLIGHT;
+        let mut phase = Preflight;
         let mut seen = vec![phase];
         while !finished(phase) {
             phase = next_phase(phase);
             seen.push(phase);
         }
         assert_eq!(seen, FORWARD);
-        assert_eq!(next_phase(ROLLING_BACK), ROLLED_BACK);
-        assert_eq!(next_phase(COMPLETED), COMPLETED);
+        assert_eq!(next_phase(RollingBack), RolledBack);
+        assert_eq!(next_phase(Completed), Completed);
         // Writes are frozen from the freeze to the cut over, not before or after.
-        assert!(!frozen(CREATING_TARGET) && frozen(FROZEN) && frozen(VERIFYING));
-        assert!(!frozen(CUTTING_OVER));
-        assert!(builds_target(CREATING_TARGET) && !builds_target(COMPLETED));
+        assert!(!frozen(CreatingTarget) && frozen(Frozen) && frozen(Verifying));
+        assert!(!frozen(CuttingOver));
+        assert!(builds_target(CreatingTarget) && !builds_target(Completed));
     }
 
     #[test]
@@ -476,7 +476,7 @@ mod tests {
         let desired = shape("v1.20.2", "3.5.16", 3, 0);
         assert!(due(&running, &desired));
         let m = open(&running, &desired, Some(4), t(0));
-        assert_eq!(m.phase, PREFLIGHT);
+        assert_eq!(m.phase, Preflight);
         assert_eq!(m.target, shape("v1.20.2", "3.5.16", 3, 1));
         assert_eq!(m.source, running);
         assert!(m.message.unwrap().contains("etcd 3.5.16 x3 (generation 1)"));
@@ -488,12 +488,12 @@ mod tests {
         let desired = shape("v1.20.2", "3.5.16", 3, 0);
         let mut m = open(&running, &desired, Some(4), t(0));
         for phase in [
-            PREFLIGHT,
-            CREATING_TARGET,
-            FROZEN,
-            COPYING,
-            VERIFYING,
-            CUTTING_OVER,
+            Preflight,
+            CreatingTarget,
+            Frozen,
+            Copying,
+            Verifying,
+            CuttingOver,
         ] {
             enter(&mut m, phase, "", t(1));
             assert_eq!(decide(&m, &desired, Some(4)), Decision::Continue, "{phase}");
@@ -502,7 +502,7 @@ mod tests {
         // The control plane was started on the target: from here it finishes.
         m.cut_over_time = Some(t(2));
         assert_eq!(decide(&m, &running, Some(5)), Decision::Continue);
-        enter(&mut m, COMPLETED, "done", t(3));
+        enter(&mut m, Completed, "done", t(3));
         assert_eq!(decide(&m, &running, Some(5)), Decision::Done);
         assert!(m.completion_time.is_some());
     }
@@ -512,7 +512,7 @@ mod tests {
         let running = shape("v1.20.2", "3.4.23", 1, 0);
         let desired = shape("v1.20.2", "3.5.16", 3, 0);
         let mut m = open(&running, &desired, Some(4), t(0));
-        enter(&mut m, ROLLED_BACK, "verify found differences", t(1));
+        enter(&mut m, RolledBack, "verify found differences", t(1));
         assert!(
             matches!(decide(&m, &desired, Some(4)), Decision::Refused(w) if w.contains("differences"))
         );

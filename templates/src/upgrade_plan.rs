@@ -18,6 +18,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::version::KubeVersion;
+use kok_crds::UpgradePhase;
 
 /// An etcd release, `3.MINOR.PATCH` (image tags may carry a `-N` suffix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -241,7 +242,7 @@ pub struct Rendering {
     /// Steps left, the current one included (0: at the target).
     pub steps_left: usize,
     /// `RollingEtcd` or `RollingControlPlane` while a step rolls.
-    pub phase: Option<&'static str>,
+    pub phase: Option<UpgradePhase>,
     /// The step being rolled, for status.
     pub step: Option<Step>,
 }
@@ -351,11 +352,11 @@ pub fn rendering(
     let apiserver_done = rolled.apiserver == Some(step.kube);
     let (mut apiserver, mut controllers, phase) =
         if step.components.contains(&Component::Etcd) && !etcd_done {
-            (kube, kube, PHASE_ROLLING_ETCD)
+            (kube, kube, UpgradePhase::RollingEtcd)
         } else if !apiserver_done {
-            (step.kube, kube, PHASE_ROLLING_CONTROL_PLANE)
+            (step.kube, kube, UpgradePhase::RollingControlPlane)
         } else {
-            (step.kube, step.kube, PHASE_ROLLING_CONTROL_PLANE)
+            (step.kube, step.kube, UpgradePhase::RollingControlPlane)
         };
     // Never backwards within the upgrade: a template already on a newer
     // version of this upgrade keeps it (the skew rules still hold).
@@ -395,11 +396,6 @@ impl fmt::Display for Running {
     }
 }
 
-pub const PHASE_PREFLIGHT: &str = "Preflight";
-pub const PHASE_ROLLING_ETCD: &str = "RollingEtcd";
-pub const PHASE_ROLLING_CONTROL_PLANE: &str = "RollingControlPlane";
-pub const PHASE_COMPLETED: &str = "Completed";
-
 /// The upgrade record after this pass. `running` is what every component
 /// runs (unknown before the first complete rollout: nothing to record);
 /// `desired` what the spec renders. A new record is started when the two
@@ -414,11 +410,11 @@ pub fn track_upgrade(
     let Some(running) = running else {
         return current.cloned();
     };
-    let open = current.filter(|u| u.phase != PHASE_COMPLETED);
+    let open = current.filter(|u| u.phase != UpgradePhase::Completed);
     if running == desired {
         return current.map(|u| match open {
             Some(_) => kok_crds::UpgradeStatus {
-                phase: PHASE_COMPLETED.into(),
+                phase: UpgradePhase::Completed,
                 completion_time: Some(now.clone()),
                 message: Some(format!("every component runs {desired}")),
                 step: u.plan.len().saturating_sub(1) as u32,
@@ -428,21 +424,20 @@ pub fn track_upgrade(
         });
     }
     let phase = if running.etcd != desired.etcd {
-        PHASE_ROLLING_ETCD
+        UpgradePhase::RollingEtcd
     } else {
-        PHASE_ROLLING_CONTROL_PLANE
+        UpgradePhase::RollingControlPlane
     };
     match open {
-        Some(u) if u.to == desired.to_string() => Some(kok_crds::UpgradeStatus {
-            phase: phase.into(),
-            ..u.clone()
-        }),
+        Some(u) if u.to == desired.to_string() => {
+            Some(kok_crds::UpgradeStatus { phase, ..u.clone() })
+        }
         _ => Some(kok_crds::UpgradeStatus {
             from: running.to_string(),
             to: desired.to_string(),
             plan: plan_names(running, desired),
             step: 0,
-            phase: phase.into(),
+            phase,
             start_time: Some(now.clone()),
             last_progress_time: Some(now),
             preflight: None,
@@ -464,14 +459,14 @@ pub fn note_step(
     now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 ) {
     let Some(phase) = r.phase else { return };
-    if u.phase == PHASE_COMPLETED {
+    if u.phase == UpgradePhase::Completed {
         return;
     }
     let step = u.plan.len().saturating_sub(r.steps_left) as u32;
-    if (u.phase.as_str(), u.step) != (phase, step) {
+    if (u.phase, u.step) != (phase, step) {
         u.last_progress_time = Some(now);
     }
-    u.phase = phase.into();
+    u.phase = phase;
     u.step = step;
     u.message = r.step.as_ref().map(|s| {
         format!(
@@ -548,7 +543,7 @@ mod tests {
             None
         );
         let started = track_upgrade(None, Some(&from), &to, now("2026-01-01T00:01:00Z")).unwrap();
-        assert_eq!(started.phase, PHASE_ROLLING_ETCD);
+        assert_eq!(started.phase, UpgradePhase::RollingEtcd);
         assert_eq!(started.from, "v1.20.2 (etcd 3.4.23)");
         assert_eq!(started.plan, vec!["v1.20.2 (etcd 3.5.16)"]);
         // A later pass (or a restarted operator) keeps the same record.
@@ -562,7 +557,7 @@ mod tests {
         assert_eq!(again.start_time, started.start_time);
         let done =
             track_upgrade(Some(&again), Some(&to), &to, now("2026-01-01T00:05:00Z")).unwrap();
-        assert_eq!(done.phase, PHASE_COMPLETED);
+        assert_eq!(done.phase, UpgradePhase::Completed);
         assert_eq!(done.completion_time, Some(now("2026-01-01T00:05:00Z")));
         // A completed record stays as it is until the next upgrade.
         assert_eq!(
@@ -572,7 +567,7 @@ mod tests {
         let next = running("v1.21.0", "3.5.16");
         let flags =
             track_upgrade(Some(&done), Some(&to), &next, now("2026-02-01T00:00:00Z")).unwrap();
-        assert_eq!(flags.phase, PHASE_ROLLING_CONTROL_PLANE);
+        assert_eq!(flags.phase, UpgradePhase::RollingControlPlane);
         assert_eq!(flags.from, "v1.20.2 (etcd 3.5.16)");
     }
 
@@ -906,7 +901,7 @@ mod tests {
         .unwrap();
         let t1 = now("2026-01-01T00:01:00Z");
         note_step(&mut u, &r, t1.clone());
-        assert_eq!((u.phase.as_str(), u.step), (PHASE_ROLLING_CONTROL_PLANE, 0));
+        assert_eq!((u.phase, u.step), (UpgradePhase::RollingControlPlane, 0));
         let message = u.message.clone().unwrap();
         assert!(message.starts_with("step 1/2: "), "{message}");
         assert!(message.contains("apiservers v1.31"), "{message}");
@@ -933,8 +928,8 @@ mod tests {
         assert_eq!(u.step, 1, "{u:?}");
         assert_eq!(u.last_progress_time, Some(t1));
         // A completed record is never reopened by a stale rendering.
-        u.phase = PHASE_COMPLETED.into();
+        u.phase = UpgradePhase::Completed;
         note_step(&mut u, &r, now("2026-01-01T00:10:00Z"));
-        assert_eq!(u.phase, PHASE_COMPLETED);
+        assert_eq!(u.phase, UpgradePhase::Completed);
     }
 }

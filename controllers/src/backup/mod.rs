@@ -15,9 +15,9 @@ use kok_crds::{BackupPhase, BackupSpec, EtcdBackup, EtcdBackupStatus, TenantClus
 use kok_templates::backup::artifact_key;
 use kok_templates::backup_source::backup_source;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use crate::etcd::snapshot::{self, Fingerprint};
@@ -91,7 +91,14 @@ async fn show_error(ctx: &Context, api: &Api<EtcdBackup>, fresh: &EtcdBackup, er
             warn!(error = %e, "could not record the reconcile error in status");
         }
     }
-    publish(ctx, fresh, EventType::Warning, "ReconcileError", &message).await;
+    ctx.publish(
+        fresh,
+        EventType::Warning,
+        "ReconcileError",
+        "Backup",
+        &message,
+    )
+    .await;
 }
 
 /// API errors that retrying the same request cannot fix (bad request,
@@ -406,7 +413,8 @@ async fn succeed(
     ctx.metrics.backup_finished(true);
     record_last_backup(ctx, eb, &status);
     info!("backup succeeded");
-    publish(ctx, eb, EventType::Normal, "BackupSucceeded", message).await;
+    ctx.publish(eb, EventType::Normal, "BackupSucceeded", "Backup", message)
+        .await;
     Ok(())
 }
 
@@ -467,7 +475,8 @@ async fn fail(
     status.completion_time = Some(now());
     patch_status(api, eb, &mut status).await?;
     ctx.metrics.backup_finished(false);
-    publish(ctx, eb, EventType::Warning, "BackupFailed", &message).await;
+    ctx.publish(eb, EventType::Warning, "BackupFailed", "Backup", &message)
+        .await;
     Ok(())
 }
 
@@ -479,27 +488,6 @@ async fn patch_status(
 ) -> Result<()> {
     phase_conditions(status, eb.metadata.generation);
     apply_status(api, eb, manager::BACKUP, status).await
-}
-
-/// Publishes an Event on `obj`; a failure to publish is only logged.
-pub async fn publish<K: Resource<DynamicType = ()>>(
-    ctx: &Context,
-    obj: &K,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        // The API refuses notes over 1 kB.
-        note: Some(note.chars().take(1000).collect()),
-        action: "Backup".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        warn!(error = %e, reason, "could not publish event");
-    }
 }
 
 fn now() -> Time {

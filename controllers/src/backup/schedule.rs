@@ -28,7 +28,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use crate::backup::{backup_time, publish};
+use crate::backup::backup_time;
 use crate::runtime::context::Context;
 use crate::runtime::error::{Error, Result};
 use crate::runtime::lenient::Lenient;
@@ -45,11 +45,11 @@ pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Acti
     if let Err(error) = &result {
         // The schedule writes no conditions of its own (the tenant reconciler
         // owns them): a failing schedule is shown as a Warning Event.
-        publish(
-            &ctx,
+        ctx.publish(
             tc.as_ref(),
             EventType::Warning,
             "BackupScheduleError",
+            "Backup",
             &format!("backup schedule and retention: {error}"),
         )
         .await;
@@ -194,7 +194,8 @@ async fn start_scheduled(
             running.name_any()
         );
         warn!(%note);
-        publish(ctx, tc, EventType::Warning, "BackupSkipped", &note).await;
+        ctx.publish(tc, EventType::Warning, "BackupSkipped", "Backup", &note)
+            .await;
         return Ok(());
     }
     let uid = tc
@@ -266,7 +267,7 @@ async fn apply_retention(
         .status
         .as_ref()
         .and_then(|s| s.migration.as_ref())
-        .filter(|m| !kok_templates::migration::finished(&m.phase))
+        .filter(|m| !kok_templates::migration::finished(m.phase))
         .and_then(|m| m.snapshot.clone())
     {
         in_use.push(snapshot);
@@ -340,7 +341,8 @@ pub async fn delete_all_backups(ctx: &Context, tc: &TenantCluster) -> Result<()>
             // with no record: keep both, and say so.
             let note = format!("deletionPolicy Delete: backups kept, destination unusable: {why}");
             warn!(%note);
-            publish(ctx, tc, EventType::Warning, "BackupsKept", &note).await;
+            ctx.publish(tc, EventType::Warning, "BackupsKept", "Backup", &note)
+                .await;
             return Ok(());
         }
     };

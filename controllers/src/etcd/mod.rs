@@ -1,6 +1,7 @@
 //! Connecting to a tenant's etcd with the client certificate kok issued for
 //! itself (`etcd-operator-client`), one member at a time.
 
+pub mod membership;
 pub mod snapshot;
 pub mod verify;
 

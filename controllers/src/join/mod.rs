@@ -27,10 +27,10 @@ use kok_templates::nodes::{
 use kok_templates::pki::kubeconfig;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Api, Client, Resource, ResourceExt};
-use tracing::{info, instrument, warn};
+use tracing::{info, instrument};
 
 use crate::runtime::apply::{apply, check_owner};
 use crate::runtime::conditions;
@@ -161,11 +161,11 @@ async fn issue(jt: &JoinToken, ctx: &Context) -> Result<Action> {
             "the token's TTL passed: the tenant apiserver refuses it; create a new JoinToken",
         );
         if old.phase != Some(JoinTokenPhase::Expired) {
-            publish(
-                ctx,
+            ctx.publish(
                 jt,
                 EventType::Normal,
                 "Expired",
+                "Join",
                 "the bootstrap token expired",
             )
             .await;
@@ -188,7 +188,8 @@ async fn issue(jt: &JoinToken, ctx: &Context) -> Result<Action> {
             &why,
         );
         if old.phase != Some(JoinTokenPhase::Failed) {
-            publish(ctx, jt, EventType::Warning, "TenantNotFound", &why).await;
+            ctx.publish(jt, EventType::Warning, "TenantNotFound", "Join", &why)
+                .await;
         }
         write_status(ctx, jt, &old, status).await?;
         // Created later, the tenant is found on this recheck.
@@ -314,7 +315,8 @@ async fn issue(jt: &JoinToken, ctx: &Context) -> Result<Action> {
             "bootstrap token {} issued; the join command is in Secret {name}",
             token.id
         );
-        publish(ctx, jt, EventType::Normal, "Issued", &note).await;
+        ctx.publish(jt, EventType::Normal, "Issued", "Join", &note)
+            .await;
     }
     let left = expiration.0.as_second() - Timestamp::now().as_second();
     Ok(Action::requeue(Duration::from_secs(
@@ -347,11 +349,11 @@ async fn revoke(jt: &JoinToken, ctx: &Context) -> Result<Action> {
     let name = format!("bootstrap-token-{id}");
     crate::runtime::api::gone_is_done(api.delete(&name, &DeleteParams::default()).await)?;
     info!(token_id = %id, "bootstrap token revoked");
-    publish(
-        ctx,
+    ctx.publish(
         jt,
         EventType::Normal,
         "Revoked",
+        "Join",
         &format!("bootstrap token {id} deleted in the tenant"),
     )
     .await;
@@ -408,17 +410,4 @@ async fn write_status(
     let api: Api<JoinToken> =
         Api::namespaced(ctx.client.clone(), &jt.namespace().unwrap_or_default());
     apply_status(&api, jt, manager::JOIN, &new).await
-}
-
-async fn publish(ctx: &Context, jt: &JoinToken, type_: EventType, reason: &str, note: &str) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Join".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &jt.object_ref(&())).await {
-        warn!(error = %e, reason, "could not publish event");
-    }
 }

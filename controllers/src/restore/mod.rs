@@ -154,7 +154,8 @@ async fn run(er: Arc<EtcdRestore>, ctx: &Context) -> Result<Action> {
             }
             // Each step on the object (`kubectl describe`), not only the log.
             let reason = format!("{next:?}");
-            publish(ctx, &er, EventType::Normal, &reason, "Restore", &message).await;
+            ctx.publish(er.as_ref(), EventType::Normal, &reason, "Restore", &message)
+                .await;
             Action::requeue(Duration::from_millis(100))
         }
         Step::Wait(message) => {
@@ -168,7 +169,8 @@ async fn run(er: Arc<EtcdRestore>, ctx: &Context) -> Result<Action> {
             status.message = Some(message.clone());
             status.completion_time = Some(now());
             ctx.metrics.restore_finished(false);
-            publish(ctx, &er, EventType::Warning, reason, "Restore", &message).await;
+            ctx.publish(er.as_ref(), EventType::Warning, reason, "Restore", &message)
+                .await;
             Action::await_change()
         }
     };
@@ -301,8 +303,7 @@ async fn report_error(er: &EtcdRestore, ctx: &Context, error: &Error) {
         return;
     }
     let message = error.to_string();
-    publish(
-        ctx,
+    ctx.publish(
         er,
         EventType::Warning,
         RECONCILE_ERROR,
@@ -341,26 +342,6 @@ async fn report_error(er: &EtcdRestore, ctx: &Context, error: &Error) {
         if let Err(e) = apply_status(&api, &fresh, manager::RESTORE, &status).await {
             warn!(error = %e, "could not record the reconcile error in status");
         }
-    }
-}
-
-async fn publish(
-    ctx: &Context,
-    er: &EtcdRestore,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: &str,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &er.object_ref(&())).await {
-        warn!(error = %e, reason, "could not publish event");
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use kube::runtime::events::Recorder;
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::Client;
 use kube::Resource;
@@ -182,6 +182,30 @@ impl Context {
             fleet: Mutex::default(),
             said: Mutex::default(),
             rounds: Mutex::default(),
+        }
+    }
+
+    /// Publishes an Event on `obj`: the one way kok tells a person what it
+    /// did or why it cannot. A failure to publish is only logged: an Event
+    /// never decides a step.
+    pub async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            // The API refuses notes over 1 kB.
+            note: Some(note.chars().take(1000).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
         }
     }
 

@@ -17,7 +17,7 @@ use kok_crds::condition;
 use kube::api::{Patch, PatchParams};
 use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
@@ -175,16 +175,14 @@ where
         }})),
     )
     .await?;
-    let event = Event {
-        type_: EventType::Warning,
-        reason: "FinalizerReleased".into(),
-        note: Some(message.chars().take(1000).collect()),
-        action: "Cleanup".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        warn!(error = %e, "could not publish event");
-    }
+    ctx.publish(
+        obj,
+        EventType::Warning,
+        "FinalizerReleased",
+        "Cleanup",
+        &message,
+    )
+    .await;
     Ok(())
 }
 
@@ -259,16 +257,8 @@ where
         &serde_json::json!({"observedGeneration": generation, "conditions": conds}),
     )
     .await?;
-    let event = Event {
-        type_: EventType::Warning,
-        reason: "Undecodable".into(),
-        note: Some(message.chars().take(1000).collect()),
-        action: "Decode".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        warn!(error = %e, "could not publish event");
-    }
+    ctx.publish(obj, EventType::Warning, "Undecodable", "Decode", &message)
+        .await;
     Ok(())
 }
 

@@ -3,6 +3,8 @@
 //! admin certificate or a new endpoint reaches Argo CD, and deleted when
 //! unset or with the tenant.
 
+use super::pki;
+use super::services::Endpoint;
 use kok_crds::{condition, TenantCluster, TenantClusterStatus};
 use kok_templates::argocd::{self as argo, OtherCluster};
 use kok_templates::pki::CaKind;
@@ -11,9 +13,16 @@ use kok_templates::secrets::{
 };
 use kube::api::{DeleteParams, ListParams};
 use kube::runtime::events::EventType;
+use kube::ResourceExt;
 
-use super::*;
 use crate::runtime::apply::apply;
+use crate::runtime::conditions;
+use crate::runtime::context::Context;
+use crate::runtime::error::Result;
+use k8s_openapi::api::core::v1::Secret;
+use kok_templates::controlplane::Placement;
+use kube::Api;
+use tracing::warn;
 
 /// Cluster Secrets read from Argo CD's namespace to find a collision: a
 /// bound on what one pass reads there.
@@ -107,7 +116,8 @@ pub(super) async fn argocd(
             let c = &mut status.conditions;
             conditions::set(c, condition::ARGOCD, false, reason, &why, generation);
             if ctx.first_saying(&format!("argocd/{owner}"), &why) {
-                super::publish(ctx, tc, EventType::Warning, reason, "Access", &why).await;
+                ctx.publish(tc, EventType::Warning, reason, "Access", &why)
+                    .await;
             }
         }
         Ok(key) => {
@@ -115,15 +125,8 @@ pub(super) async fn argocd(
             let c = &mut status.conditions;
             conditions::set(c, condition::ARGOCD, true, "Registered", &note, generation);
             if previous.as_ref() != Some(&key) {
-                super::publish(
-                    ctx,
-                    tc,
-                    EventType::Normal,
-                    "ArgoCDRegistered",
-                    "Access",
-                    &note,
-                )
-                .await;
+                ctx.publish(tc, EventType::Normal, "ArgoCDRegistered", "Access", &note)
+                    .await;
                 // Moved (another namespace, or the name of an older kok).
                 if let Some(old) = previous {
                     delete_if_ours(ctx, &old, &owner).await?;

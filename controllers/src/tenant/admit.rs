@@ -1,7 +1,28 @@
 //! Admission of a pass: an invalid spec, a restore that holds the control
 //! plane, or a pause stop the pass before it touches anything.
 
-use super::*;
+use super::workloads::{first_image, image_tag};
+use crate::runtime::conditions;
+use crate::runtime::context::Context;
+use crate::runtime::error::Result;
+use crate::runtime::lenient::Lenient;
+use k8s_openapi::api::apps::v1::Deployment;
+use kok_crds::condition;
+use kok_crds::EtcdRestore;
+use kok_crds::RestorePhase;
+use kok_crds::TenantCluster;
+use kok_crds::TenantClusterStatus;
+use kok_templates::names::Names;
+use kok_templates::validate::describe;
+use kok_templates::validate::validate;
+use kok_templates::validate::validate_name;
+use kok_templates::validate::ValidSpec;
+use kok_templates::version::KubeVersion;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::Api;
+use kube::ResourceExt;
+use tracing::warn;
 
 /// Whether this pass may act.
 pub(super) enum Admission {
@@ -40,15 +61,8 @@ pub(super) async fn admit(
         Err(errors) => {
             let message = describe(&errors);
             warn!(%message, "invalid spec");
-            publish(
-                ctx,
-                tc,
-                EventType::Warning,
-                "InvalidSpec",
-                "Validate",
-                &message,
-            )
-            .await;
+            ctx.publish(tc, EventType::Warning, "InvalidSpec", "Validate", &message)
+                .await;
             let (s, r) = ("InvalidSpec", "waiting for the spec to be fixed");
             conditions::set(c, condition::STALLED, true, s, message.clone(), generation);
             conditions::set(c, condition::RECONCILING, false, s, r, generation);
@@ -73,12 +87,13 @@ pub(super) async fn admit(
             status.etcd_unhealthy_since.clear();
         }
         if let Some((reason, message)) = held.problem {
-            publish(ctx, tc, EventType::Warning, reason, "Restore", &message).await;
+            ctx.publish(tc, EventType::Warning, reason, "Restore", &message)
+                .await;
             conditions::set(c, condition::STALLED, true, reason, &message, generation);
             conditions::set(c, condition::READY, false, reason, message, generation);
             let r = "the control plane is stopped until someone acts";
             conditions::set(c, condition::RECONCILING, false, reason, r, generation);
-            return Ok(Admission::Hold(Action::requeue(STALLED_RECHECK)));
+            return Ok(Admission::Hold(Action::requeue(super::STALLED_RECHECK)));
         }
         let r = "RestoreInProgress";
         let doing =

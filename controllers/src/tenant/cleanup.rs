@@ -1,8 +1,27 @@
 //! Deleting a tenant: every child kok created goes; etcd volumes stay
 //! (they hold data), and kept volumes are adopted only when asked for.
 
-use super::*;
+use crate::runtime::context::Context;
+use crate::runtime::error::Error;
+use crate::runtime::error::Result;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kok_crds::TenantCluster;
+use kok_templates::names::tenant_selector;
+use kok_templates::names::Names;
+use kube::api::DeleteParams;
+use kube::api::ListParams;
+use kube::runtime::controller::Action;
+use kube::Api;
+use kube::Resource;
+use kube::ResourceExt;
+use std::sync::Arc;
+use tracing::info;
 
 /// Deletes every child kok created for the tenant, then lets the finalizer go.
 /// etcd PersistentVolumeClaims are kept: they hold data, and kok did not

@@ -90,7 +90,7 @@ pub(super) async fn scheduled_defragmentation(
         ),
     };
     info!("{note}");
-    super::publish(ctx, tc, t, reason, "Defragment", &note).await;
+    ctx.publish(tc, t, reason, "Defragment", &note).await;
 }
 
 /// Defragments every member that answers, followers first and the leader

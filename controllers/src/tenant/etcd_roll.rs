@@ -197,13 +197,11 @@ async fn roll_members(
                 .iter()
                 .find(|m| m.tls_name.as_deref() == Some(names.etcd_member(from).as_str()));
             if let Some(m) = leader {
-                let mut client = access
-                    .connect_member(m)
+                crate::etcd::membership::move_leader(&access, m, to_member_id)
                     .await
-                    .map_err(|e| crate::runtime::error::Error::Etcd(e.to_string()))?;
-                client.move_leader(to_member_id).await.map_err(|e| {
-                    crate::runtime::error::Error::Etcd(format!("moving etcd leadership: {e}"))
-                })?;
+                    .map_err(|e| {
+                        crate::runtime::error::Error::Etcd(format!("moving etcd leadership: {e}"))
+                    })?;
             }
             let note = format!(
                 "etcd leadership moved from {} to {} before replacing the former",
@@ -211,15 +209,8 @@ async fn roll_members(
                 names.etcd_member(to)
             );
             info!("{note}");
-            super::publish(
-                ctx,
-                tc,
-                EventType::Normal,
-                "EtcdLeaderMoved",
-                "RollEtcd",
-                &note,
-            )
-            .await;
+            ctx.publish(tc, EventType::Normal, "EtcdLeaderMoved", "RollEtcd", &note)
+                .await;
             Ok(MemberRoll::Rolling(format!(
                 "{progress}; leadership moved to member {to}"
             )))
@@ -246,8 +237,7 @@ async fn roll_members(
                          (a stopping etcd 3.4 member fails the requests it is serving)"
                     );
                     info!("{note}");
-                    super::publish(
-                        ctx,
+                    ctx.publish(
                         tc,
                         EventType::Normal,
                         "EtcdMemberDrained",
@@ -272,8 +262,7 @@ async fn roll_members(
             crate::runtime::api::gone_or_replaced_is_done(pods.delete(&name, &dp).await)?;
             let note = format!("replacing etcd member {name} with the current template");
             info!("{note}");
-            super::publish(
-                ctx,
+            ctx.publish(
                 tc,
                 EventType::Normal,
                 "EtcdMemberReplaced",

@@ -162,7 +162,8 @@ pub(super) async fn run(
     for f in &findings {
         if f.count == 1 && f.severity != "Info" {
             let note = format!("{}: {}: {}", f.check, f.object, f.message);
-            super::publish(ctx, tc, EventType::Warning, "Finding", "Inspect", &note).await;
+            ctx.publish(tc, EventType::Warning, "Finding", "Inspect", &note)
+                .await;
         }
     }
 
@@ -271,7 +272,7 @@ async fn record_repair(
         finding.object,
         describe(action)
     );
-    super::publish(ctx, tc, t, reason, "Repair", &note).await;
+    ctx.publish(tc, t, reason, "Repair", &note).await;
     super::repairs::push_repair(
         status,
         Repair {

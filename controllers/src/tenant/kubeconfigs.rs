@@ -2,8 +2,18 @@
 //! endpoint), the controller-manager's and the scheduler's through the
 //! pinned apiserver name, each in its own Secret.
 
-use self::pki::TenantPki;
-use super::*;
+use super::pki::TenantPki;
+use super::services::Endpoint;
+use crate::runtime::apply::apply_child;
+use crate::runtime::context::Context;
+use crate::runtime::error::Result;
+use k8s_openapi::api::core::v1::Secret;
+use kok_templates::controlplane::Placement;
+use kok_templates::flags::APISERVER_PORT;
+use kok_templates::pki::kubeconfig;
+use kok_templates::pki::CaKind;
+use kok_templates::secrets;
+use kube::Api;
 
 /// The kubeconfigs as written this pass (their hashes roll the components).
 pub(super) struct Kubeconfigs {

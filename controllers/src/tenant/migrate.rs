@@ -27,13 +27,17 @@
 //! changes. After it, the source etcd is kept stopped with its claims until
 //! the user deletes them.
 
+use super::workloads::image_tag;
+use super::{health, pki, services, upgrade, workloads};
+use kok_templates::validate::ValidSpec;
+use kube::ResourceExt;
 use std::time::Duration;
 
 use crate::storage::serve::backups_access;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kok_crds::{BackupPhase, MigrationShape, MigrationStatus, UpgradeStrategy};
+use kok_crds::{BackupPhase, MigrationPhase, MigrationShape, MigrationStatus, UpgradeStrategy};
 use kok_templates::backup::artifact_key;
 use kok_templates::membership::{self, Mover};
 use kok_templates::migration::{self as mig, Decision};
@@ -46,9 +50,31 @@ use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::{verbs, Discovery, Scope};
 use serde_json::json;
 
-use self::kubeconfigs::Kubeconfigs;
-use self::pki::TenantPki;
-use super::*;
+use super::kubeconfigs::Kubeconfigs;
+use super::pki::TenantPki;
+use crate::runtime::apply::apply_child;
+use crate::runtime::apply::check_owner;
+use crate::runtime::conditions;
+use crate::runtime::context::Context;
+use crate::runtime::error::Error;
+use crate::runtime::error::Result;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::Service;
+use kok_crds::condition;
+use kok_crds::TenantCluster;
+use kok_crds::TenantClusterStatus;
+use kok_templates::controlplane::Placement;
+use kok_templates::controlplane::Resolved;
+use kok_templates::controlplane::{self as cp};
+use kube::api::DeleteParams;
+use kube::api::ListParams;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::Api;
+use tracing::info;
+use tracing::warn;
 
 /// How soon a migration looks again.
 const STEP_POLL: Duration = Duration::from_secs(2);
@@ -164,9 +190,8 @@ pub(super) async fn pass(
                     "the spec no longer asks for {}: rolling back to the source",
                     mig::describe(&m.target)
                 );
-                mig::enter(&mut m, mig::ROLLING_BACK, note.clone(), now());
-                publish(
-                    ctx,
+                mig::enter(&mut m, MigrationPhase::RollingBack, note.clone(), now());
+                ctx.publish(
                     tc,
                     EventType::Normal,
                     "MigrationRollingBack",
@@ -208,44 +233,38 @@ pub(super) async fn pass(
         }
     };
 
-    let step = match m.phase.as_str() {
-        mig::PREFLIGHT => preflight(x, &mut m, status).await?,
-        mig::CREATING_TARGET => create_target(ctx, tc, x, &m).await?,
-        mig::FROZEN => freeze(ctx, x, &mut m).await?,
-        mig::COPYING => copy(ctx, tc, x, &mut m).await?,
-        mig::VERIFYING => verify(ctx, tc, x, &mut m).await?,
-        mig::CUTTING_OVER => cut_over(ctx, tc, x, &mut m).await?,
-        mig::ROLLING_BACK => roll_back(ctx, tc, x, &m).await?,
-        _ => return Ok(Outcome::None),
+    let step = match m.phase {
+        MigrationPhase::Preflight => preflight(x, &mut m, status).await?,
+        MigrationPhase::CreatingTarget => create_target(ctx, tc, x, &m).await?,
+        MigrationPhase::Frozen => freeze(ctx, x, &mut m).await?,
+        MigrationPhase::Copying => copy(ctx, tc, x, &mut m).await?,
+        MigrationPhase::Verifying => verify(ctx, tc, x, &mut m).await?,
+        MigrationPhase::CuttingOver => cut_over(ctx, tc, x, &mut m).await?,
+        MigrationPhase::RollingBack => roll_back(ctx, tc, x, &m).await?,
+        MigrationPhase::Completed | MigrationPhase::RolledBack => return Ok(Outcome::None),
     };
-    let from = m.phase.clone();
+    let from = m.phase;
     match step {
         Step::Stay(message) => m.message = Some(message),
         Step::Next(message) => {
-            let next = mig::next_phase(&m.phase);
+            let next = mig::next_phase(m.phase);
             mig::enter(&mut m, next, message.clone(), now());
             let note = format!("migration {from} -> {next}: {message}");
             info!("{note}");
-            publish(ctx, tc, EventType::Normal, "Migration", "Migrate", &note).await;
+            ctx.publish(tc, EventType::Normal, "Migration", "Migrate", &note)
+                .await;
         }
         Step::Abort(why) => {
             let note = format!("migration failed in {from}: {why}; rolling back to the source");
             warn!("{note}");
-            mig::enter(&mut m, mig::ROLLING_BACK, why, now());
+            mig::enter(&mut m, MigrationPhase::RollingBack, why, now());
             // The spec still asks for this target: do not start over.
             m.spec_generation = generation;
-            publish(
-                ctx,
-                tc,
-                EventType::Warning,
-                "MigrationFailed",
-                "Migrate",
-                &note,
-            )
-            .await;
+            ctx.publish(tc, EventType::Warning, "MigrationFailed", "Migrate", &note)
+                .await;
         }
     }
-    if m.phase == mig::COMPLETED && from != mig::COMPLETED {
+    if m.phase == MigrationPhase::Completed && from != MigrationPhase::Completed {
         // The target serves: it is what runs from now on.
         status.etcd_generation = Some(m.target.etcd_generation);
         status.etcd_replicas = Some(m.target.etcd_replicas);
@@ -254,7 +273,7 @@ pub(super) async fn pass(
         status.etcd_cluster_version = None;
         status.etcd_drained_member = None;
     }
-    let finished = mig::finished(&m.phase);
+    let finished = mig::finished(m.phase);
     status.migration = Some(m);
     set_conditions(status, generation);
     if finished {
@@ -280,15 +299,8 @@ async fn open(
     let m = mig::open(running, desired, tc.metadata.generation, now());
     let note = m.message.clone().unwrap_or_default();
     info!("{note}");
-    publish(
-        ctx,
-        tc,
-        EventType::Normal,
-        "MigrationStarted",
-        "Migrate",
-        &note,
-    )
-    .await;
+    ctx.publish(tc, EventType::Normal, "MigrationStarted", "Migrate", &note)
+        .await;
     status.migration = Some(m);
     set_conditions(status, tc.metadata.generation);
     Ok(())
@@ -298,7 +310,7 @@ async fn open(
 /// down for writes from the freeze to the cut over).
 fn set_conditions(status: &mut TenantClusterStatus, generation: Option<i64>) {
     let Some(m) = &status.migration else { return };
-    if mig::finished(&m.phase) {
+    if mig::finished(m.phase) {
         return;
     }
     let message = format!(

@@ -1,39 +1,28 @@
 //! The TenantCluster reconciler: validate -> Services -> PKI -> workloads -> status.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Secret, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kok_crds::{
-    condition, EtcdRestore, RestorePhase, ServiceType, TenantCluster, TenantClusterStatus,
-    UpgradeStrategy,
-};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Secret;
+use kok_crds::{condition, TenantCluster, TenantClusterStatus, UpgradeStrategy};
 use kok_templates::controlplane::{self as cp, Placement, Resolved};
 use kok_templates::etcd_scale;
-use kok_templates::flags::APISERVER_PORT;
 use kok_templates::membership::{self, Mover};
-use kok_templates::names::{tenant_names, tenant_selector, Names};
-use kok_templates::pki::{kubeconfig, CaKind};
-use kok_templates::secrets;
-use kok_templates::tenant_status::{self, Observed, WorkloadRollout};
-use kok_templates::validate::{describe, validate, validate_name};
-use kube::api::{DeleteParams, ListParams};
+use kok_templates::names::tenant_names;
+use kok_templates::pki::CaKind;
+use kok_templates::tenant_status::{self};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use self::health as tenant_health;
-use crate::runtime::apply::{apply, apply_child, check_owner};
 use crate::runtime::conditions;
 use crate::runtime::context::Context;
 use crate::runtime::error::{Error, Result};
-use crate::runtime::lenient::Lenient;
 use crate::runtime::status::{apply_status, manager};
 
 mod access;
@@ -57,15 +46,9 @@ mod workloads;
 use self::admit::{admit, Admission};
 pub use self::cleanup::kept_volumes_problem;
 use self::cleanup::{check_kept_volumes, cleanup};
-use self::etcd_roll::EtcdRoll;
 use self::pki::{self as tenant_pki, config_hashes, pki_inputs};
 pub use self::services::Endpoint;
-use self::workloads::{first_image, image_tag};
-use kok_templates::upgrade_plan::{
-    self, track_upgrade, Rolled, Running, PHASE_COMPLETED, PHASE_PREFLIGHT,
-};
 use kok_templates::validate::ValidSpec;
-use kok_templates::version::KubeVersion;
 
 pub const FINALIZER: &str = "kok.dev/cleanup";
 const CONTROLLER: &str = "tenantcluster";
@@ -77,9 +60,6 @@ const RESYNC: Duration = Duration::from_secs(30);
 const PROGRESS_POLL: Duration = Duration::from_secs(3);
 /// How often a stalled tenant is looked at without an edit.
 const STALLED_RECHECK: Duration = Duration::from_secs(300);
-/// How long a recreated Service waits for its old ClusterIP to be released
-/// before it takes a new one (which would invalidate certificates and pins).
-const CLUSTER_IP_REUSE_WINDOW: Duration = Duration::from_secs(60);
 
 #[instrument(skip_all, fields(tenant = %tc.name_any(), ns = tc.namespace().unwrap_or_default()))]
 pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Action> {
@@ -177,7 +157,8 @@ async fn report_error(tc: &TenantCluster, error: &Error, ctx: &Context) {
     if let Err(e) = patch_status(ctx, tc, &old, status).await {
         warn!(error = %e, "could not record the reconcile error in status");
     }
-    publish(ctx, tc, EventType::Warning, reason, "Reconcile", &message).await;
+    ctx.publish(tc, EventType::Warning, reason, "Reconcile", &message)
+        .await;
 }
 
 pub fn error_policy(tc: Arc<TenantCluster>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -247,7 +228,14 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
                 Error::CorruptCa { .. } => "CorruptCA",
                 _ => "UnusableEncryptionKey",
             };
-            publish(ctx, &tc, EventType::Warning, reason, "EnsurePKI", &message).await;
+            ctx.publish(
+                tc.as_ref(),
+                EventType::Warning,
+                reason,
+                "EnsurePKI",
+                &message,
+            )
+            .await;
             let c = &mut status.conditions;
             let g = generation;
             conditions::set(c, condition::CERTIFICATES, false, reason, &message, g);
@@ -265,7 +253,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
             .collect::<Vec<_>>()
             .join(", ");
         let (t, r) = (EventType::Normal, "CertificatesIssued");
-        publish(ctx, &tc, t, r, "EnsurePKI", &issued).await;
+        ctx.publish(tc.as_ref(), t, r, "EnsurePKI", &issued).await;
     }
 
     // 4. Kubeconfigs.
@@ -411,7 +399,14 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
                 let note = format!("{} {:?} {}", t.pod, t.problem, t.permanent);
                 if ctx.first_saying(&key, &note) {
                     let reason = t.problem.reason();
-                    publish(ctx, &tc, EventType::Warning, reason, "Observe", &t.message).await;
+                    ctx.publish(
+                        tc.as_ref(),
+                        EventType::Warning,
+                        reason,
+                        "Observe",
+                        &t.message,
+                    )
+                    .await;
                 }
             }
             // Said again when it comes back after the pods ran.
@@ -453,7 +448,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         if let Some(note) = failed {
             if ctx.first_saying(&format!("node-bootstrap/{}/{name}", p.namespace), &note) {
                 let (t, r) = (EventType::Warning, "NodeBootstrapFailed");
-                publish(ctx, &tc, t, r, "Nodes", &note).await;
+                ctx.publish(tc.as_ref(), t, r, "Nodes", &note).await;
             }
         }
     }
@@ -599,7 +594,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     match &backup_refused {
         Some(why) if ctx.first_saying(&refusal_key, why) => {
             let (t, r) = (EventType::Warning, "BackupDestinationRefused");
-            publish(ctx, &tc, t, r, "Backup", why).await;
+            ctx.publish(tc.as_ref(), t, r, "Backup", why).await;
         }
         Some(_) => {}
         None => {
@@ -609,9 +604,8 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     if became_ready {
         info!("tenant control plane ready");
         let (t, r) = (EventType::Normal, "Ready");
-        publish(
-            ctx,
-            &tc,
+        ctx.publish(
+            tc.as_ref(),
             t,
             r,
             "Reconcile",
@@ -628,7 +622,7 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
             .and_then(|s| s.message.as_deref());
         if before != Some(why.as_str()) {
             let (t, r) = (EventType::Warning, "EtcdScalingBlocked");
-            publish(ctx, &tc, t, r, "ScaleEtcd", why).await;
+            ctx.publish(tc.as_ref(), t, r, "ScaleEtcd", why).await;
         }
     }
     if let scale::Scaling::Blocked(_) = scaling {
@@ -685,26 +679,6 @@ async fn patch_status(
     // out, a stale copy from this reconcile cannot roll it back.
     new.backup = None;
     apply_status(&api, tc, manager::TENANT, &new).await
-}
-
-async fn publish(
-    ctx: &Context,
-    tc: &TenantCluster,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: &str,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &tc.object_ref(&())).await {
-        warn!(error = %e, reason, "could not publish event");
-    }
 }
 
 #[cfg(test)]

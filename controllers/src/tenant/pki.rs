@@ -284,7 +284,7 @@ pub(super) fn pki_inputs(
             .status
             .as_ref()
             .and_then(|s| s.migration.as_ref())
-            .filter(|m| kok_templates::migration::builds_target(&m.phase))
+            .filter(|m| kok_templates::migration::builds_target(m.phase))
             .map(|m| {
                 let target = p.names.at_etcd_generation(m.target.etcd_generation);
                 (m.target.etcd_generation, etcd_sans_of(&target))

@@ -5,11 +5,10 @@
 //! member already removed is found, not repeated), so a restarted operator
 //! whose last status write was lost resumes.
 
-use etcd_client::MemberAddOptions;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kok_crds::{EtcdScaling, TenantCluster, TenantClusterStatus};
+use kok_crds::{EtcdScaling, ScalingPhase, TenantCluster, TenantClusterStatus};
 use kok_templates::controlplane::{Placement, ETCD_PEER_PORT};
 use kok_templates::etcd_scale::{self as es, Move};
 use kok_templates::restore::member_claim;
@@ -17,6 +16,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tracing::info;
 
+use crate::etcd::membership::{Membership, Removal, Withdrawal};
 use crate::etcd::EtcdAccess;
 use crate::runtime::apply::only_uid;
 use crate::runtime::context::Context;
@@ -51,9 +51,10 @@ pub(super) async fn step(
         // over from the count reached.
         Some(s)
             if !es::towards(&s, target)
-                && (s.phase == es::ADDING_LEARNER || s.phase == es::DRAINING) =>
+                && (s.phase == ScalingPhase::AddingLearner
+                    || s.phase == ScalingPhase::Draining) =>
         {
-            if s.phase == es::ADDING_LEARNER {
+            if s.phase == ScalingPhase::AddingLearner {
                 // Added in a pass whose record was lost: never started, so
                 // removed (it would hold etcd's one learner slot).
                 drop_unstarted_learner(ctx, tc, p, serving, s.member).await?;
@@ -64,33 +65,22 @@ pub(super) async fn step(
         Some(s) => s,
         None => return open(ctx, tc, serving, target, status).await,
     };
-    let outcome = match s.phase.as_str() {
-        es::ADDING_LEARNER => add_learner(ctx, tc, p, &mut s, status).await?,
-        es::JOINING if !es::towards(&s, target) && target <= s.member => {
+    let outcome = match s.phase {
+        ScalingPhase::AddingLearner => add_learner(ctx, tc, p, &mut s, status).await?,
+        ScalingPhase::Joining if !es::towards(&s, target) && target <= s.member => {
             withdraw_learner(ctx, tc, p, &mut s, status).await?
         }
-        es::JOINING => promote(ctx, tc, p, &mut s, status).await?,
-        es::DRAINING => {
+        ScalingPhase::Joining => promote(ctx, tc, p, &mut s, status).await?,
+        ScalingPhase::Draining => {
             if super::etcd_roll::apiservers_off(ctx, &p.namespace, &p.names, s.member).await? {
-                s.phase = es::REMOVING.into();
+                s.phase = ScalingPhase::Removing;
                 s.message = None;
             } else {
                 s.message = Some("waiting for the apiservers to stop dialling it".into());
             }
             Step::Wait
         }
-        es::REMOVING => remove(ctx, tc, p, &mut s, status).await?,
-        other => {
-            s.message = Some(format!("unknown phase {other}; starting over"));
-            s.phase = match es::next_move(serving, s.to) {
-                Some(m) => es::first_phase(m).into(),
-                None => {
-                    status.etcd_scaling = None;
-                    return Ok(Scaling::Idle);
-                }
-            };
-            Step::Wait
-        }
+        ScalingPhase::Removing => remove(ctx, tc, p, &mut s, status).await?,
     };
     match outcome {
         Step::Wait => {
@@ -113,7 +103,7 @@ pub(super) async fn step(
                     s.member = match m {
                         Move::Add(i) | Move::Remove(i) => i,
                     };
-                    s.phase = es::first_phase(m).into();
+                    s.phase = es::first_phase(m);
                     s.to = target;
                     s.learner_id = None;
                     s.message = None;
@@ -130,7 +120,7 @@ pub(super) async fn step(
                         s.from
                     );
                     info!("{note}");
-                    super::publish(ctx, tc, EventType::Normal, "EtcdScaled", "ScaleEtcd", &note)
+                    ctx.publish(tc, EventType::Normal, "EtcdScaled", "ScaleEtcd", &note)
                         .await;
                     status.etcd_scaling = None;
                     Ok(Scaling::Idle)
@@ -164,36 +154,18 @@ async fn open(
         from: serving,
         to: target,
         member,
-        phase: es::first_phase(m).into(),
+        phase: es::first_phase(m),
         learner_id: None,
         start_time: Time(Timestamp::now()),
         message: None,
     };
     let note = format!("scaling etcd from {serving} to {target} members, one member at a time");
     info!("{note}");
-    super::publish(
-        ctx,
-        tc,
-        EventType::Normal,
-        "EtcdScaling",
-        "ScaleEtcd",
-        &note,
-    )
-    .await;
+    ctx.publish(tc, EventType::Normal, "EtcdScaling", "ScaleEtcd", &note)
+        .await;
     let message = es::describe(&s);
     status.etcd_scaling = Some(s);
     Ok(Scaling::Moving(message))
-}
-
-/// The member whose peer URL is `url` (how a member kok added is found
-/// again: its name is empty until it started).
-fn with_peer_url<'a>(
-    members: &'a [etcd_client::Member],
-    url: &str,
-) -> Option<&'a etcd_client::Member> {
-    members
-        .iter()
-        .find(|m| m.peer_urls().iter().any(|u| u == url))
 }
 
 fn peer_url(p: &Placement, i: i32) -> String {
@@ -257,8 +229,7 @@ async fn add_learner(
             let note = format!(
                 "deleted {claim_name}, kept from the scale-down that removed its member, so member {k} starts on a fresh volume"
             );
-            super::publish(
-                ctx,
+            ctx.publish(
                 tc,
                 EventType::Normal,
                 "RetiredClaimDeleted",
@@ -287,41 +258,26 @@ async fn add_learner(
         ));
         return Ok(Step::Wait);
     }
-    let mut client = serving.connect().await.map_err(etcd_err)?;
-    let url = peer_url(p, k);
-    let list = client.member_list().await.map_err(etcd_err)?;
-    let id = match with_peer_url(list.members(), &url) {
-        // Added in a pass whose record was not written: resume.
-        Some(m) => m.id(),
-        None => {
-            let options = MemberAddOptions::new().with_is_learner();
-            match client.member_add([url.as_str()], Some(options)).await {
-                Ok(added) => added.member().map(|m| m.id()).unwrap_or_default(),
-                Err(e) => {
-                    // Right after a promotion etcd refuses a new member for
-                    // a few seconds (measured: about 7 s) while the
-                    // promoted one settles: asked again next pass.
-                    s.message = Some(format!("etcd does not take a learner yet: {e}"));
-                    return Ok(Step::Wait);
-                }
-            }
+    let mut membership = Membership::read(&serving).await.map_err(etcd_err)?;
+    // Found again if it was added in a pass whose record was not written.
+    let id = match membership.add_learner(&peer_url(p, k)).await {
+        Ok(id) => id,
+        Err(e) => {
+            // Right after a promotion etcd refuses a new member for a few
+            // seconds (measured: about 7 s) while the promoted one
+            // settles: asked again next pass.
+            s.message = Some(format!("etcd does not take a learner yet: {e}"));
+            return Ok(Step::Wait);
         }
     };
     s.learner_id = Some(format!("{id:x}"));
-    s.phase = es::JOINING.into();
+    s.phase = ScalingPhase::Joining;
     s.message = Some("starting it; promoted once it caught up".into());
     status.etcd_replicas = Some(k + 1);
     let note = format!("added {} as a learner ({id:x})", p.names.etcd_member(k));
     info!("{note}");
-    super::publish(
-        ctx,
-        tc,
-        EventType::Normal,
-        "EtcdMemberAdded",
-        "ScaleEtcd",
-        &note,
-    )
-    .await;
+    ctx.publish(tc, EventType::Normal, "EtcdMemberAdded", "ScaleEtcd", &note)
+        .await;
     Ok(Step::Wait)
 }
 
@@ -335,24 +291,19 @@ async fn promote(
 ) -> Result<Step> {
     let k = s.member;
     let voters = members(ctx, tc, p, k + 1, Some(k)).await?;
-    let mut client = voters.connect().await.map_err(etcd_err)?;
-    let url = peer_url(p, k);
-    let list = client.member_list().await.map_err(etcd_err)?;
-    let Some(member) = with_peer_url(list.members(), &url) else {
+    let mut membership = Membership::read(&voters).await.map_err(etcd_err)?;
+    let Some(id) = membership.with_peer_url(&peer_url(p, k)).map(|m| m.id()) else {
         // Not in the membership (removed by hand?): add it again.
-        s.phase = es::ADDING_LEARNER.into();
+        s.phase = ScalingPhase::AddingLearner;
         status.etcd_replicas = Some(k);
         s.message = Some("the learner left the membership; adding it again".into());
         return Ok(Step::Wait);
     };
-    let id = member.id();
-    if member.is_learner() {
-        if let Err(e) = client.member_promote(id).await {
-            // "can only promote a learner member which is in sync with
-            // leader": its pod is starting or still receiving the snapshot.
-            s.message = Some(format!("waiting for the learner to catch up: {e}"));
-            return Ok(Step::Wait);
-        }
+    if let Err(e) = membership.promote(id).await {
+        // Not in sync with the leader yet: its pod is starting or still
+        // receiving the snapshot.
+        s.message = Some(format!("waiting for the learner to catch up: {e}"));
+        return Ok(Step::Wait);
     }
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &p.namespace);
     let claim_name = member_claim(&p.names, k);
@@ -364,8 +315,7 @@ async fn promote(
         p.names.etcd_member(k)
     );
     info!("{note}");
-    super::publish(
-        ctx,
+    ctx.publish(
         tc,
         EventType::Normal,
         "EtcdMemberPromoted",
@@ -387,18 +337,14 @@ async fn withdraw_learner(
 ) -> Result<Step> {
     let k = s.member;
     let voters = members(ctx, tc, p, k + 1, Some(k)).await?;
-    let mut client = voters.connect().await.map_err(etcd_err)?;
-    let url = peer_url(p, k);
-    let list = client.member_list().await.map_err(etcd_err)?;
-    if let Some(m) = with_peer_url(list.members(), &url) {
-        if !m.is_learner() {
-            // Promoted meanwhile: it is a voter now, removed the usual way.
-            return promote(ctx, tc, p, s, status).await;
-        }
-        client
-            .member_remove(m.id())
-            .await
-            .map_err(|e| Error::Etcd(format!("removing learner {k}: {e}")))?;
+    let mut membership = Membership::read(&voters).await.map_err(etcd_err)?;
+    let withdrawn = membership
+        .withdraw_learner(&peer_url(p, k))
+        .await
+        .map_err(|e| Error::Etcd(format!("removing learner {k}: {e}")))?;
+    if withdrawn == Withdrawal::Voting {
+        // Promoted meanwhile: it is a voter now, removed the usual way.
+        return promote(ctx, tc, p, s, status).await;
     }
     retire(ctx, p, k, status).await?;
     Ok(Step::MemberDone)
@@ -417,7 +363,7 @@ async fn remove(
 ) -> Result<Step> {
     let k = s.member;
     if !super::etcd_roll::apiservers_off(ctx, &p.namespace, &p.names, k).await? {
-        s.phase = es::DRAINING.into();
+        s.phase = ScalingPhase::Draining;
         s.message = Some("the apiservers dial it again; draining".into());
         return Ok(Step::Wait);
     }
@@ -431,16 +377,13 @@ async fn remove(
         .map(|m| m.name)
         .collect();
     let healthy = healthy_names.len();
-    let mut client = others.connect().await.map_err(etcd_err)?;
-    let url = peer_url(p, k);
-    let list = client.member_list().await.map_err(etcd_err)?;
-    let voting = list.members().iter().filter(|m| !m.is_learner()).count();
-    let Some(target) = with_peer_url(list.members(), &url) else {
+    let mut membership = Membership::read(&others).await.map_err(etcd_err)?;
+    let voting = membership.voting();
+    let Some(id) = membership.with_peer_url(&peer_url(p, k)).map(|m| m.id()) else {
         // Removed in a pass whose record was not written.
         retire(ctx, p, k, status).await?;
         return Ok(Step::MemberDone);
     };
-    let id = target.id();
     if !kok_templates::membership::removal_keeps_quorum(voting, healthy) {
         s.message = Some(format!(
             "waiting: only {healthy} of the other {} members are healthy",
@@ -448,42 +391,29 @@ async fn remove(
         ));
         return Ok(Step::Wait);
     }
-    let leader = client.status().await.map_err(etcd_err)?.leader();
-    if leader == id {
-        // Removing the leader costs an election with writes stalled;
-        // handing leadership over first does not.
-        let successor = list
-            .members()
-            .iter()
-            .find(|m| {
-                m.id() != id && !m.is_learner() && healthy_names.iter().any(|n| n == m.name())
-            })
-            .map(|m| m.id());
-        let own = all
-            .members
-            .iter()
-            .find(|m| m.tls_name.as_deref() == Some(p.names.etcd_member(k).as_str()));
-        if let (Some(to), Some(own)) = (successor, own) {
-            let mut on_leader = all.connect_member(own).await.map_err(etcd_err)?;
-            on_leader
-                .move_leader(to)
-                .await
-                .map_err(|e| Error::Etcd(format!("moving etcd leadership off member {k}: {e}")))?;
-            s.message = Some(format!("leadership moved to {to:x}"));
-            return Ok(Step::Wait);
-        }
-    }
-    client
-        .member_remove(id)
+    let successor = membership
+        .members()
+        .iter()
+        .find(|m| m.id() != id && !m.is_learner() && healthy_names.iter().any(|n| n == m.name()))
+        .map(|m| m.id());
+    let own = all
+        .members
+        .iter()
+        .find(|m| m.tls_name.as_deref() == Some(p.names.etcd_member(k).as_str()));
+    let removal = membership
+        .remove_voter(id, &all, own, successor)
         .await
         .map_err(|e| Error::Etcd(format!("removing member {k}: {e}")))?;
+    if let Removal::LeadershipMoved(to) = removal {
+        s.message = Some(format!("leadership moved to {to:x}"));
+        return Ok(Step::Wait);
+    }
     let note = format!(
         "removed {} ({id:x}) from the cluster",
         p.names.etcd_member(k)
     );
     info!("{note}");
-    super::publish(
-        ctx,
+    ctx.publish(
         tc,
         EventType::Normal,
         "EtcdMemberRemoved",
@@ -505,15 +435,11 @@ async fn drop_unstarted_learner(
     k: i32,
 ) -> Result<()> {
     let voters = members(ctx, tc, p, serving, None).await?;
-    let mut client = voters.connect().await.map_err(etcd_err)?;
-    let url = peer_url(p, k);
-    let list = client.member_list().await.map_err(etcd_err)?;
-    if let Some(m) = with_peer_url(list.members(), &url).filter(|m| m.is_learner()) {
-        client
-            .member_remove(m.id())
-            .await
-            .map_err(|e| Error::Etcd(format!("removing learner {k}: {e}")))?;
-    }
+    let mut membership = Membership::read(&voters).await.map_err(etcd_err)?;
+    membership
+        .withdraw_learner(&peer_url(p, k))
+        .await
+        .map_err(|e| Error::Etcd(format!("removing learner {k}: {e}")))?;
     Ok(())
 }
 

@@ -1,7 +1,30 @@
 //! The tenant's Services: their ClusterIPs pin every name the components
 //! dial, so a recreated Service gets its old address back when it can.
 
-use super::*;
+use crate::runtime::apply::apply;
+use crate::runtime::apply::check_owner;
+use crate::runtime::context::Context;
+use crate::runtime::error::Error;
+use crate::runtime::error::Result;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::Service;
+use kok_crds::ServiceType;
+use kok_crds::TenantCluster;
+use kok_templates::controlplane::Placement;
+use kok_templates::controlplane::{self as cp};
+use kok_templates::flags::APISERVER_PORT;
+use kube::api::ListParams;
+use kube::Api;
+use std::collections::HashMap;
+use std::time::Duration;
+use tracing::info;
+use tracing::warn;
+
+/// How long a recreated Service waits for its old ClusterIP to be released
+/// before it takes a new one (which would invalidate certificates and pins).
+const CLUSTER_IP_REUSE_WINDOW: Duration = Duration::from_secs(60);
 
 /// The addresses the rest of the control plane is built on.
 pub(super) struct Network {

@@ -7,16 +7,35 @@
 //! from the upgrade's start time, so an operator restarted during the
 //! preflight finds the backup it created instead of taking another.
 
+use super::etcd_roll;
+use super::workloads::{first_image, image_tag};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kok_crds::{BackupPhase, EtcdBackup, EtcdBackupSpec, UpgradeStatus};
+use kok_crds::{BackupPhase, EtcdBackup, EtcdBackupSpec, UpgradePhase, UpgradeStatus};
 use kok_templates::backup::TENANT_UID_LABEL;
 use kok_templates::names::TENANT_LABEL;
 use kok_templates::nodes::kubelet_skew_problem;
 use kok_templates::tenant_status::{OpenUpgrade, Verdict};
+use kok_templates::upgrade_plan::{self, track_upgrade, Rolled, Running};
 use kok_templates::upgrade_plan::{note_step, preflight_backup_name, Rendering};
+use kok_templates::validate::ValidSpec;
+use kok_templates::version::KubeVersion;
 use kube::api::ObjectMeta;
+use kube::ResourceExt;
 
-use super::*;
+use crate::runtime::context::Context;
+use crate::runtime::error::Error;
+use crate::runtime::error::Result;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kok_crds::TenantCluster;
+use kok_crds::TenantClusterStatus;
+use kok_templates::controlplane::Placement;
+use kok_templates::controlplane::{self as cp};
+use kok_templates::tenant_status::WorkloadRollout;
+use kube::runtime::events::EventType;
+use kube::Api;
+use std::time::Duration;
+use tracing::warn;
 
 /// How long an upgrade step may go without moving before it is reported as stuck.
 const UPGRADE_STUCK_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -83,7 +102,7 @@ pub(super) async fn plan_pass(
         etcd: rendering.target_etcd_tag.clone(),
     };
     let preflight_passed = status.upgrade.as_ref().is_some_and(|u| {
-        u.phase != PHASE_COMPLETED && u.to == desired.to_string() && u.preflight_passed
+        u.phase != UpgradePhase::Completed && u.to == desired.to_string() && u.preflight_passed
     });
     // With the Migrate strategy nothing is upgraded in place: a migration
     // moves the tenant, and until it does everything stays on what runs.
@@ -177,7 +196,7 @@ pub(super) async fn record(
     if let Some(u) = status
         .upgrade
         .as_mut()
-        .filter(|u| pass.holding && u.phase != PHASE_COMPLETED)
+        .filter(|u| pass.holding && u.phase != UpgradePhase::Completed)
     {
         let skew = kubelets.and_then(|k| {
             let target = pass.desired.kube.parse().ok()?;
@@ -191,8 +210,8 @@ pub(super) async fn record(
             ),
             None => preflight(ctx, tc, u, healthy_on_what_runs).await?,
         };
-        if u.phase != PHASE_PREFLIGHT {
-            u.phase = PHASE_PREFLIGHT.into();
+        if u.phase != UpgradePhase::Preflight {
+            u.phase = UpgradePhase::Preflight;
             u.last_progress_time = Some(now.clone());
         }
         if backup.is_some() {
@@ -213,11 +232,11 @@ pub(super) async fn record(
         u.message = Some(format!("preflight: {note}"));
         u.preflight = Some(note);
     }
-    let moved = |u: &UpgradeStatus| (u.to.clone(), u.phase.clone(), u.step);
+    let moved = |u: &UpgradeStatus| (u.to.clone(), u.phase, u.step);
     if was.as_ref().map(moved) != status.upgrade.as_ref().map(moved) {
         if let Some(u) = &status.upgrade {
-            let note = match u.phase.as_str() {
-                PHASE_COMPLETED => format!("upgrade to {} completed", u.to),
+            let note = match u.phase {
+                UpgradePhase::Completed => format!("upgrade to {} completed", u.to),
                 phase => format!(
                     "upgrade from {} to {}: {phase}, step {}/{}",
                     u.from,
@@ -226,17 +245,18 @@ pub(super) async fn record(
                     u.plan.len().max(1)
                 ),
             };
-            publish(ctx, tc, EventType::Normal, "Upgrade", "Upgrade", &note).await;
+            ctx.publish(tc, EventType::Normal, "Upgrade", "Upgrade", &note)
+                .await;
         }
     }
     Ok(status
         .upgrade
         .as_ref()
-        .filter(|u| u.phase != PHASE_COMPLETED)
+        .filter(|u| u.phase != UpgradePhase::Completed)
         .map(|u| OpenUpgrade {
             from: u.from.clone(),
             to: u.to.clone(),
-            doing: u.message.clone().unwrap_or_else(|| u.phase.clone()),
+            doing: u.message.clone().unwrap_or_else(|| u.phase.to_string()),
             stuck: stuck(u),
             preflight_failed,
         }))

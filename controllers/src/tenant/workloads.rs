@@ -3,11 +3,29 @@
 //! and scheduler once an apiserver is available), afterwards every one on
 //! every pass so drift is put back.
 
-use super::*;
+use super::etcd_roll::{self, EtcdRoll};
+use crate::runtime::apply::apply_child;
+use crate::runtime::context::Context;
+use crate::runtime::error::Result;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kok_crds::condition;
+use kok_crds::TenantCluster;
+use kok_templates::controlplane::Placement;
+use kok_templates::controlplane::Resolved;
+use kok_templates::controlplane::{self as cp};
 use kok_templates::names;
+use kok_templates::names::tenant_selector;
 use kok_templates::pod_trouble::{self, PodTrouble};
+use kok_templates::tenant_status::Observed;
+use kok_templates::tenant_status::WorkloadRollout;
 use kok_templates::upgrade_plan::Rendering;
+use kok_templates::validate::ValidSpec;
+use kube::api::ListParams;
+use kube::Api;
+use kube::ResourceExt;
 
 /// The workloads as the API server stored them this pass.
 pub(super) struct Live {

@@ -93,8 +93,12 @@ async fn run(client: &Client, target: &str, label: &str, objects: usize, bytes_e
             .and_then(|t| t.status)
             .and_then(|s| s.migration);
         if let Some(m) = m {
-            if phases.last().map(|(p, _)| p != &m.phase).unwrap_or(true) {
-                phases.push((m.phase.clone(), started.elapsed().as_secs_f64()));
+            if phases
+                .last()
+                .map(|(p, _)| *p != m.phase.as_str())
+                .unwrap_or(true)
+            {
+                phases.push((m.phase.to_string(), started.elapsed().as_secs_f64()));
             }
             if m.phase == "Completed" {
                 break m;
