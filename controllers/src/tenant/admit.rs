@@ -22,7 +22,11 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::Api;
 use kube::ResourceExt;
+use std::time::Duration;
 use tracing::warn;
+
+/// How often a stalled tenant is looked at without an edit.
+const STALLED_RECHECK: Duration = Duration::from_secs(300);
 
 /// Whether this pass may act.
 pub(super) enum Admission {
@@ -93,7 +97,7 @@ pub(super) async fn admit(
             conditions::set(c, condition::READY, false, reason, message, generation);
             let r = "the control plane is stopped until someone acts";
             conditions::set(c, condition::RECONCILING, false, reason, r, generation);
-            return Ok(Admission::Hold(Action::requeue(super::STALLED_RECHECK)));
+            return Ok(Admission::Hold(Action::requeue(STALLED_RECHECK)));
         }
         let r = "RestoreInProgress";
         let doing =

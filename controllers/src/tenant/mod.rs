@@ -58,8 +58,6 @@ const CONTROLLER: &str = "tenantcluster";
 const RESYNC: Duration = Duration::from_secs(30);
 /// How often a tenant that is still coming up is looked at.
 const PROGRESS_POLL: Duration = Duration::from_secs(3);
-/// How often a stalled tenant is looked at without an edit.
-const STALLED_RECHECK: Duration = Duration::from_secs(300);
 
 #[instrument(skip_all, fields(tenant = %tc.name_any(), ns = tc.namespace().unwrap_or_default()))]
 pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Action> {
