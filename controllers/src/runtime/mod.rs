@@ -7,6 +7,7 @@ pub mod context;
 pub mod error;
 pub mod leader;
 pub mod lenient;
+pub mod paged;
 pub mod probe;
 pub mod status;
 pub mod telemetry;

@@ -39,6 +39,7 @@ use crate::etcd::EtcdAccess;
 use crate::runtime::conditions;
 use crate::runtime::context::Context;
 use crate::runtime::lenient::Lenient;
+use crate::runtime::paged::Pages;
 
 /// Annotation whose change asks for an inspection now.
 pub const INSPECT_ANNOTATION: &str = "kok.dev/inspect";
@@ -398,10 +399,9 @@ async fn migrate_stored_versions(
     let resource = ApiResource::from_gvk_with_plural(&gvk, &def.spec.names.plural);
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let mut rewritten = 0u64;
-    let mut lp = ListParams::default().limit(LARGE_OBJECT_PAGE);
-    loop {
-        let page = api.list(&lp).await.map_err(|e| e.to_string())?;
-        for obj in &page.items {
+    let mut pages = Pages::new(&api, ListParams::default().limit(LARGE_OBJECT_PAGE));
+    while let Some(page) = pages.next().await {
+        for obj in &page.map_err(|e| e.to_string())? {
             let ns = obj.namespace();
             let scoped: Api<DynamicObject> = match &ns {
                 Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
@@ -417,10 +417,6 @@ async fn migrate_stored_versions(
                         || crate::runtime::api::is_not_found(&e) => {}
                 Err(e) => return Err(format!("rewriting {}: {e}", obj.name_any())),
             }
-        }
-        match page.metadata.continue_ {
-            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
-            _ => break,
         }
     }
     let patch = serde_json::json!({"status": {"storedVersions": [storage]}});
@@ -445,27 +441,24 @@ where
     let mut out = Vec::new();
     let mut undecodable = 0;
     // A caller's smaller page (Secrets) stands.
-    let mut lp = match lp.limit {
+    let lp = match lp.limit {
         Some(_) => lp,
         None => lp.limit(PAGE),
     };
-    loop {
-        let page = match api.list(&lp).await {
-            Ok(page) => page,
+    let mut pages = Pages::new(&api, lp);
+    while let Some(page) = pages.next().await {
+        let items = match page {
+            Ok(items) => items,
             Err(e) => {
                 errors.push(format!("{what}: {e}"));
                 return None;
             }
         };
-        for item in page.items {
+        for item in items {
             match item.object {
                 Ok(k) => out.extend(keep(k)),
                 Err(_) => undecodable += 1,
             }
-        }
-        match page.metadata.continue_ {
-            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
-            _ => break,
         }
     }
     if undecodable > 0 {

@@ -33,6 +33,7 @@ use kok_templates::validate::ValidSpec;
 use kube::ResourceExt;
 use std::time::Duration;
 
+use crate::runtime::paged::Pages;
 use crate::storage::serve::backups_access;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -503,13 +504,9 @@ async fn rewrite_all(
                 continue;
             }
             let all: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-            let mut lp = ListParams::default().limit(REWRITE_PAGE);
-            loop {
-                let page = all
-                    .list(&lp)
-                    .await
-                    .map_err(|e| format!("{}: {e}", ar.plural))?;
-                for obj in &page.items {
+            let mut pages = Pages::new(&all, ListParams::default().limit(REWRITE_PAGE));
+            while let Some(page) = pages.next().await {
+                for obj in &page.map_err(|e| format!("{}: {e}", ar.plural))? {
                     let name = obj.metadata.name.clone().unwrap_or_default();
                     let api: Api<DynamicObject> = match (&caps.scope, &obj.metadata.namespace) {
                         (Scope::Namespaced, Some(ns)) => {
@@ -528,10 +525,6 @@ async fn rewrite_all(
                         }
                         Err(e) => return Err(format!("{} {name}: {e}", ar.plural)),
                     }
-                }
-                match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                    Some(c) => lp = lp.continue_token(&c),
-                    None => break,
                 }
             }
         }
@@ -1048,17 +1041,9 @@ async fn list_every_resource(client: &kube::Client) -> std::result::Result<u64, 
                 continue;
             }
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-            let mut lp = ListParams::default().limit(LIST_PAGE);
-            loop {
-                let page = api
-                    .list_metadata(&lp)
-                    .await
-                    .map_err(|e| format!("{}: {e}", ar.plural))?;
-                n += page.items.len() as u64;
-                match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                    Some(c) => lp = lp.continue_token(&c),
-                    None => break,
-                }
+            let mut pages = Pages::new(&api, ListParams::default().limit(LIST_PAGE));
+            while let Some(page) = pages.next_metadata().await {
+                n += page.map_err(|e| format!("{}: {e}", ar.plural))?.len() as u64;
             }
         }
     }

@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::runtime::apply::apply;
+use crate::runtime::paged::Pages;
 
 /// How often the tenant-side objects are applied again when nothing in
 /// them changed (a change applies at once): the bound on how long a
@@ -175,11 +176,10 @@ pub(super) async fn ensure(
 /// Every Node, read in pages, kept as the few facts status needs.
 pub(super) async fn read(client: &Client) -> Result<Vec<NodeState>, String> {
     let api: Api<Node> = Api::all(client.clone());
-    let mut lp = ListParams::default().limit(PAGE);
+    let mut pages = Pages::new(&api, ListParams::default().limit(PAGE));
     let mut out = Vec::new();
-    loop {
-        let page = api.list(&lp).await.map_err(|e| format!("Nodes: {e}"))?;
-        for n in page.items {
+    while let Some(page) = pages.next().await {
+        for n in page.map_err(|e| format!("Nodes: {e}"))? {
             let status = n.status.clone().unwrap_or_default();
             out.push(NodeState {
                 name: n.name_any(),
@@ -193,10 +193,6 @@ pub(super) async fn read(client: &Client) -> Result<Vec<NodeState>, String> {
                     .map(|i| i.kubelet_version)
                     .unwrap_or_default(),
             });
-        }
-        match page.metadata.continue_ {
-            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
-            _ => break,
         }
     }
     Ok(out)
