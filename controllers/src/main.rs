@@ -279,12 +279,24 @@ async fn run() -> anyhow::Result<()> {
         watched if watched.is_empty() => vec![None],
         watched => watched.into_iter().map(Some).collect(),
     };
+    // A watched namespace kok may not read (deleted, so its RoleBinding went
+    // with it, or not made yet) is only warned about: its watches retry with
+    // backoff, and every other namespace is served. Only no CRD, or no right
+    // anywhere, stops the operator.
+    let mut readable = 0;
     for scope in &scopes {
         let tenants: Api<Lenient<TenantCluster>> = scoped(&client, scope.as_deref());
-        if let Err(e) = tenants.list(&ListParams::default().limit(1)).await {
-            let where_ = scope.as_deref().unwrap_or("any namespace");
-            anyhow::bail!("cannot list TenantClusters in {where_} ({e}); is the CRD installed (kubectl apply -f crds/crds.yaml), and may kok read there?");
+        let where_ = scope.as_deref().unwrap_or("any namespace");
+        match tenants.list(&ListParams::default().limit(1)).await {
+            Ok(_) => readable += 1,
+            Err(kube::Error::Api(e)) if e.code == 403 && scope.is_some() => {
+                warn!(namespace = where_, error = %e, "cannot read TenantClusters in a watched namespace (deleted, or not bound yet); its watches retry")
+            }
+            Err(e) => anyhow::bail!("cannot list TenantClusters in {where_} ({e}); is the CRD installed (kubectl apply -f crds/crds.yaml), and may kok read there?"),
         }
+    }
+    if readable == 0 {
+        anyhow::bail!("kok may read TenantClusters in none of the namespaces it watches ({:?}); see the chart's watchNamespaces", scopes);
     }
     info!(namespaces = ?scopes, "watching");
 

@@ -41,7 +41,12 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let client = client().await;
-    let name = format!("e2e-{prefix}-{}", unique_suffix());
+    // Namespaced mode (`hack/e2e-run --namespaced`): the runner hands each
+    // test a namespace the operator was deployed to watch, made already.
+    let name = std::env::var("KOK_E2E_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("e2e-{prefix}-{}", unique_suffix()));
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = Namespace {
         metadata: ObjectMeta {
@@ -51,10 +56,12 @@ where
         },
         ..Default::default()
     };
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap_or_else(|e| panic!("creating test namespace {name}: {e}"));
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        other => {
+            other.unwrap_or_else(|e| panic!("creating test namespace {name}: {e}"));
+        }
+    }
 
     let outcome = tokio::spawn(test(client.clone(), name.clone())).await;
 

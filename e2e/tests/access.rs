@@ -26,7 +26,13 @@ async fn argocd_gets_a_cluster_secret_that_follows_the_tenant() {
             "metadata": {"name": argocd, "labels": {"kok.dev/e2e": "true"}}
         }))
         .unwrap();
-        namespaces.create(&PostParams::default(), &n).await.unwrap();
+        // Made already in namespaced mode, where the operator's Argo CD Role needs it.
+        if let Err(e) = namespaces.create(&PostParams::default(), &n).await {
+            assert!(
+                matches!(&e, kube::Error::Api(s) if s.code == 409),
+                "creating {argocd}: {e}"
+            );
+        }
 
         let mut tc = tenant::dev_tenant("acc", 1);
         tc.spec.access =

@@ -141,7 +141,8 @@ async fn namespaced_mode_acts_only_where_it_may() {
         .expect("listing");
     assert!(stray.items.is_empty(), "no workloads made in {UNWATCHED}");
 
-    for ns in [WATCHED, UNWATCHED] {
+    // deploy-operator --watch made WATCHED-argocd for its Argo CD Role.
+    for ns in [WATCHED, UNWATCHED, "e2e-watched-argocd"] {
         let _ = namespaces.delete(ns, &DeleteParams::background()).await;
     }
 }

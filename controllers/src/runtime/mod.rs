@@ -5,6 +5,8 @@ pub mod apply;
 pub mod conditions;
 pub mod context;
 pub mod error;
+#[cfg(test)]
+pub mod fake_api;
 pub mod leader;
 pub mod lenient;
 pub mod paged;

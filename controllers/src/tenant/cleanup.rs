@@ -32,15 +32,9 @@ pub(super) async fn cleanup(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Act
     let lp = ListParams::default().labels(&selector);
     let dp = DeleteParams::background();
     let c = ctx.client.clone();
-    let remaining = delete_all(&Api::<Deployment>::namespaced(c.clone(), &ns), &dp, &lp).await?
-        + delete_all(&Api::<StatefulSet>::namespaced(c.clone(), &ns), &dp, &lp).await?
-        + delete_all(&Api::<Service>::namespaced(c.clone(), &ns), &dp, &lp).await?
-        + delete_all(&Api::<NetworkPolicy>::namespaced(c.clone(), &ns), &dp, &lp).await?
-        + delete_all(&Api::<Secret>::namespaced(c.clone(), &ns), &dp, &lp).await?
-        + delete_all(&Api::<ConfigMap>::namespaced(c.clone(), &ns), &dp, &lp).await?;
-    ctx.metrics.forget_tenant(&ns, &tc.name_any());
     // The Argo CD cluster Secret lives in Argo CD's namespace: no owner
-    // reference takes it along.
+    // reference takes it along. First, so that it goes even when kok has no
+    // rights left in a namespace being deleted (namespaced mode).
     if let Some(key) = tc
         .status
         .as_ref()
@@ -49,6 +43,13 @@ pub(super) async fn cleanup(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Act
         let owner = format!("{ns}/{}/{}", tc.name_any(), tc.uid().unwrap_or_default());
         super::access::delete_if_ours(ctx, key, &owner).await?;
     }
+    let remaining = delete_all(&Api::<Deployment>::namespaced(c.clone(), &ns), &dp, &lp).await?
+        + delete_all(&Api::<StatefulSet>::namespaced(c.clone(), &ns), &dp, &lp).await?
+        + delete_all(&Api::<Service>::namespaced(c.clone(), &ns), &dp, &lp).await?
+        + delete_all(&Api::<NetworkPolicy>::namespaced(c.clone(), &ns), &dp, &lp).await?
+        + delete_all(&Api::<Secret>::namespaced(c.clone(), &ns), &dp, &lp).await?
+        + delete_all(&Api::<ConfigMap>::namespaced(c.clone(), &ns), &dp, &lp).await?;
+    ctx.metrics.forget_tenant(&ns, &tc.name_any());
     ctx.forget_fleet_member(&ns, &tc.name_any());
     if remaining > 0 {
         return Err(Error::CleanupPending(tc.name_any()));

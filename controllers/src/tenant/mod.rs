@@ -36,6 +36,8 @@ mod inspect;
 mod kubeconfigs;
 mod migrate;
 mod nodes;
+#[cfg(test)]
+mod passes;
 pub mod pki;
 mod repairs;
 mod scale;
@@ -71,7 +73,10 @@ pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Acti
     let result = finalizer(&api, FINALIZER, tc, |event| async {
         match event {
             FinalizerEvent::Apply(tc) => apply_tenant(tc, &ctx).await,
-            FinalizerEvent::Cleanup(tc) => cleanup(tc, &ctx).await,
+            FinalizerEvent::Cleanup(tc) => {
+                ctx.let_go_in_deleted_namespace(&ns, cleanup(tc, &ctx).await)
+                    .await
+            }
         }
     })
     .await
@@ -237,7 +242,11 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
             let c = &mut status.conditions;
             let g = generation;
             conditions::set(c, condition::CERTIFICATES, false, reason, &message, g);
-            conditions::set(c, condition::STALLED, true, reason, message, g);
+            conditions::set(c, condition::STALLED, true, reason, &message, g);
+            // Not Ready and not progressing: nothing is signed until someone restores the Secret.
+            conditions::set(c, condition::READY, false, reason, message, g);
+            let r = "waiting for the Secret to be restored";
+            conditions::set(c, condition::RECONCILING, false, reason, r, g);
             patch_status(ctx, &tc, &old_status, status).await?;
             return Ok(Action::await_change());
         }

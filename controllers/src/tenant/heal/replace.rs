@@ -355,3 +355,160 @@ async fn clear_stuck_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// A replacement resumed by a new process from its record alone, against a
+/// fake management API: it takes the recorded phase's next step and no earlier one.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::fake_api::{self, Answer, Requests, Seen};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use kok_templates::names::Names;
+    use serde_json::json;
+
+    const NS: &str = "team-a";
+
+    fn tenant() -> TenantCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "kok.dev/v1alpha1", "kind": "TenantCluster",
+            "metadata": {"name": "t", "namespace": NS, "uid": "u-1", "generation": 1},
+            "spec": {"version": "v1.20.2",
+                     "etcd": {"replicas": 3, "version": "3.4.23", "storage": {"size": "1Gi"}}},
+            "status": {"etcdReplicas": 3},
+        }))
+        .unwrap()
+    }
+
+    fn placement() -> Placement {
+        Placement {
+            names: Names::new("t"),
+            namespace: NS.into(),
+            owner: OwnerReference {
+                api_version: "kok.dev/v1alpha1".into(),
+                kind: "TenantCluster".into(),
+                name: "t".into(),
+                uid: "u-1".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// A running tenant of 3 members: its etcd access Secrets, member
+    /// Services, and the pod of member 1.
+    fn cluster(seen: &Seen) -> Answer {
+        let name = seen.path.rsplit('/').next().unwrap_or_default();
+        let secret = |data: serde_json::Value| {
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret",
+                         "metadata": {"name": name, "namespace": NS}, "data": data}),
+            )
+        };
+        let b64 = |s: &str| json!(k8s_openapi::ByteString(s.as_bytes().to_vec()));
+        match (seen.method.as_str(), seen.path.as_str()) {
+            ("GET", p) if p.ends_with("/secrets/t-etcd-ca") => {
+                secret(json!({"tls.crt": b64("ca")}))
+            }
+            ("GET", p) if p.ends_with("/secrets/t-certs") => secret(json!({
+                "etcd-operator-client.crt": b64("crt"), "etcd-operator-client.key": b64("key")})),
+            ("GET", p) if p.contains("/services/t-etcd-") => (
+                200,
+                json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                       "spec": {"clusterIP": "10.96.0.1"}}),
+            ),
+            ("GET", p) if p.ends_with("/pods/t-etcd-1") => (
+                200,
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS}}),
+            ),
+            ("DELETE", _) => (
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            ),
+            _ => fake_api::empty_cluster(seen),
+        }
+    }
+
+    fn record(lost_claim: &str) -> MemberReplacement {
+        MemberReplacement {
+            member: 1,
+            phase: ReplacementPhase::Restarting,
+            removed_id: Some("aa".into()),
+            learner_id: Some("bb".into()),
+            lost_claim: Some(lost_claim.into()),
+            kept_volume: None,
+            detected_time: Time(Timestamp::now()),
+            message: None,
+        }
+    }
+
+    async fn resume(r: MemberReplacement, claim_now: &str) -> (TenantClusterStatus, Requests) {
+        let (client, requests) = fake_api::client(cluster);
+        let ctx = fake_api::context(client);
+        let tc = tenant();
+        let mut status = tc.status.clone().unwrap();
+        // The claim member 1 served on before it lost its data.
+        status
+            .etcd_member_claims
+            .insert("data-t-etcd-1".into(), "served".into());
+        status.etcd_member_replacement = Some(r.clone());
+        let observed = [MemberVolume {
+            ordinal: 1,
+            claim_uid: Some(claim_now.into()),
+            pod_ready: false,
+        }];
+        let around = Around {
+            joining_rendered: true,
+            others_lost: false,
+        };
+        let healing = replace(&ctx, &tc, &placement(), &mut status, r, &observed, around)
+            .await
+            .expect("the step runs on the API alone");
+        assert!(matches!(healing, Healing::Replacing(_)));
+        (status, requests)
+    }
+
+    #[tokio::test]
+    async fn resumed_on_the_claim_it_wrote_it_deletes_that_claim_by_uid_and_nothing_else() {
+        let (status, requests) = resume(record("written"), "written").await;
+
+        let deletes: Vec<Seen> = requests.other_writes();
+        assert_eq!(deletes.len(), 2, "{deletes:?}");
+        assert!(deletes[0]
+            .path
+            .ends_with("/persistentvolumeclaims/data-t-etcd-1"));
+        assert_eq!(
+            deletes[0].body["preconditions"]["uid"], "written",
+            "by uid: never a claim made since"
+        );
+        assert!(deletes[1].path.ends_with("/pods/t-etcd-1"));
+        let r = status.etcd_member_replacement.expect("still replacing");
+        assert_eq!(
+            r.phase,
+            ReplacementPhase::Restarting,
+            "the same step until the pod is up"
+        );
+    }
+
+    #[tokio::test]
+    async fn resumed_with_its_pod_up_on_a_fresh_claim_it_moves_to_promoting_without_a_write() {
+        let (status, requests) = resume(record("written"), "fresh").await;
+
+        assert!(
+            requests.other_writes().is_empty(),
+            "{:?}",
+            requests.other_writes()
+        );
+        let r = status.etcd_member_replacement.expect("still replacing");
+        assert_eq!(r.phase, ReplacementPhase::Promoting);
+        assert_eq!(
+            r.lost_claim.as_deref(),
+            Some("fresh"),
+            "the claim it now serves on"
+        );
+        assert_eq!(
+            r.learner_id.as_deref(),
+            Some("bb"),
+            "the learner is not added again"
+        );
+    }
+}
