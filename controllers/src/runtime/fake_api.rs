@@ -99,9 +99,34 @@ pub fn echo(seen: &Seen) -> Answer {
     (200, seen.body.clone())
 }
 
-/// The default route: reads find nothing, writes succeed.
+impl Seen {
+    /// A read of a collection (`.../namespaces/NS/pods`, `.../nodes`), not of one object.
+    pub fn is_list(&self) -> bool {
+        let segments: Vec<&str> = self.path.trim_matches('/').split('/').collect();
+        // /api/v1/... or /apis/GROUP/VERSION/...
+        let rest = match segments.first() {
+            Some(&"api") => segments.get(2..),
+            _ => segments.get(3..),
+        }
+        .unwrap_or_default();
+        self.is_read()
+            && (rest.len() == 1 || (rest.len() == 3 && rest.first() == Some(&"namespaces")))
+    }
+}
+
+/// A list of `items`, in the shape every list answer has.
+pub fn list(items: Vec<Value>) -> Answer {
+    (
+        200,
+        json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
+    )
+}
+
+/// The default route: lists are empty, objects are not found, writes succeed.
 pub fn empty_cluster(seen: &Seen) -> Answer {
-    if seen.is_read() {
+    if seen.is_list() {
+        list(Vec::new())
+    } else if seen.is_read() {
         not_found(seen)
     } else {
         echo(seen)

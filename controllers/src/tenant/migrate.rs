@@ -1146,3 +1146,328 @@ async fn roll_back(
         sp.names.etcd()
     )))
 }
+
+/// A migration resumed by a new process at a recorded phase, against a fake
+/// management API: what the phase does, and that it deletes only what the
+/// migration made.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::fake_api::{self, Answer, Requests, Seen};
+    use crate::tenant::kubeconfigs::Kubeconfigs;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use kok_templates::names::Names;
+
+    const NS: &str = "team-a";
+    const UID: &str = "u-1";
+
+    /// 3 members of etcd 3.4 (generation 0) migrating to 3.5 (generation 1), at `phase`.
+    fn tenant(phase: &str) -> TenantCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "kok.dev/v1alpha1", "kind": "TenantCluster",
+            "metadata": {"name": "t", "namespace": NS, "uid": UID, "generation": 4,
+                         "resourceVersion": "40"},
+            "spec": {"version": "v1.20.2", "upgrade": {"strategy": "Migrate"},
+                     "backup": {"destination": {"filesystem": {"path": "/var/lib/kok/backups/t"}}},
+                     "etcd": {"replicas": 3, "version": "3.5.16", "storage": {"size": "1Gi"}}},
+            "status": {
+                "version": "v1.20.2", "etcdVersion": "3.4.23", "etcdReplicas": 3,
+                "migration": {
+                    "source": {"version": "v1.20.2", "etcdVersion": "3.4.23",
+                               "etcdReplicas": 3, "etcdGeneration": 0},
+                    "target": {"version": "v1.20.2", "etcdVersion": "3.5.16",
+                               "etcdReplicas": 3, "etcdGeneration": 1},
+                    "phase": phase, "specGeneration": 4,
+                    "startTime": "2026-12-01T00:00:00Z", "phaseTime": "2026-12-01T00:01:00Z",
+                },
+            },
+        }))
+        .unwrap()
+    }
+
+    fn owned_by_tenant() -> serde_json::Value {
+        json!([{"apiVersion": "kok.dev/v1alpha1", "kind": "TenantCluster", "name": "t",
+                "uid": UID, "controller": true}])
+    }
+
+    /// The pass as a restarted operator runs it, on `route`.
+    async fn resume(
+        phase: &str,
+        route: impl Fn(&Seen) -> Answer + Send + Sync + 'static,
+    ) -> (TenantCluster, TenantClusterStatus, Outcome, Requests) {
+        let tc = tenant(phase);
+        let stored = serde_json::to_value(&tc).unwrap();
+        let (client, requests) = fake_api::client(move |seen| {
+            // The stored TenantCluster is the one the pass was handed: not stale.
+            if seen.is_read() && seen.path.ends_with("/tenantclusters/t") {
+                return (200, stored.clone());
+            }
+            route(seen)
+        });
+        let ctx = fake_api::context(client);
+        let valid = kok_templates::validate::validate(&tc.spec, None, &Default::default())
+            .expect("a valid spec");
+        let p = Placement {
+            names: Names::new("t"),
+            namespace: NS.into(),
+            owner: OwnerReference {
+                api_version: "kok.dev/v1alpha1".into(),
+                kind: "TenantCluster".into(),
+                name: "t".into(),
+                uid: UID.into(),
+                controller: Some(true),
+                ..Default::default()
+            },
+        };
+        let empty = || kok_templates::pki::CertKeyPair {
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        };
+        let pki = crate::tenant::pki::TenantPki {
+            cas: kok_templates::pki::CaKind::ALL
+                .into_iter()
+                .map(|k| (k, empty()))
+                .collect(),
+            sa_key: String::new(),
+            sa_pub: String::new(),
+            encryption_config: String::new(),
+            // The target's server certificate, issued in an earlier pass.
+            leaves: [(
+                Names::new("t")
+                    .at_etcd_generation(1)
+                    .etcd_leaf("etcd-server"),
+                empty(),
+            )]
+            .into(),
+            issued: Vec::new(),
+            earliest_expiry: None,
+        };
+        let kubeconfigs = Kubeconfigs {
+            controller_manager: String::new(),
+            scheduler: String::new(),
+            admin: None,
+            operator: String::new(),
+        };
+        let x = Pass {
+            p: &p,
+            valid: &valid,
+            pki: &pki,
+            kubeconfigs: &kubeconfigs,
+            apiserver_ip: "10.96.0.2",
+        };
+        let mut status = tc.status.clone().unwrap();
+        let outcome = pass(&ctx, &tc, &x, &mut status)
+            .await
+            .expect("the phase runs on the API alone");
+        (tc, status, outcome, requests)
+    }
+
+    fn writes(requests: &Requests) -> Vec<(String, String)> {
+        requests
+            .other_writes()
+            .into_iter()
+            .map(|s| {
+                (
+                    s.method.to_string(),
+                    s.path.rsplit('/').next().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn apiserver_pods(count: usize) -> impl Fn(&Seen) -> Answer + Send + Sync {
+        move |seen| {
+            if seen.is_list() && seen.path.ends_with("/pods") {
+                let pods = (0..count)
+                    .map(|i| json!({"metadata": {"name": format!("t-apiserver-{i}"), "namespace": NS}}))
+                    .collect();
+                return fake_api::list(pods);
+            }
+            fake_api::empty_cluster(seen)
+        }
+    }
+
+    #[tokio::test]
+    async fn resumed_frozen_it_stops_the_source_control_plane_and_waits_for_its_pods() {
+        let (_, status, outcome, requests) = resume("Frozen", apiserver_pods(2)).await;
+
+        assert!(matches!(outcome, Outcome::Drove(_)));
+        let writes = writes(&requests);
+        for component in ["t-apiserver", "t-controller-manager", "t-scheduler"] {
+            assert!(
+                writes.contains(&("PATCH".into(), component.into())),
+                "{component} scaled to 0: {writes:?}"
+            );
+        }
+        assert!(writes.contains(&("DELETE".into(), "t-apiserver-0".into())));
+        assert!(writes.contains(&("DELETE".into(), "t-apiserver-1".into())));
+        assert_eq!(writes.len(), 5, "nothing else: {writes:?}");
+        let m = status.migration.unwrap();
+        assert_eq!(m.phase, MigrationPhase::Frozen, "until the pods are gone");
+        assert!(
+            m.freeze_time.is_some(),
+            "the freeze is timed from its first pass"
+        );
+    }
+
+    #[tokio::test]
+    async fn resumed_frozen_with_no_apiserver_left_it_moves_on_to_the_copy() {
+        let (_, status, _, requests) = resume("Frozen", apiserver_pods(0)).await;
+
+        assert_eq!(status.migration.unwrap().phase, MigrationPhase::Copying);
+        assert_eq!(requests.events().len(), 1, "the step is told once");
+        assert!(writes(&requests).iter().all(|(verb, _)| verb == "PATCH"));
+    }
+
+    #[tokio::test]
+    async fn resumed_rolling_back_it_deletes_only_what_the_migration_made_and_restores_the_source()
+    {
+        let tc = tenant("RollingBack");
+        let m = tc.status.as_ref().unwrap().migration.clone().unwrap();
+        let ours = migration_id(&tc, &m);
+        let owner = owned_by_tenant();
+        let (_, status, _, requests) = resume("RollingBack", move |seen| {
+            let name = seen.path.rsplit('/').next().unwrap_or_default().to_string();
+            let object = |kind: &str, meta: serde_json::Value| {
+                let api_version = if kind == "StatefulSet" {
+                    "apps/v1"
+                } else {
+                    "v1"
+                };
+                (
+                    200,
+                    json!({"apiVersion": api_version, "kind": kind, "metadata": meta}),
+                )
+            };
+            match (seen.method.as_str(), name.as_str()) {
+                ("GET", "t-etcd-g1") if seen.path.contains("/statefulsets/") => object(
+                    "StatefulSet",
+                    json!({"name": name, "namespace": NS, "ownerReferences": owner}),
+                ),
+                // Member 0's claim was made by this migration; member 1's
+                // was not (kept from before, with data): it stays.
+                ("GET", "data-t-etcd-g1-0") => object(
+                    "PersistentVolumeClaim",
+                    json!({"name": name, "namespace": NS,
+                           "annotations": {CREATED_BY: ours}}),
+                ),
+                ("GET", "data-t-etcd-g1-1") => object(
+                    "PersistentVolumeClaim",
+                    json!({"name": name, "namespace": NS}),
+                ),
+                ("GET", "t-etcd-g1-0") if seen.path.contains("/services/") => object(
+                    "Service",
+                    json!({"name": name, "namespace": NS, "ownerReferences": owner}),
+                ),
+                ("DELETE", _) => (
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                ),
+                _ => fake_api::empty_cluster(seen),
+            }
+        })
+        .await;
+
+        let writes = writes(&requests);
+        assert!(
+            writes.contains(&("DELETE".into(), "t-etcd-g1".into())),
+            "{writes:?}"
+        );
+        assert!(writes.contains(&("DELETE".into(), "data-t-etcd-g1-0".into())));
+        assert!(
+            !writes.contains(&("DELETE".into(), "data-t-etcd-g1-1".into())),
+            "a claim the migration did not make is never deleted: {writes:?}"
+        );
+        assert!(writes.contains(&("DELETE".into(), "t-etcd-g1-0".into())));
+        let source = requests
+            .other_writes()
+            .into_iter()
+            .find(|s| s.method == http::Method::PATCH && s.path.ends_with("/statefulsets/t-etcd"))
+            .expect("the source etcd is scaled back");
+        assert_eq!(source.body["spec"]["replicas"], 3);
+        assert!(
+            writes
+                .iter()
+                .all(|(_, name)| name.contains("g1") || name == "t-etcd"),
+            "only the target's objects and the source etcd: {writes:?}"
+        );
+        assert_eq!(status.migration.unwrap().phase, MigrationPhase::RolledBack);
+    }
+
+    #[tokio::test]
+    async fn resumed_creating_the_target_it_never_restores_over_a_claim_it_did_not_make() {
+        let (_, status, _, requests) = resume("CreatingTarget", |seen| {
+            if seen.method == http::Method::PATCH && seen.path.contains("/services/") {
+                let mut svc = seen.body.clone();
+                svc["spec"]["clusterIP"] = json!("10.96.0.10");
+                return (200, svc);
+            }
+            if seen.is_read()
+                && seen
+                    .path
+                    .ends_with("/persistentvolumeclaims/data-t-etcd-g1-0")
+            {
+                // A claim with data that this migration did not create.
+                return (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                           "metadata": {"name": "data-t-etcd-g1-0", "namespace": NS}}),
+                );
+            }
+            fake_api::empty_cluster(seen)
+        })
+        .await;
+
+        let m = status.migration.unwrap();
+        assert_eq!(m.phase, MigrationPhase::RollingBack);
+        assert!(
+            m.message
+                .as_deref()
+                .unwrap_or("")
+                .contains("data-t-etcd-g1-0"),
+            "{:?}",
+            m.message
+        );
+        let events = requests.events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["reason"], "MigrationFailed");
+        // Only the target's Services were applied: no claim made, nothing deleted.
+        let writes = writes(&requests);
+        assert!(
+            writes
+                .iter()
+                .all(|(verb, name)| verb == "PATCH" && name.starts_with("t-")),
+            "{writes:?}"
+        );
+        assert!(
+            !requests
+                .other_writes()
+                .iter()
+                .any(|s| s.path.contains("/persistentvolumeclaims")),
+            "no claim is made or deleted"
+        );
+    }
+
+    #[tokio::test]
+    async fn resumed_in_preflight_on_an_unhealthy_tenant_it_waits_and_touches_nothing() {
+        // No component condition is True in the recorded status.
+        let (_, status, _, requests) = resume("Preflight", fake_api::empty_cluster).await;
+
+        let m = status.migration.unwrap();
+        assert_eq!(m.phase, MigrationPhase::Preflight);
+        assert!(
+            m.message
+                .as_deref()
+                .unwrap_or("")
+                .contains("must be healthy"),
+            "{:?}",
+            m.message
+        );
+        assert!(
+            requests.other_writes().is_empty(),
+            "{:?}",
+            requests.other_writes()
+        );
+        assert!(requests.events().is_empty());
+    }
+}
