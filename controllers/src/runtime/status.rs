@@ -54,6 +54,18 @@ where
     Ok(())
 }
 
+/// Whether `obj` is what the API stores now (the same resourceVersion). A
+/// reconcile can be handed a cached object from before its own last status
+/// write; acting on it would repeat a step (a repair, a member move) and
+/// write back the status from before it, losing its record.
+pub async fn is_current<K>(api: &Api<K>, obj: &K) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let stored = api.get_opt(&obj.name_any()).await?;
+    Ok(stored.is_some_and(|s| s.meta().resource_version == obj.meta().resource_version))
+}
+
 /// Earlier kok versions merge-patched status (an `Update` entry in
 /// `managedFields`). Fields such an entry co-owns outlive the apply that
 /// omits them, so a cleared message would stay forever: the entry is

@@ -104,9 +104,6 @@ pub(super) enum Outcome {
     None,
     /// A migration ran this pass; requeue with this.
     Drove(Action),
-    /// The cached object is older than what is stored: nothing was done and
-    /// nothing may be written from it; look again soon.
-    Stale(Action),
     /// A migration to what the spec asks for failed and was rolled back:
     /// the normal pass serves the source, and the tenant is Stalled with this.
     Refused(String),
@@ -165,16 +162,9 @@ pub(super) async fn pass(
     let Some(running) = running_shape(status) else {
         return Ok(Outcome::None);
     };
-    // A phase runs only on the status its previous step wrote: a reconcile
-    // handed a cached object from before that write must not repeat a step
-    // (a Verifying after a finished rollback would recreate the target).
-    if status.migration.is_some() || status.etcd_scaling.is_some() {
-        let api: Api<TenantCluster> = Api::namespaced(ctx.client.clone(), &x.p.namespace);
-        let fresh = api.get_opt(&tc.name_any()).await?;
-        if fresh.is_some_and(|f| f.metadata.resource_version != tc.metadata.resource_version) {
-            return Ok(Outcome::Stale(Action::requeue(Duration::from_secs(1))));
-        }
-    }
+    // A phase runs only on the status its previous step wrote: every pass
+    // starts by checking that (`apply_tenant`, `status::is_current`), so a
+    // Verifying after a finished rollback cannot recreate the target.
     let desired = MigrationShape {
         version: x.valid.version.to_string(),
         etcd_version: image_tag(&cp::etcd_image(&tc.spec, x.valid)),

@@ -171,6 +171,15 @@ pub fn error_policy(tc: Arc<TenantCluster>, error: &Error, ctx: Arc<Context>) ->
 /// One pass: admit, then Services, PKI, kubeconfigs, plan which versions
 /// this pass renders, apply the workloads, observe, and write the status.
 async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
+    // A pass acts only on the status the previous pass wrote: the watch can
+    // hand over a cached object from before that write (seen: an inspection
+    // repeated on it repaired again and wrote back the status without the
+    // first repair, so the hourly budget never counted it).
+    let api: Api<TenantCluster> =
+        Api::namespaced(ctx.client.clone(), &tc.namespace().unwrap_or_default());
+    if !crate::runtime::status::is_current(&api, tc.as_ref()).await? {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let generation = tc.metadata.generation;
     let old_status = tc.status.clone().unwrap_or_default();
     let mut status = old_status.clone();
@@ -299,7 +308,6 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
             patch_status(ctx, &tc, &old_status, status).await?;
             return Ok(action);
         }
-        migrate::Outcome::Stale(action) => return Ok(action),
         migrate::Outcome::Refused(why) => Some(why),
         migrate::Outcome::None => None,
     };

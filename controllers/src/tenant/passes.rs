@@ -56,6 +56,10 @@ async fn pass(
     // A status write is answered with the object it applies to, as the API does.
     let object = serde_json::to_value(tc.as_ref()).expect("a TenantCluster serialises");
     let (client, requests) = fake_api::client(move |seen| {
+        // The stored object is the one the pass was handed: it is current.
+        if seen.is_read() && seen.path.ends_with("/tenantclusters/t") {
+            return (200, object.clone());
+        }
         if seen.is_status_write() {
             let mut written = object.clone();
             written["status"] = seen.body["status"].clone();
@@ -283,4 +287,30 @@ async fn a_corrupt_ca_is_never_replaced_and_stalls_a_ready_tenant() {
     let events = requests.events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["reason"], "CorruptCA");
+}
+
+#[tokio::test]
+async fn a_pass_handed_a_stale_object_acts_on_nothing_and_looks_again() {
+    // The API stores a newer version than the cached one the pass is handed.
+    let tc = tenant(valid_spec(), json!({}));
+    let mut stored = serde_json::to_value(tc.as_ref()).unwrap();
+    stored["metadata"]["resourceVersion"] = json!("18");
+    let (client, requests) = fake_api::client(move |seen| {
+        if seen.is_read() && seen.path.ends_with("/tenantclusters/t") {
+            return (200, stored.clone());
+        }
+        empty_cluster(seen)
+    });
+    let result = reconcile(tc, fake_api::context(client)).await;
+
+    assert_eq!(
+        result.expect("no error"),
+        Action::requeue(std::time::Duration::from_secs(1))
+    );
+    assert_eq!(
+        requests.all().len(),
+        1,
+        "one read, nothing else: {:?}",
+        requests.all()
+    );
 }
