@@ -212,21 +212,7 @@ async fn run() -> anyhow::Result<()> {
     let metrics_addr = cli.metrics_addr;
 
     let metrics = Arc::new(Metrics::new());
-    // Every request counted (kok_api_requests_total): what a fleet, or one
-    // broken tenant, costs the API server is measured, not guessed.
-    let counted = metrics.clone();
-    let client = kube::client::ClientBuilder::try_from(
-        kube::Config::infer()
-            .await
-            .context("connecting to the management cluster")?,
-    )?
-    .with_layer(&tower::util::MapRequestLayer::new(
-        move |request: http::Request<kube::client::Body>| {
-            counted.api_request(request.method());
-            request
-        },
-    ))
-    .build();
+    let client = counting_client(metrics.clone()).await?;
     let health = Arc::new(Health::default());
 
     // One shutdown signal for everything: SIGTERM (kubelet) or Ctrl-C.
@@ -246,58 +232,9 @@ async fn run() -> anyhow::Result<()> {
         shutdown(shutdown_rx.clone()),
     ));
 
-    let backups = match (cli.backup_host_path.as_str(), cli.backup_claim.as_str()) {
-        ("", "") => BackupsDirectory::Ephemeral,
-        (dir, "") => BackupsDirectory::HostPath(dir.to_string()),
-        ("", _claim) => {
-            let key = Arc::new(
-                signing_key(&client, &namespace, &cli.artifacts_key_secret)
-                    .await
-                    .context("the artifact signing key")?,
-            );
-            let listener = tokio::net::TcpListener::bind(cli.artifacts_addr)
-                .await
-                .with_context(|| format!("binding {}", cli.artifacts_addr))?;
-            tokio::spawn(serve::serve(
-                listener,
-                serve::router(kok_templates::backup::BACKUPS_MOUNT.into(), key.clone()),
-                shutdown(shutdown_rx.clone()),
-            ));
-            BackupsDirectory::Claim(ArtifactService {
-                service: cli.artifacts_service.clone(),
-                key,
-            })
-        }
-        _ => anyhow::bail!(
-            "KOK_BACKUP_HOST_PATH and KOK_BACKUP_CLAIM are both set: the backups directory is one or the other"
-        ),
-    };
+    let backups = backups_directory(&cli, &client, &namespace, &shutdown_rx).await?;
 
-    // Lenient: one undecodable object is reported on itself, never stops the rest.
-    // Where this operator acts: every namespace, or only those it watches.
-    let scopes: Vec<Option<String>> = match list_items(&cli.watch_namespaces) {
-        watched if watched.is_empty() => vec![None],
-        watched => watched.into_iter().map(Some).collect(),
-    };
-    // A watched namespace kok may not read (deleted, so its RoleBinding went
-    // with it, or not made yet) is only warned about: its watches retry with
-    // backoff, and every other namespace is served. Only no CRD, or no right
-    // anywhere, stops the operator.
-    let mut readable = 0;
-    for scope in &scopes {
-        let tenants: Api<Lenient<TenantCluster>> = scoped(&client, scope.as_deref());
-        let where_ = scope.as_deref().unwrap_or("any namespace");
-        match tenants.list(&ListParams::default().limit(1)).await {
-            Ok(_) => readable += 1,
-            Err(kube::Error::Api(e)) if e.code == 403 && scope.is_some() => {
-                warn!(namespace = where_, error = %e, "cannot read TenantClusters in a watched namespace (deleted, or not bound yet); its watches retry")
-            }
-            Err(e) => anyhow::bail!("cannot list TenantClusters in {where_} ({e}); is the CRD installed (kubectl apply -f crds/crds.yaml), and may kok read there?"),
-        }
-    }
-    if readable == 0 {
-        anyhow::bail!("kok may read TenantClusters in none of the namespaces it watches ({:?}); see the chart's watchNamespaces", scopes);
-    }
+    let scopes = watch_scopes(&client, &cli.watch_namespaces).await?;
     info!(namespaces = ?scopes, "watching");
 
     // Ready means "able to act": a standby is ready to take over, so rollouts of
@@ -406,6 +343,91 @@ const OTHER_RECONCILES: u16 = 4;
 
 fn bounded(concurrency: u16) -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default().concurrency(concurrency)
+}
+
+/// A client of the management cluster that counts every request
+/// (`kok_api_requests_total`): what a fleet, or one broken tenant, costs the
+/// API server is measured, not guessed.
+async fn counting_client(metrics: Arc<Metrics>) -> anyhow::Result<Client> {
+    Ok(kube::client::ClientBuilder::try_from(
+        kube::Config::infer()
+            .await
+            .context("connecting to the management cluster")?,
+    )?
+    .with_layer(&tower::util::MapRequestLayer::new(
+        move |request: http::Request<kube::client::Body>| {
+            metrics.api_request(request.method());
+            request
+        },
+    ))
+    .build())
+}
+
+/// What the backups directory is: an emptyDir, a node directory, or a claim
+/// whose files this replica serves to restore Jobs.
+async fn backups_directory(
+    cli: &Cli,
+    client: &Client,
+    namespace: &str,
+    shutdown_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<BackupsDirectory> {
+    Ok(match (cli.backup_host_path.as_str(), cli.backup_claim.as_str()) {
+        ("", "") => BackupsDirectory::Ephemeral,
+        (dir, "") => BackupsDirectory::HostPath(dir.to_string()),
+        ("", _claim) => {
+            let key = Arc::new(
+                signing_key(client, namespace, &cli.artifacts_key_secret)
+                    .await
+                    .context("the artifact signing key")?,
+            );
+            let listener = tokio::net::TcpListener::bind(cli.artifacts_addr)
+                .await
+                .with_context(|| format!("binding {}", cli.artifacts_addr))?;
+            tokio::spawn(serve::serve(
+                listener,
+                serve::router(kok_templates::backup::BACKUPS_MOUNT.into(), key.clone()),
+                shutdown(shutdown_rx.clone()),
+            ));
+            BackupsDirectory::Claim(ArtifactService {
+                service: cli.artifacts_service.clone(),
+                key,
+            })
+        }
+        _ => anyhow::bail!(
+            "KOK_BACKUP_HOST_PATH and KOK_BACKUP_CLAIM are both set: the backups directory is one or the other"
+        ),
+    })
+}
+
+/// Where this operator acts: every namespace (`[None]`), or those it watches.
+async fn watch_scopes(
+    client: &Client,
+    watch_namespaces: &[String],
+) -> anyhow::Result<Vec<Option<String>>> {
+    let scopes: Vec<Option<String>> = match list_items(watch_namespaces) {
+        watched if watched.is_empty() => vec![None],
+        watched => watched.into_iter().map(Some).collect(),
+    };
+    // A watched namespace kok may not read (deleted, so its RoleBinding went
+    // with it, or not made yet) is only warned about: its watches retry with
+    // backoff, and every other namespace is served. Only no CRD, or no right
+    // anywhere, stops the operator.
+    let mut readable = 0;
+    for scope in &scopes {
+        let tenants: Api<Lenient<TenantCluster>> = scoped(client, scope.as_deref());
+        let where_ = scope.as_deref().unwrap_or("any namespace");
+        match tenants.list(&ListParams::default().limit(1)).await {
+            Ok(_) => readable += 1,
+            Err(kube::Error::Api(e)) if e.code == 403 && scope.is_some() => {
+                warn!(namespace = where_, error = %e, "cannot read TenantClusters in a watched namespace (deleted, or not bound yet); its watches retry")
+            }
+            Err(e) => anyhow::bail!("cannot list TenantClusters in {where_} ({e}); is the CRD installed (kubectl apply -f crds/crds.yaml), and may kok read there?"),
+        }
+    }
+    if readable == 0 {
+        anyhow::bail!("kok may read TenantClusters in none of the namespaces it watches ({:?}); see the chart's watchNamespaces", scopes);
+    }
+    Ok(scopes)
 }
 
 /// `K` in one namespace, or in all when `scope` is `None`.
