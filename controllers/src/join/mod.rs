@@ -138,43 +138,8 @@ async fn issue(jt: &JoinToken, ctx: &Context) -> Result<Action> {
     status.observed_generation = jt.metadata.generation;
     let now = Timestamp::now();
 
-    // An issued token lives until its expiration, then is Expired for good.
-    if let (Some(JoinTokenPhase::Ready | JoinTokenPhase::Expired), Some(exp)) =
-        (old.phase, old.expiration_time.as_ref())
-    {
-        let left = exp.0.as_second() - now.as_second();
-        if left > 0 {
-            set_phase(
-                &mut status,
-                jt,
-                JoinTokenPhase::Ready,
-                "Issued",
-                "the token works until its expiration",
-            );
-            write_status(ctx, jt, &old, status).await?;
-            return Ok(Action::requeue(Duration::from_secs(
-                left.min(3600) as u64 + 1,
-            )));
-        }
-        set_phase(
-            &mut status,
-            jt,
-            JoinTokenPhase::Expired,
-            "Expired",
-            "the token's TTL passed: the tenant apiserver refuses it; create a new JoinToken",
-        );
-        if old.phase != Some(JoinTokenPhase::Expired) {
-            ctx.publish(
-                jt,
-                EventType::Normal,
-                "Expired",
-                "Join",
-                "the bootstrap token expired",
-            )
-            .await;
-        }
-        write_status(ctx, jt, &old, status).await?;
-        return Ok(Action::await_change());
+    if let Some(action) = issued_lifetime(ctx, jt, &old, status.clone(), now).await? {
+        return Ok(action);
     }
 
     let tenants: Api<TenantCluster> = Api::namespaced(ctx.client.clone(), &ns);
@@ -247,28 +212,7 @@ async fn issue(jt: &JoinToken, ctx: &Context) -> Result<Action> {
             bootstrap_kubeconfig(&tc.name_any(), &endpoint, &ca_pem, &token),
         ),
     ];
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(ns.clone()),
-            labels: Some(
-                [
-                    (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
-                    ("kok.dev/join-token".to_string(), jt.name_any()),
-                ]
-                .into(),
-            ),
-            owner_references: owner_ref(jt).map(|o| vec![o]),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(
-            data.into_iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
-                .collect(),
-        ),
-        ..Default::default()
-    };
+    let secret = join_secret(jt, &ns, &name, data);
     apply(&secrets, &secret).await?;
     status.token_id = Some(token.id.clone());
     status.expiration_time = Some(expiration.clone());
@@ -325,6 +269,81 @@ async fn issue(jt: &JoinToken, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(Duration::from_secs(
         left.clamp(1, 3600) as u64 + 1,
     )))
+}
+
+/// An issued token lives until its expiration, then is Expired for good.
+/// `Some`: the token was issued before and this pass is done.
+async fn issued_lifetime(
+    ctx: &Context,
+    jt: &JoinToken,
+    old: &JoinTokenStatus,
+    mut status: JoinTokenStatus,
+    now: Timestamp,
+) -> Result<Option<Action>> {
+    if let (Some(JoinTokenPhase::Ready | JoinTokenPhase::Expired), Some(exp)) =
+        (old.phase, old.expiration_time.as_ref())
+    {
+        let left = exp.0.as_second() - now.as_second();
+        if left > 0 {
+            set_phase(
+                &mut status,
+                jt,
+                JoinTokenPhase::Ready,
+                "Issued",
+                "the token works until its expiration",
+            );
+            write_status(ctx, jt, old, status).await?;
+            return Ok(Some(Action::requeue(Duration::from_secs(
+                left.min(3600) as u64 + 1,
+            ))));
+        }
+        set_phase(
+            &mut status,
+            jt,
+            JoinTokenPhase::Expired,
+            "Expired",
+            "the token's TTL passed: the tenant apiserver refuses it; create a new JoinToken",
+        );
+        if old.phase != Some(JoinTokenPhase::Expired) {
+            ctx.publish(
+                jt,
+                EventType::Normal,
+                "Expired",
+                "Join",
+                "the bootstrap token expired",
+            )
+            .await;
+        }
+        write_status(ctx, jt, old, status).await?;
+        return Ok(Some(Action::await_change()));
+    }
+    Ok(None)
+}
+
+/// The Secret that holds the join command and what it is made of.
+fn join_secret(jt: &JoinToken, ns: &str, name: &str, data: [(&str, String); 5]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(ns.to_string()),
+            labels: Some(
+                [
+                    (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+                    ("kok.dev/join-token".to_string(), jt.name_any()),
+                ]
+                .into(),
+            ),
+            owner_references: owner_ref(jt).map(|o| vec![o]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
 }
 
 /// Deletes the token in the tenant. A token that already expired, or a
