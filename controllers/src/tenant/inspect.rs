@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ServiceReference, ValidatingWebhookConfiguration,
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -21,8 +21,7 @@ use kok_crds::{
 };
 use kok_templates::controlplane::Placement;
 use kok_templates::inspection::{
-    self as insp, CertFact, ClaimFact, ComponentPodFact, CrdFact, CsrFact, Detected,
-    EtcdMemberFact, Facts, NodeFact, PodFact, RepairAction, ServiceFact, VolumeFact, WebhookFact,
+    self as insp, CertFact, ComponentPodFact, Detected, EtcdMemberFact, Facts, RepairAction,
 };
 use kok_templates::names::tenant_selector;
 use kube::api::{
@@ -34,6 +33,7 @@ use kube::{Api, Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
+use super::inspect_facts as facts;
 use super::pki::TenantPki;
 use crate::etcd::EtcdAccess;
 use crate::runtime::conditions;
@@ -480,18 +480,7 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         bound,
         "Pods",
         errors,
-        |p| {
-            Some(PodFact {
-                namespace: p.namespace().unwrap_or_default(),
-                name: p.name_any(),
-                deletion: p
-                    .metadata
-                    .deletion_timestamp
-                    .as_ref()
-                    .map(|t| t.0.as_second()),
-                node_name: p.spec.and_then(|s| s.node_name),
-            })
-        },
+        facts::pod,
     )
     .await;
     f.nodes = list_facts(
@@ -499,39 +488,7 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         lp(),
         "Nodes",
         errors,
-        |n| {
-            let status = n.status.clone().unwrap_or_default();
-            let conditions = status.conditions.unwrap_or_default();
-            let ready = conditions.iter().find(|c| c.type_ == "Ready");
-            Some(NodeFact {
-                name: n.name_any(),
-                internal_ips: status
-                    .addresses
-                    .into_iter()
-                    .flatten()
-                    .filter(|a| a.type_ == "InternalIP")
-                    .map(|a| a.address)
-                    .collect(),
-                ready: ready.and_then(|c| match c.status.as_str() {
-                    "True" => Some(true),
-                    "False" => Some(false),
-                    _ => None,
-                }),
-                ready_since: ready
-                    .and_then(|c| c.last_transition_time.as_ref())
-                    .map(|t| t.0.as_second()),
-                ready_reason: ready.and_then(|c| c.reason.clone()).unwrap_or_default(),
-                pressures: conditions
-                    .iter()
-                    .filter(|c| c.type_.ends_with("Pressure") && c.status == "True")
-                    .map(|c| c.type_.clone())
-                    .collect(),
-                kubelet_version: status
-                    .node_info
-                    .map(|i| i.kubelet_version)
-                    .unwrap_or_default(),
-            })
-        },
+        facts::node,
     )
     .await;
     // The tenant API does not answer: the rest would only wait as long.
@@ -543,10 +500,7 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         lp(),
         "Leases",
         errors,
-        |l| {
-            let renewed = l.spec?.renew_time?.0.as_second();
-            Some((l.metadata.name?, renewed))
-        },
+        facts::lease,
     )
     .await
     .map(|v| v.into_iter().collect());
@@ -555,19 +509,7 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         lp(),
         "CertificateSigningRequests",
         errors,
-        |c| {
-            let decided = c
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| !cs.is_empty());
-            Some(CsrFact {
-                name: c.name_any(),
-                created: c.metadata.creation_timestamp.as_ref()?.0.as_second(),
-                pending: !decided,
-                requestor: c.spec.username.clone().unwrap_or_default(),
-            })
-        },
+        facts::csr,
     )
     .await;
     f.volumes = list_facts(
@@ -575,21 +517,7 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         lp(),
         "PersistentVolumes",
         errors,
-        |v| {
-            let spec = v.spec.clone().unwrap_or_default();
-            Some(VolumeFact {
-                name: v.name_any(),
-                phase: v.status.and_then(|s| s.phase).unwrap_or_default(),
-                claim: spec.claim_ref.map(|c| {
-                    format!(
-                        "{}/{}",
-                        c.namespace.unwrap_or_default(),
-                        c.name.unwrap_or_default()
-                    )
-                }),
-                reclaim_policy: spec.persistent_volume_reclaim_policy,
-            })
-        },
+        facts::volume,
     )
     .await;
     f.claims = list_facts(
@@ -597,14 +525,7 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         lp(),
         "PersistentVolumeClaims",
         errors,
-        |c| {
-            Some(ClaimFact {
-                namespace: c.namespace().unwrap_or_default(),
-                name: c.name_any(),
-                phase: c.status.and_then(|s| s.phase).unwrap_or_default(),
-                volume: c.spec.and_then(|s| s.volume_name),
-            })
-        },
+        facts::claim,
     )
     .await;
     f.services = list_facts(
@@ -612,35 +533,7 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         lp(),
         "Services",
         errors,
-        |s| {
-            let spec = s.spec.clone().unwrap_or_default();
-            let mut ips: Vec<String> = spec
-                .cluster_ips
-                .clone()
-                .unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect());
-            ips.extend(spec.external_ips.clone().unwrap_or_default());
-            ips.extend(
-                s.status
-                    .and_then(|st| st.load_balancer)
-                    .and_then(|lb| lb.ingress)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| i.ip),
-            );
-            ips.sort();
-            ips.dedup();
-            Some(ServiceFact {
-                namespace: s.metadata.namespace.clone().unwrap_or_default(),
-                name: s.metadata.name.clone().unwrap_or_default(),
-                ips,
-                ports: spec
-                    .ports
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|p| format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")))
-                    .collect(),
-            })
-        },
+        facts::service,
     )
     .await;
     // Which Services have a ready endpoint (webhooks and conversions call them).
@@ -649,14 +542,7 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         lp(),
         "Endpoints",
         errors,
-        |e| {
-            let ready = e
-                .subsets
-                .iter()
-                .flatten()
-                .any(|s| s.addresses.as_ref().is_some_and(|a| !a.is_empty()));
-            ready.then(|| format!("{}/{}", e.namespace().unwrap_or_default(), e.name_any()))
-        },
+        facts::ready_service,
     )
     .await;
     let has_endpoint = |ns: &str, name: &str| {
@@ -669,56 +555,12 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         lp().limit(LARGE_OBJECT_PAGE),
         "CustomResourceDefinitions",
         errors,
-        |c| {
-            let conversion_service = c
-                .spec
-                .conversion
-                .as_ref()
-                .and_then(|conv| conv.webhook.as_ref())
-                .and_then(|w| w.client_config.as_ref())
-                .and_then(|cc| cc.service.as_ref())
-                .and_then(|s| {
-                    Some((
-                        format!("{}/{}", s.namespace, s.name),
-                        has_endpoint(&s.namespace, &s.name)?,
-                    ))
-                });
-            Some(CrdFact {
-                name: c.name_any(),
-                served: c
-                    .spec
-                    .versions
-                    .iter()
-                    .filter(|v| v.served)
-                    .map(|v| v.name.clone())
-                    .collect(),
-                storage: c
-                    .spec
-                    .versions
-                    .iter()
-                    .find(|v| v.storage)
-                    .map(|v| v.name.clone()),
-                stored_versions: c.status.and_then(|s| s.stored_versions).unwrap_or_default(),
-                conversion_service,
-            })
-        },
+        |c| facts::crd(c, &has_endpoint),
     )
     .await;
     let mut webhooks = Vec::new();
-    // One fact per webhook, the same for validating and mutating ones.
-    let hook = |configuration: &str,
-                name: String,
-                failure_policy: Option<String>,
-                service: Option<ServiceReference>| WebhookFact {
-        configuration: configuration.to_string(),
-        webhook: name,
-        fails_closed: failure_policy.as_deref() != Some("Ignore"),
-        service: service.and_then(|s| {
-            Some((
-                format!("{}/{}", s.namespace, s.name),
-                has_endpoint(&s.namespace, &s.name)?,
-            ))
-        }),
+    let hook = |configuration: &str, name, failure_policy, service| {
+        facts::webhook(configuration, name, failure_policy, service, &has_endpoint)
     };
     let validating = list_facts(
         Api::<Lenient<ValidatingWebhookConfiguration>>::all(client.clone()),
@@ -780,23 +622,7 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         tls,
         "TLS Secrets",
         errors,
-        |s| {
-            let pem = s
-                .data
-                .as_ref()
-                .and_then(|d| d.get("tls.crt"))
-                .map(|b| String::from_utf8_lossy(&b.0).to_string())?;
-            let not_after = kok_templates::pki::not_after(&pem).ok()?;
-            Some(CertFact {
-                object: format!(
-                    "Secret {}/{}",
-                    s.namespace().unwrap_or_default(),
-                    s.name_any()
-                ),
-                not_after: not_after.unix_timestamp(),
-                renewed_by_kok: false,
-            })
-        },
+        facts::tls_certificate,
     )
     .await;
     f.certificates.extend(certs.into_iter().flatten());

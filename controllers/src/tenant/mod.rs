@@ -33,6 +33,7 @@ mod etcd_roll;
 mod heal;
 pub mod health;
 mod inspect;
+mod inspect_facts;
 mod kubeconfigs;
 mod migrate;
 mod nodes;
