@@ -141,6 +141,27 @@ async fn namespaced_mode_acts_only_where_it_may() {
         .expect("listing");
     assert!(stray.items.is_empty(), "no workloads made in {UNWATCHED}");
 
+    // As docs/operator.md asks: kok's objects go before their namespace
+    // (whose deletion takes kok's RoleBinding, and so its right to release them).
+    let tenants: Api<TenantCluster> = Api::namespaced(client.clone(), WATCHED);
+    tenants
+        .delete("w", &DeleteParams::background())
+        .await
+        .expect("deleting the watched tenant");
+    wait_for(
+        "the watched tenant deleted by kok",
+        Duration::from_secs(120),
+        || {
+            let tenants = tenants.clone();
+            async move {
+                match tenants.get_opt("w").await {
+                    Ok(None) => Poll::Ready(()),
+                    other => Poll::Pending(format!("{:?}", other.map(|t| t.is_some()))),
+                }
+            }
+        },
+    )
+    .await;
     // deploy-operator --watch made WATCHED-argocd for its Argo CD Role.
     for ns in [WATCHED, UNWATCHED, "e2e-watched-argocd"] {
         let _ = namespaces.delete(ns, &DeleteParams::background()).await;

@@ -63,10 +63,7 @@ pub async fn reconcile(jt: Arc<JoinToken>, ctx: Arc<Context>) -> Result<Action> 
     finalizer(&api, FINALIZER, jt, |event| async {
         match event {
             FinalizerEvent::Apply(jt) => issue(&jt, &ctx).await,
-            FinalizerEvent::Cleanup(jt) => {
-                ctx.let_go_in_deleted_namespace(&ns, revoke(&jt, &ctx).await)
-                    .await
-            }
+            FinalizerEvent::Cleanup(jt) => revoke(&jt, &ctx).await,
         }
     })
     .await

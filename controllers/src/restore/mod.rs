@@ -89,10 +89,7 @@ pub async fn reconcile(er: Arc<EtcdRestore>, ctx: Arc<Context>) -> Result<Action
     let result = finalizer(&api, FINALIZER, er.clone(), |event| async {
         match event {
             FinalizerEvent::Apply(er) => run(er, &ctx).await,
-            FinalizerEvent::Cleanup(er) => {
-                ctx.let_go_in_deleted_namespace(&ns(&er), cleanup(er.clone(), &ctx).await)
-                    .await
-            }
+            FinalizerEvent::Cleanup(er) => cleanup(er, &ctx).await,
         }
     })
     .await

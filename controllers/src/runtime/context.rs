@@ -209,34 +209,6 @@ impl Context {
         }
     }
 
-    /// A finalizer's cleanup the API refused (403) in a namespace that is
-    /// being deleted. In namespaced mode kok's RoleBinding there can go
-    /// before kok's finalizers do; what kok made in the namespace goes with
-    /// it, so the finalizer is let go instead of holding the namespace forever.
-    pub async fn let_go_in_deleted_namespace(
-        &self,
-        ns: &str,
-        cleanup: crate::runtime::error::Result<kube::runtime::controller::Action>,
-    ) -> crate::runtime::error::Result<kube::runtime::controller::Action> {
-        match cleanup {
-            Err(e)
-                if e.api_response().is_some_and(|s| s.code == 403)
-                    && self.namespace_being_deleted(ns).await =>
-            {
-                tracing::warn!(%ns, error = %e, "no rights left in a namespace being deleted; letting go of the finalizer");
-                Ok(kube::runtime::controller::Action::await_change())
-            }
-            other => other,
-        }
-    }
-
-    async fn namespace_being_deleted(&self, ns: &str) -> bool {
-        kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(self.client.clone())
-            .get(ns)
-            .await
-            .is_ok_and(|n| n.metadata.deletion_timestamp.is_some())
-    }
-
     /// Records a tenant's health as its last inspection found it.
     pub fn record_fleet_health(&self, namespace: &str, tenant: &str, unhealthy: bool) {
         if let Ok(mut fleet) = self.fleet.lock() {
@@ -367,58 +339,7 @@ pub fn retry_delay(consecutive_failures: usize) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::{retry_delay, FleetHealth};
-    use crate::runtime::error::Error;
-    use crate::runtime::fake_api::{self, Answer, Seen};
-    use kube::runtime::controller::Action;
-    use serde_json::json;
     use std::time::Duration;
-
-    fn forbidden() -> Error {
-        Error::Kube(kube::Error::Api(
-            kube::core::Status::failure("forbidden", "Forbidden")
-                .with_code(403)
-                .boxed(),
-        ))
-    }
-
-    /// The namespace `team-a`, being deleted or not.
-    fn namespace(deleting: bool) -> impl Fn(&Seen) -> Answer + Send + Sync {
-        move |seen| {
-            let mut ns = json!({"apiVersion": "v1", "kind": "Namespace",
-                                "metadata": {"name": "team-a"}});
-            if deleting {
-                ns["metadata"]["deletionTimestamp"] = json!("2026-12-04T10:00:00Z");
-            }
-            match seen.path.as_str() {
-                "/api/v1/namespaces/team-a" => (200, ns),
-                _ => fake_api::not_found(seen),
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn a_finalizer_is_let_go_only_when_rights_went_with_a_namespace_being_deleted() {
-        let (client, _) = fake_api::client(namespace(true));
-        let ctx = fake_api::context(client);
-        let let_go = ctx
-            .let_go_in_deleted_namespace("team-a", Err(forbidden()))
-            .await;
-        assert_eq!(let_go.expect("let go"), Action::await_change());
-        // Any other failure in that namespace is still a failure.
-        let conflict = Error::CleanupPending("t".into());
-        assert!(ctx
-            .let_go_in_deleted_namespace("team-a", Err(conflict))
-            .await
-            .is_err());
-
-        // Forbidden in a namespace that stays: kok's rights are wrong, it keeps the finalizer.
-        let (client, _) = fake_api::client(namespace(false));
-        let ctx = fake_api::context(client);
-        assert!(ctx
-            .let_go_in_deleted_namespace("team-a", Err(forbidden()))
-            .await
-            .is_err());
-    }
 
     #[test]
     fn the_fleet_is_known_from_status_until_inspected() {

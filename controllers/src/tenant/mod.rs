@@ -74,10 +74,7 @@ pub async fn reconcile(tc: Arc<TenantCluster>, ctx: Arc<Context>) -> Result<Acti
     let result = finalizer(&api, FINALIZER, tc, |event| async {
         match event {
             FinalizerEvent::Apply(tc) => apply_tenant(tc, &ctx).await,
-            FinalizerEvent::Cleanup(tc) => {
-                ctx.let_go_in_deleted_namespace(&ns, cleanup(tc, &ctx).await)
-                    .await
-            }
+            FinalizerEvent::Cleanup(tc) => cleanup(tc, &ctx).await,
         }
     })
     .await
