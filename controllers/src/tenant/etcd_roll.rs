@@ -90,6 +90,10 @@ enum MemberRoll {
     Draining(i32, String),
 }
 
+// Long on purpose (about 190 lines): one member at a time, it gathers the
+// facts `etcd_roll::next_action` decides on (the pure, table-tested part)
+// and carries out the one action chosen, with the leadership move and the
+// drain record it needs beside it.
 async fn roll_members(
     ctx: &Context,
     tc: &TenantCluster,

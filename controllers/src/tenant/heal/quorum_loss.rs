@@ -28,6 +28,11 @@ use crate::runtime::error::{Error, Result};
 /// followed; otherwise, or without such a backup, the loss is reported with
 /// the runbook step. A restore of this tenant that completes after the loss
 /// (kok's or a person's) ends it: the claims are recorded anew.
+// Long on purpose (about 220 lines): the whole quorum-loss procedure in
+// order (recovered by a restore? a restore already created? policy allows
+// one? a usable backup?), each branch ending in what it leaves in status,
+// so it reads as the quorum-loss section of docs/self-healing.md
+// does. Each branch is a few lines of facts and one record.
 pub(super) async fn quorum_loss(
     ctx: &Context,
     tc: &TenantCluster,

@@ -38,6 +38,11 @@ fn etcd_err(e: impl std::fmt::Display) -> Error {
     Error::Etcd(e.to_string())
 }
 
+// Long on purpose (about 210 lines): it reads what the recorded phase needs,
+// asks `next_step`, and each arm of one match is one step with the record it
+// writes. A step and its record stay side by side, so that what a restart
+// resumes from is visibly what was done; the decision itself is pure and
+// table-tested in templates/src/member_replacement.rs.
 pub(super) async fn replace(
     ctx: &Context,
     tc: &TenantCluster,
