@@ -559,30 +559,12 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
     )
     .await;
     let mut webhooks = Vec::new();
-    let hook = |configuration: &str, name, failure_policy, service| {
-        facts::webhook(configuration, name, failure_policy, service, &has_endpoint)
-    };
     let validating = list_facts(
         Api::<Lenient<ValidatingWebhookConfiguration>>::all(client.clone()),
         lp(),
         "ValidatingWebhookConfigurations",
         errors,
-        |c| {
-            let configuration = format!("ValidatingWebhookConfiguration {}", c.name_any());
-            let hooks = c.webhooks.unwrap_or_default().into_iter();
-            Some(
-                hooks
-                    .map(|w| {
-                        hook(
-                            &configuration,
-                            w.name,
-                            w.failure_policy,
-                            w.client_config.service,
-                        )
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        },
+        |c| Some(facts::validating_webhooks(c, &has_endpoint)),
     )
     .await;
     let mutating = list_facts(
@@ -590,22 +572,7 @@ async fn read_tenant(client: &Client, f: &mut Facts, errors: &mut Vec<String>) {
         lp(),
         "MutatingWebhookConfigurations",
         errors,
-        |c| {
-            let configuration = format!("MutatingWebhookConfiguration {}", c.name_any());
-            let hooks = c.webhooks.unwrap_or_default().into_iter();
-            Some(
-                hooks
-                    .map(|w| {
-                        hook(
-                            &configuration,
-                            w.name,
-                            w.failure_policy,
-                            w.client_config.service,
-                        )
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        },
+        |c| Some(facts::mutating_webhooks(c, &has_endpoint)),
     )
     .await;
     if let (Some(v), Some(m)) = (validating, mutating) {

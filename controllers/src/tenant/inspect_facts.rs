@@ -2,7 +2,9 @@
 //! function per kind, from the decoded object to the fact
 //! `kok_templates::inspection` decides on.
 
-use k8s_openapi::api::admissionregistration::v1::ServiceReference;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ServiceReference, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
@@ -210,6 +212,48 @@ pub(super) fn crd(c: CustomResourceDefinition, has_endpoint: HasEndpoint) -> Opt
     })
 }
 
+/// Every webhook of a validating configuration.
+pub(super) fn validating_webhooks(
+    c: ValidatingWebhookConfiguration,
+    has_endpoint: HasEndpoint,
+) -> Vec<WebhookFact> {
+    let configuration = format!("ValidatingWebhookConfiguration {}", c.name_any());
+    c.webhooks
+        .unwrap_or_default()
+        .into_iter()
+        .map(|w| {
+            webhook(
+                &configuration,
+                w.name,
+                w.failure_policy,
+                w.client_config.service,
+                has_endpoint,
+            )
+        })
+        .collect()
+}
+
+/// Every webhook of a mutating configuration.
+pub(super) fn mutating_webhooks(
+    c: MutatingWebhookConfiguration,
+    has_endpoint: HasEndpoint,
+) -> Vec<WebhookFact> {
+    let configuration = format!("MutatingWebhookConfiguration {}", c.name_any());
+    c.webhooks
+        .unwrap_or_default()
+        .into_iter()
+        .map(|w| {
+            webhook(
+                &configuration,
+                w.name,
+                w.failure_policy,
+                w.client_config.service,
+                has_endpoint,
+            )
+        })
+        .collect()
+}
+
 /// One webhook of a validating or mutating configuration: whether it fails
 /// closed, and its Service with whether it has an endpoint.
 pub(super) fn webhook(
@@ -313,5 +357,25 @@ mod tests {
         let not: Endpoints = from(json!({"metadata": {"name": "hook", "namespace": "sys"},
             "subsets": [{"notReadyAddresses": [{"ip": "10.1.0.1"}]}]}));
         assert_eq!(ready_service(not), None);
+    }
+
+    #[test]
+    fn each_webhook_of_a_configuration_is_one_fact_named_by_it() {
+        let c: ValidatingWebhookConfiguration = from(json!({
+            "metadata": {"name": "policy"},
+            "webhooks": [
+                {"name": "a.example.com", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+                 "clientConfig": {"service": {"namespace": "sys", "name": "hook"}}},
+                {"name": "b.example.com", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+                 "failurePolicy": "Ignore", "clientConfig": {"url": "https://example.com"}}]}));
+        let facts = validating_webhooks(c, &|_, _| Some(false));
+        assert_eq!(facts.len(), 2);
+        assert_eq!(
+            facts[0].configuration,
+            "ValidatingWebhookConfiguration policy"
+        );
+        assert_eq!(facts[0].service, Some(("sys/hook".to_string(), false)));
+        assert!(facts[0].fails_closed && !facts[1].fails_closed);
+        assert_eq!(facts[1].service, None, "a URL webhook has no Service");
     }
 }
