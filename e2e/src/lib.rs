@@ -99,9 +99,10 @@ async fn release_kok_objects(client: &Client, ns: &str) {
     let _ = restores.delete_collection(&dp, &lp).await;
     let deadline = Instant::now() + Duration::from_secs(180);
     while Instant::now() < deadline {
-        let left = tenants.list(&lp).await.map(|l| l.items.len()).unwrap_or(0)
-            + tokens.list(&lp).await.map(|l| l.items.len()).unwrap_or(0)
-            + restores.list(&lp).await.map(|l| l.items.len()).unwrap_or(0);
+        // A failed list is not "gone": it counts as one left.
+        let left = tenants.list(&lp).await.map_or(1, |l| l.items.len())
+            + tokens.list(&lp).await.map_or(1, |l| l.items.len())
+            + restores.list(&lp).await.map_or(1, |l| l.items.len());
         if left == 0 {
             return;
         }

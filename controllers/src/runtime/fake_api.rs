@@ -34,6 +34,19 @@ impl Seen {
         self.method == Method::GET
     }
 
+    /// A read of a collection (`.../namespaces/NS/pods`, `.../nodes`), not of one object.
+    pub fn is_list(&self) -> bool {
+        let segments: Vec<&str> = self.path.trim_matches('/').split('/').collect();
+        // /api/v1/... or /apis/GROUP/VERSION/...
+        let rest = match segments.first() {
+            Some(&"api") => segments.get(2..),
+            _ => segments.get(3..),
+        }
+        .unwrap_or_default();
+        self.is_read()
+            && (rest.len() == 1 || (rest.len() == 3 && rest.first() == Some(&"namespaces")))
+    }
+
     /// An Event kok published (events.k8s.io).
     pub fn is_event(&self) -> bool {
         self.method == Method::POST && self.path.contains("/events")
@@ -97,21 +110,6 @@ pub fn not_found(seen: &Seen) -> Answer {
 /// only what it wrote.
 pub fn echo(seen: &Seen) -> Answer {
     (200, seen.body.clone())
-}
-
-impl Seen {
-    /// A read of a collection (`.../namespaces/NS/pods`, `.../nodes`), not of one object.
-    pub fn is_list(&self) -> bool {
-        let segments: Vec<&str> = self.path.trim_matches('/').split('/').collect();
-        // /api/v1/... or /apis/GROUP/VERSION/...
-        let rest = match segments.first() {
-            Some(&"api") => segments.get(2..),
-            _ => segments.get(3..),
-        }
-        .unwrap_or_default();
-        self.is_read()
-            && (rest.len() == 1 || (rest.len() == 3 && rest.first() == Some(&"namespaces")))
-    }
 }
 
 /// A list of `items`, in the shape every list answer has.
@@ -193,4 +191,16 @@ pub fn context(client: Client) -> Arc<Context> {
             argocd: Default::default(),
         },
     ))
+}
+
+/// Where a tenant's children go, as a pass works it out from the tenant.
+pub fn placement(tc: &kok_crds::TenantCluster) -> kok_templates::controlplane::Placement {
+    use kube::{Resource, ResourceExt};
+    kok_templates::controlplane::Placement {
+        names: kok_templates::names::tenant_names(tc),
+        namespace: tc.namespace().unwrap_or_default(),
+        owner: tc
+            .controller_owner_ref(&())
+            .expect("a test tenant has a name and a uid"),
+    }
 }

@@ -218,9 +218,8 @@ pub(super) fn validating_webhooks(
     has_endpoint: HasEndpoint,
 ) -> Vec<WebhookFact> {
     let configuration = format!("ValidatingWebhookConfiguration {}", c.name_any());
-    c.webhooks
-        .unwrap_or_default()
-        .into_iter()
+    let hooks = c.webhooks.unwrap_or_default().into_iter();
+    hooks
         .map(|w| {
             webhook(
                 &configuration,
@@ -233,15 +232,14 @@ pub(super) fn validating_webhooks(
         .collect()
 }
 
-/// Every webhook of a mutating configuration.
+/// Every webhook of a mutating configuration (another type with the same fields).
 pub(super) fn mutating_webhooks(
     c: MutatingWebhookConfiguration,
     has_endpoint: HasEndpoint,
 ) -> Vec<WebhookFact> {
     let configuration = format!("MutatingWebhookConfiguration {}", c.name_any());
-    c.webhooks
-        .unwrap_or_default()
-        .into_iter()
+    let hooks = c.webhooks.unwrap_or_default().into_iter();
+    hooks
         .map(|w| {
             webhook(
                 &configuration,

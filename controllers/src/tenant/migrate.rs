@@ -1145,7 +1145,6 @@ mod tests {
     use super::*;
     use crate::runtime::fake_api::{self, Answer, Requests, Seen};
     use crate::tenant::kubeconfigs::Kubeconfigs;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use kok_templates::names::Names;
 
     const NS: &str = "team-a";
@@ -1197,18 +1196,7 @@ mod tests {
         let ctx = fake_api::context(client);
         let valid = kok_templates::validate::validate(&tc.spec, None, &Default::default())
             .expect("a valid spec");
-        let p = Placement {
-            names: Names::new("t"),
-            namespace: NS.into(),
-            owner: OwnerReference {
-                api_version: "kok.dev/v1alpha1".into(),
-                kind: "TenantCluster".into(),
-                name: "t".into(),
-                uid: UID.into(),
-                controller: Some(true),
-                ..Default::default()
-            },
-        };
+        let p = fake_api::placement(&tc);
         let empty = || kok_templates::pki::CertKeyPair {
             cert_pem: String::new(),
             key_pem: String::new(),

@@ -48,6 +48,12 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no condition {type_} in {status}"))
 }
 
+/// The pass wrote nothing but its status and Events.
+fn assert_touched_nothing(requests: &fake_api::Requests, why: &str) {
+    let writes = requests.other_writes();
+    assert!(writes.is_empty(), "{why}: {writes:?}");
+}
+
 /// The pass with `route` answering, and what it asked for.
 async fn pass(
     tc: Arc<TenantCluster>,
@@ -81,11 +87,7 @@ async fn an_invalid_spec_stalls_naming_the_field_and_touches_nothing() {
         result.expect("a held pass is no error"),
         Action::await_change()
     );
-    assert!(
-        requests.other_writes().is_empty(),
-        "an invalid spec touches nothing: {:?}",
-        requests.other_writes()
-    );
+    assert_touched_nothing(&requests, "an invalid spec touches nothing");
     let status = requests.last_status().expect("the status is written");
     let stalled = condition(&status, "Stalled");
     assert_eq!(stalled["status"], "True");
@@ -139,11 +141,7 @@ async fn a_restore_in_progress_holds_the_tenant_and_the_pass_leaves_the_control_
     .await;
 
     assert_eq!(result.expect("held"), Action::await_change());
-    assert!(
-        requests.other_writes().is_empty(),
-        "the restore owns the control plane: {:?}",
-        requests.other_writes()
-    );
+    assert_touched_nothing(&requests, "the restore owns the control plane");
     assert!(
         requests
             .all()
@@ -166,11 +164,7 @@ async fn a_restore_deleted_midway_stalls_the_tenant_and_says_how_to_resume() {
 
     // Looked at again later (the annotation may be removed by hand).
     assert!(result.is_ok());
-    assert!(
-        requests.other_writes().is_empty(),
-        "{:?}",
-        requests.other_writes()
-    );
+    assert_touched_nothing(&requests, "the pass touches nothing else");
     let status = requests.last_status().expect("the status is written");
     let stalled = condition(&status, "Stalled");
     assert_eq!(stalled["status"], "True");
@@ -195,11 +189,7 @@ async fn a_failed_restore_stalls_the_tenant_with_the_restores_own_message() {
     )
     .await;
 
-    assert!(
-        requests.other_writes().is_empty(),
-        "{:?}",
-        requests.other_writes()
-    );
+    assert_touched_nothing(&requests, "the pass touches nothing else");
     let status = requests.last_status().expect("the status is written");
     let stalled = condition(&status, "Stalled");
     assert_eq!(stalled["reason"], "RestoreFailed");
@@ -216,11 +206,7 @@ async fn a_paused_tenant_is_left_as_it_is() {
     let (result, requests) = pass(tenant(spec, json!({})), empty_cluster).await;
 
     assert_eq!(result.expect("held"), Action::await_change());
-    assert!(
-        requests.other_writes().is_empty(),
-        "{:?}",
-        requests.other_writes()
-    );
+    assert_touched_nothing(&requests, "the pass touches nothing else");
     let status = requests.last_status().expect("the status is written");
     assert_eq!(condition(&status, "Reconciling")["reason"], "Paused");
 }

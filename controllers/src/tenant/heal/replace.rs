@@ -367,8 +367,6 @@ async fn clear_stuck_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::runtime::fake_api::{self, Answer, Requests, Seen};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-    use kok_templates::names::Names;
     use serde_json::json;
 
     const NS: &str = "team-a";
@@ -382,20 +380,6 @@ mod tests {
             "status": {"etcdReplicas": 3},
         }))
         .unwrap()
-    }
-
-    fn placement() -> Placement {
-        Placement {
-            names: Names::new("t"),
-            namespace: NS.into(),
-            owner: OwnerReference {
-                api_version: "kok.dev/v1alpha1".into(),
-                kind: "TenantCluster".into(),
-                name: "t".into(),
-                uid: "u-1".into(),
-                ..Default::default()
-            },
-        }
     }
 
     /// A running tenant of 3 members: its etcd access Secrets, member
@@ -465,9 +449,17 @@ mod tests {
             joining_rendered: true,
             others_lost: false,
         };
-        let healing = replace(&ctx, &tc, &placement(), &mut status, r, &observed, around)
-            .await
-            .expect("the step runs on the API alone");
+        let healing = replace(
+            &ctx,
+            &tc,
+            &fake_api::placement(&tc),
+            &mut status,
+            r,
+            &observed,
+            around,
+        )
+        .await
+        .expect("the step runs on the API alone");
         assert!(matches!(healing, Healing::Replacing(_)));
         (status, requests)
     }
