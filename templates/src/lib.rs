@@ -14,6 +14,7 @@ pub mod etcd_scale;
 pub mod field_error;
 pub mod flags;
 pub mod inspection;
+pub mod kstatus;
 pub mod member_replacement;
 pub mod membership;
 pub mod migration;

@@ -15,6 +15,7 @@ use kok_crds::{BackupEncryption, Destination, RestorePhase};
 use sha2::{Digest, Sha256};
 
 use crate::controlplane::{etcd_initial_cluster, ETCD_PEER_PORT};
+use crate::kstatus::{Cond, Summary};
 use crate::names::{component_labels, Names};
 use crate::security::{container_security_context, pod_security_context};
 
@@ -463,6 +464,22 @@ pub fn check_incarnation(
             }
         }
         _ => Ok(false),
+    }
+}
+
+/// A restore's kstatus conditions from its phase: Ready only when
+/// Completed, Stalled (with `stalled_reason`) when Failed, Reconciling while
+/// it runs.
+pub fn conditions(phase: RestorePhase, message: &str, stalled_reason: &str) -> Vec<Cond> {
+    match phase {
+        RestorePhase::Completed => {
+            Summary::ready("Completed", message, "").conditions(Some(("Completed", "")))
+        }
+        RestorePhase::Failed => Summary::blocked(stalled_reason, message, "").conditions(None),
+        running => {
+            let summary = Summary::working(&format!("{running:?}"), message);
+            summary.conditions(Some(("Progressing", "")))
+        }
     }
 }
 
@@ -932,5 +949,34 @@ mod tests {
         );
         assert!(refused.contains("acceptOtherIncarnation"));
         assert_eq!(check_incarnation(Some("old"), Some("new"), true), Ok(true));
+    }
+
+    #[test]
+    fn a_restore_reads_as_kstatus_from_its_phase() {
+        use kok_crds::condition;
+        let get = |cs: &[Cond], t: &str| cs.iter().find(|c| c.type_ == t).map(|c| c.status);
+        let done = conditions(RestorePhase::Completed, "restored", "DeadlineExceeded");
+        assert_eq!(get(&done, condition::READY), Some(true));
+        assert_eq!(get(&done, condition::RECONCILING), Some(false));
+        assert_eq!(get(&done, condition::STALLED), Some(false));
+        let failed = conditions(
+            RestorePhase::Failed,
+            "the artifact is corrupt",
+            "VerifyFailed",
+        );
+        let stalled = failed
+            .iter()
+            .find(|c| c.type_ == condition::STALLED)
+            .unwrap();
+        assert!(stalled.status && stalled.reason == "VerifyFailed");
+        assert_eq!(get(&failed, condition::RECONCILING), Some(false));
+        let running = conditions(RestorePhase::StoppingControlPlane, "stopping", "x");
+        assert_eq!(get(&running, condition::RECONCILING), Some(true));
+        assert_eq!(get(&running, condition::READY), Some(false));
+        let r = running
+            .iter()
+            .find(|c| c.type_ == condition::READY)
+            .unwrap();
+        assert_eq!(r.reason, "StoppingControlPlane");
     }
 }

@@ -11,6 +11,7 @@
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kok_crds::condition;
 
+use crate::kstatus::{self, Cond, Summary};
 use crate::pod_trouble::PodTrouble;
 
 /// The rollout state of one Deployment or StatefulSet, as read from the API.
@@ -291,66 +292,70 @@ pub struct OpenUpgrade {
     pub preflight_failed: Option<String>,
 }
 
-/// `Ready`, `Reconciling` and (when it will not finish on its own)
-/// `Stalled`, from the rollout verdict and the upgrade record. Ready only
-/// when every component runs what the spec asks for: a step of an upgrade
-/// that rolled out completely is not the end of it.
-pub fn summary(verdict: &Verdict, upgrade: Option<&OpenUpgrade>) -> Vec<ComponentCondition> {
+/// `Stalled` False on a tenant whose spec was admitted and nothing is stuck.
+pub const SPEC_VALID: (&str, &str) = ("SpecValid", "the spec is valid");
+
+/// The rollout's summary, from the verdict and the upgrade record. Ready
+/// only when every component runs what the spec asks for: a step of an
+/// upgrade that rolled out completely is not the end of it.
+pub fn summary(verdict: &Verdict, upgrade: Option<&OpenUpgrade>) -> Summary {
     let waiting_for = verdict
         .waiting_for
         .clone()
         .or_else(|| upgrade.map(|u| format!("upgrading from {} to {}: {}", u.from, u.to, u.doing)));
-    let cond = |type_, ok, reason, message: &str| ComponentCondition {
-        type_,
-        ok,
-        reason,
-        message: message.to_string(),
-    };
     let Some(msg) = waiting_for else {
-        return vec![
-            cond(
-                condition::READY,
-                true,
-                "Ready",
-                "the tenant control plane is serving",
-            ),
-            cond(
-                condition::RECONCILING,
-                false,
-                "Ready",
-                "the control plane matches the spec",
-            ),
-        ];
+        return Summary::ready(
+            "Ready",
+            "the tenant control plane is serving",
+            "the control plane matches the spec",
+        );
     };
+    if let Some((reason, why)) = &verdict.stalled {
+        // Waiting will not fix it.
+        return Summary::Blocked {
+            reason: reason.to_string(),
+            why: why.clone(),
+            waiting: "waiting for a spec or cluster change".into(),
+            not_ready: Some(msg),
+        };
+    }
     // An upgrade that has not moved for long is stuck: it keeps serving on
     // what runs, and says so instead of just "progressing".
     let stuck = upgrade.is_some_and(|u| u.stuck);
     let reason = if stuck { "UpgradeStuck" } else { "Progressing" };
-    let mut out = vec![
-        cond(condition::READY, false, reason, &msg),
-        cond(condition::RECONCILING, true, reason, &msg),
-    ];
-    if stuck {
-        out.push(cond(condition::STALLED, true, reason, &msg));
+    let preflight = upgrade.and_then(|u| u.preflight_failed.clone());
+    Summary::Working {
+        reason: reason.into(),
+        doing: msg.clone(),
+        not_ready: Some(msg.clone()),
+        stuck: preflight
+            .map(|why| ("PreflightFailed".to_string(), why))
+            .or_else(|| stuck.then(|| (reason.to_string(), msg))),
     }
-    if let Some(why) = upgrade.and_then(|u| u.preflight_failed.as_deref()) {
-        out.push(cond(condition::STALLED, true, "PreflightFailed", why));
-    }
-    if let Some((reason, why)) = &verdict.stalled {
-        // Waiting will not fix it: kstatus reads Stalled only when
-        // Reconciling is not True.
-        out = vec![
-            cond(condition::READY, false, reason, &msg),
-            cond(
-                condition::RECONCILING,
-                false,
-                reason,
-                "waiting for a spec or cluster change",
-            ),
-            cond(condition::STALLED, true, reason, why),
-        ];
-    }
-    out
+}
+
+/// Every condition a tenant pass computes, once: the components' and the
+/// kstatus ones, where `steps` (highest precedence first: what else the pass
+/// concluded, a migration refused, etcd scaling, healing) override the
+/// rollout's summary by `kstatus::combine`'s rule.
+pub fn conditions(
+    verdict: &Verdict,
+    upgrade: Option<&OpenUpgrade>,
+    steps: &[Summary],
+) -> Vec<Cond> {
+    let components = verdict.components.iter().map(|c| Cond {
+        type_: c.type_,
+        status: c.ok,
+        reason: c.reason.to_string(),
+        message: c.message.clone(),
+    });
+    components
+        .chain(kstatus::combine(
+            summary(verdict, upgrade),
+            steps,
+            Some(SPEC_VALID),
+        ))
+        .collect()
 }
 
 /// How soon a tenant that is not serving is looked at again, by how long it
@@ -545,20 +550,24 @@ mod tests {
         }
     }
 
-    fn find<'a>(cs: &'a [ComponentCondition], t: &str) -> Vec<&'a ComponentCondition> {
+    fn find<'a>(cs: &'a [Cond], t: &str) -> Vec<&'a Cond> {
         cs.iter().filter(|c| c.type_ == t).collect()
     }
 
     #[test]
     fn summary_is_ready_only_with_nothing_rolling_and_no_open_upgrade() {
         let done = verdict(&serving());
-        let s = summary(&done, None);
-        assert!(find(&s, condition::READY)[0].ok && !find(&s, condition::RECONCILING)[0].ok);
+        let s = summary(&done, None).conditions(None);
+        assert!(
+            find(&s, condition::READY)[0].status && !find(&s, condition::RECONCILING)[0].status
+        );
         assert!(find(&s, condition::STALLED).is_empty());
 
         // A finished step of an unfinished upgrade: still reconciling.
-        let s = summary(&done, Some(&open(false, None)));
-        assert!(!find(&s, condition::READY)[0].ok && find(&s, condition::RECONCILING)[0].ok);
+        let s = summary(&done, Some(&open(false, None))).conditions(None);
+        assert!(
+            !find(&s, condition::READY)[0].status && find(&s, condition::RECONCILING)[0].status
+        );
         assert_eq!(find(&s, condition::READY)[0].reason, "Progressing");
         assert!(find(&s, condition::READY)[0]
             .message
@@ -566,17 +575,19 @@ mod tests {
 
         let mut rolling = serving();
         rolling.apiserver.as_mut().unwrap().updated = 1;
-        let s = summary(&verdict(&rolling), None);
-        assert!(!find(&s, condition::READY)[0].ok && find(&s, condition::RECONCILING)[0].ok);
+        let s = summary(&verdict(&rolling), None).conditions(None);
+        assert!(
+            !find(&s, condition::READY)[0].status && find(&s, condition::RECONCILING)[0].status
+        );
     }
 
     #[test]
     fn a_stuck_upgrade_or_failed_preflight_is_stalled_but_reconciling() {
         let done = verdict(&serving());
-        let s = summary(&done, Some(&open(true, None)));
+        let s = summary(&done, Some(&open(true, None))).conditions(None);
         assert_eq!(find(&s, condition::RECONCILING)[0].reason, "UpgradeStuck");
-        assert!(find(&s, condition::STALLED)[0].ok);
-        let s = summary(&done, Some(&open(false, Some("EtcdBackup x failed"))));
+        assert!(find(&s, condition::STALLED)[0].status);
+        let s = summary(&done, Some(&open(false, Some("EtcdBackup x failed")))).conditions(None);
         let stalled = find(&s, condition::STALLED);
         assert_eq!(stalled.len(), 1);
         assert_eq!(stalled[0].reason, "PreflightFailed");
@@ -606,25 +617,67 @@ mod tests {
             "{api:?}"
         );
         assert_eq!(v.stalled, None);
-        let s = summary(&v, None);
-        assert!(find(&s, condition::RECONCILING)[0].ok);
+        let s = summary(&v, None).conditions(None);
+        assert!(find(&s, condition::RECONCILING)[0].status);
         assert!(find(&s, condition::STALLED).is_empty());
 
         o.pod_troubles = vec![(condition::APISERVER, trouble(true))];
-        let s = summary(&verdict(&o), None);
+        let s = summary(&verdict(&o), None).conditions(None);
         let stalled = find(&s, condition::STALLED);
-        assert!(stalled[0].ok);
+        assert!(stalled[0].status);
         assert_eq!(stalled[0].reason, "CrashLoopBackOff");
         assert!(stalled[0].message.contains("crash-looping"), "{stalled:?}");
         assert!(
-            !find(&s, condition::RECONCILING)[0].ok,
+            !find(&s, condition::RECONCILING)[0].status,
             "kstatus: Stalled, not InProgress"
         );
-        assert!(!find(&s, condition::READY)[0].ok);
+        assert!(!find(&s, condition::READY)[0].status);
 
         // A component that is available does not stall on an old pod's trouble.
         let mut o = serving();
         o.pod_troubles = vec![(condition::APISERVER, trouble(true))];
         assert_eq!(verdict(&o).stalled, None);
+    }
+
+    #[test]
+    fn a_pass_computes_every_condition_once_with_precedence() {
+        let get = |cs: &[Cond], t: &str| cs.iter().find(|c| c.type_ == t).cloned().unwrap();
+        let once = |cs: &[Cond]| {
+            for t in [condition::READY, condition::RECONCILING, condition::STALLED] {
+                assert_eq!(cs.iter().filter(|c| c.type_ == t).count(), 1, "{t}: {cs:?}");
+            }
+        };
+        // Serving while healing replaces a member: still Ready, reconciling.
+        let healing = Summary::Working {
+            reason: "HealingEtcd".into(),
+            doing: "replacing member 1".into(),
+            not_ready: None,
+            stuck: None,
+        };
+        let cs = conditions(&verdict(&serving()), None, &[healing]);
+        once(&cs);
+        assert!(get(&cs, condition::READY).status);
+        assert_eq!(get(&cs, condition::RECONCILING).reason, "HealingEtcd");
+        assert_eq!(get(&cs, condition::STALLED).reason, "SpecValid");
+        assert!(
+            cs.iter().any(|c| c.type_ == condition::APISERVER),
+            "components too"
+        );
+
+        // A pod that will not run beats scaling's progress...
+        let mut o = serving();
+        o.apiserver.as_mut().unwrap().available = 0;
+        o.pod_troubles = vec![(condition::APISERVER, trouble(true))];
+        let scaling = Summary::working("ScalingEtcd", "adding member 3");
+        let cs = conditions(&verdict(&o), None, std::slice::from_ref(&scaling));
+        once(&cs);
+        assert_eq!(get(&cs, condition::STALLED).reason, "CrashLoopBackOff");
+        assert!(!get(&cs, condition::RECONCILING).status);
+        // ...and a refused migration beats both.
+        let refused = Summary::blocked("MigrationFailed", "target failed", "a spec change");
+        let cs = conditions(&verdict(&o), None, &[refused, scaling]);
+        once(&cs);
+        assert_eq!(get(&cs, condition::STALLED).reason, "MigrationFailed");
+        assert_eq!(get(&cs, condition::READY).reason, "MigrationFailed");
     }
 }

@@ -14,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kok_crds::{BackupPhase, BackupSpec, EtcdBackup, EtcdBackupStatus, TenantCluster};
 use kok_templates::backup::artifact_key;
 use kok_templates::backup_source::backup_source;
+use kok_templates::kstatus::{self, Stage};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -114,52 +115,22 @@ fn error_conditions(
     permanent: bool,
     generation: Option<i64>,
 ) {
-    conditions::set(
-        conditions,
-        READY,
-        false,
-        "ReconcileError",
-        message,
-        generation,
-    );
-    if permanent {
-        conditions::set(
-            conditions,
-            STALLED,
-            true,
-            "ReconcileError",
-            message,
-            generation,
-        );
-    }
+    let computed = kstatus::reconcile_error("ReconcileError", message, permanent);
+    conditions::apply(conditions, computed, generation);
 }
-
-const READY: &str = kok_crds::condition::READY;
-const RECONCILING: &str = kok_crds::condition::RECONCILING;
-const STALLED: &str = kok_crds::condition::STALLED;
 
 /// kstatus conditions for a phase: Ready when Succeeded, Stalled when Failed,
 /// Reconciling while anything is still to do. The message is the status message.
 fn phase_conditions(status: &mut EtcdBackupStatus, generation: Option<i64>) {
     let phase = status.phase.unwrap_or(BackupPhase::Pending);
-    let reason = format!("{phase:?}");
-    let message = status.message.clone().unwrap_or_default();
-    let c = &mut status.conditions;
-    let (ready, stalled) = match phase {
-        BackupPhase::Succeeded => (true, false),
-        BackupPhase::Failed => (false, true),
-        BackupPhase::Pending | BackupPhase::Running | BackupPhase::Verifying => (false, false),
+    let stage = match phase {
+        BackupPhase::Succeeded => Stage::Done,
+        BackupPhase::Failed => Stage::Failed,
+        BackupPhase::Pending | BackupPhase::Running | BackupPhase::Verifying => Stage::Running,
     };
-    conditions::set(c, READY, ready, &reason, message.as_str(), generation);
-    conditions::set(c, STALLED, stalled, &reason, message.as_str(), generation);
-    conditions::set(
-        c,
-        RECONCILING,
-        !phase.is_terminal(),
-        &reason,
-        message,
-        generation,
-    );
+    let message = status.message.clone().unwrap_or_default();
+    let computed = kstatus::phase(stage, &format!("{phase:?}"), &message);
+    conditions::apply(&mut status.conditions, computed, generation);
     status.observed_generation = generation;
 }
 
@@ -517,6 +488,7 @@ fn spec_uses_filesystem(tc: &TenantCluster) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kok_crds::condition::{READY, RECONCILING, STALLED};
 
     fn status_of(conditions: &[Condition], type_: &str) -> (String, String) {
         let c = conditions.iter().find(|c| c.type_ == type_).unwrap();

@@ -18,7 +18,8 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::ByteString;
-use kok_crds::{condition, JoinToken, JoinTokenPhase, JoinTokenStatus, TenantCluster};
+use kok_crds::{JoinToken, JoinTokenPhase, JoinTokenStatus, TenantCluster};
+use kok_templates::kstatus::{self, Stage};
 use kok_templates::names::{tenant_names, MANAGED_BY, MANAGED_BY_LABEL};
 use kok_templates::nodes::{
     bootstrap_kubeconfig, bootstrap_token_secret, ca_cert_hash, join_command, BootstrapToken,
@@ -408,13 +409,14 @@ fn set_phase(
 ) {
     let g = jt.metadata.generation;
     status.phase = Some(phase);
-    let c = &mut status.conditions;
-    let ready = phase == JoinTokenPhase::Ready;
-    let stalled = phase == JoinTokenPhase::Failed;
-    let waiting = phase == JoinTokenPhase::Pending;
-    conditions::set(c, condition::READY, ready, reason, message, g);
-    conditions::set(c, condition::STALLED, stalled, reason, message, g);
-    conditions::set(c, condition::RECONCILING, waiting, reason, message, g);
+    let stage = match phase {
+        JoinTokenPhase::Pending => Stage::Running,
+        JoinTokenPhase::Ready => Stage::Done,
+        JoinTokenPhase::Expired => Stage::Ended,
+        JoinTokenPhase::Failed => Stage::Failed,
+    };
+    let computed = kstatus::phase(stage, reason, message);
+    conditions::apply(&mut status.conditions, computed, g);
 }
 
 async fn write_status(

@@ -209,73 +209,12 @@ fn deadline_passed(status: &mut EtcdRestoreStatus, phase: RestorePhase) -> Optio
     ))
 }
 
-/// kstatus conditions from the phase: Ready only when Completed, Stalled
-/// when Failed (with `stalled_reason`), Reconciling while running.
+/// kstatus conditions from the phase (`kok_templates::restore::conditions`).
 fn set_conditions(status: &mut EtcdRestoreStatus, stalled_reason: &str) {
-    let generation = status.observed_generation;
     let phase = status.phase.unwrap_or(RestorePhase::Pending);
     let message = status.message.clone().unwrap_or_default();
-    let cs = &mut status.conditions;
-    match phase {
-        RestorePhase::Completed => {
-            conditions::set(
-                cs,
-                condition::READY,
-                true,
-                "Completed",
-                &message,
-                generation,
-            );
-            conditions::set(
-                cs,
-                condition::RECONCILING,
-                false,
-                "Completed",
-                "",
-                generation,
-            );
-            conditions::set(cs, condition::STALLED, false, "Completed", "", generation);
-        }
-        RestorePhase::Failed => {
-            conditions::set(
-                cs,
-                condition::READY,
-                false,
-                stalled_reason,
-                &message,
-                generation,
-            );
-            conditions::set(
-                cs,
-                condition::RECONCILING,
-                false,
-                stalled_reason,
-                "",
-                generation,
-            );
-            conditions::set(
-                cs,
-                condition::STALLED,
-                true,
-                stalled_reason,
-                &message,
-                generation,
-            );
-        }
-        running => {
-            let reason = format!("{running:?}");
-            conditions::set(cs, condition::READY, false, &reason, &message, generation);
-            conditions::set(
-                cs,
-                condition::RECONCILING,
-                true,
-                &reason,
-                &message,
-                generation,
-            );
-            conditions::set(cs, condition::STALLED, false, "Progressing", "", generation);
-        }
-    }
+    let computed = kok_templates::restore::conditions(phase, &message, stalled_reason);
+    conditions::apply(&mut status.conditions, computed, status.observed_generation);
 }
 
 /// Makes a failing reconcile visible on the object: a condition and a
@@ -317,26 +256,10 @@ async fn report_error(er: &EtcdRestore, ctx: &Context, error: &Error) {
     };
     let mut status = fresh.status.clone().unwrap_or_default();
     let generation = fresh.meta().generation;
-    let cs = &mut status.conditions;
-    conditions::set(
-        cs,
-        condition::READY,
-        false,
-        RECONCILE_ERROR,
-        &message,
-        generation,
-    );
     // The API refused the request itself: the same request cannot succeed later.
-    if matches!(code, Some(400) | Some(422)) {
-        conditions::set(
-            cs,
-            condition::STALLED,
-            true,
-            RECONCILE_ERROR,
-            &message,
-            generation,
-        );
-    }
+    let permanent = matches!(code, Some(400) | Some(422));
+    let computed = kok_templates::kstatus::reconcile_error(RECONCILE_ERROR, &message, permanent);
+    conditions::apply(&mut status.conditions, computed, generation);
     if fresh.status.as_ref().map(|s| &s.conditions) != Some(&status.conditions) {
         // The whole status: what this writer leaves out of an apply is removed.
         if let Err(e) = apply_status(&api, &fresh, manager::RESTORE, &status).await {

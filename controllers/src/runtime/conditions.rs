@@ -2,6 +2,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use kok_templates::kstatus::{Cond, Summary};
 
 pub fn set(
     conditions: &mut Vec<Condition>,
@@ -53,6 +54,31 @@ pub fn set_known(
             last_transition_time: Time(Timestamp::now()),
         }),
     }
+}
+
+/// Writes what a pass computed (`kok_templates::kstatus`): the one place a
+/// computed summary becomes the object's conditions.
+pub fn apply(
+    conditions: &mut Vec<Condition>,
+    computed: impl IntoIterator<Item = Cond>,
+    generation: Option<i64>,
+) {
+    for c in computed {
+        set(
+            conditions, c.type_, c.status, &c.reason, c.message, generation,
+        );
+    }
+}
+
+/// Writes a summary's `Ready`, `Reconciling` and `Stalled`; `fine` as in
+/// `Summary::conditions`.
+pub fn summarize(
+    conditions: &mut Vec<Condition>,
+    summary: &Summary,
+    fine: Option<(&str, &str)>,
+    generation: Option<i64>,
+) {
+    apply(conditions, summary.conditions(fine), generation);
 }
 
 /// A pass may set a condition one way and then the other (`Stalled` is

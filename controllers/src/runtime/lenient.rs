@@ -26,6 +26,7 @@ use tracing::warn;
 use crate::runtime::conditions;
 use crate::runtime::context::Context;
 use crate::runtime::error::{Error, Result};
+use kok_templates::kstatus::Summary;
 
 /// An object of kind `K` as stored, decoded or not.
 #[derive(Clone, Debug)]
@@ -224,30 +225,12 @@ where
     if already {
         return Ok(());
     }
-    conditions::set(
-        &mut conds,
-        condition::STALLED,
-        true,
+    let undecodable = Summary::blocked(
         "Undecodable",
         message.clone(),
-        generation,
-    );
-    conditions::set(
-        &mut conds,
-        condition::READY,
-        false,
-        "Undecodable",
-        message.clone(),
-        generation,
-    );
-    conditions::set(
-        &mut conds,
-        condition::RECONCILING,
-        false,
-        "Undecodable",
         "waiting for the object to be fixed",
-        generation,
     );
+    conditions::summarize(&mut conds, &undecodable, None, generation);
     let api: Api<Lenient<K>> =
         Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     crate::runtime::status::apply_status(

@@ -2,16 +2,15 @@
 //! plane, or a pause stop the pass before it touches anything.
 
 use super::workloads::{first_image, image_tag};
-use crate::runtime::conditions;
 use crate::runtime::context::Context;
 use crate::runtime::error::Result;
 use crate::runtime::lenient::Lenient;
 use k8s_openapi::api::apps::v1::Deployment;
-use kok_crds::condition;
 use kok_crds::EtcdRestore;
 use kok_crds::RestorePhase;
 use kok_crds::TenantCluster;
 use kok_crds::TenantClusterStatus;
+use kok_templates::kstatus::Summary;
 use kok_templates::names::Names;
 use kok_templates::validate::describe;
 use kok_templates::validate::validate;
@@ -31,8 +30,9 @@ const STALLED_RECHECK: Duration = Duration::from_secs(300);
 /// Whether this pass may act.
 pub(super) enum Admission {
     Proceed(ValidSpec),
-    /// Stop here; the conditions are set, `Action` says when to look again.
-    Hold(Action),
+    /// Stop here, with what to say (the pass writes it); `Action` says when
+    /// to look again.
+    Hold(Action, Summary),
 }
 
 pub(super) async fn admit(
@@ -42,8 +42,6 @@ pub(super) async fn admit(
 ) -> Result<Admission> {
     let ns = tc.namespace().unwrap_or_default();
     let name = tc.name_any();
-    let generation = tc.metadata.generation;
-    let c = &mut status.conditions;
 
     // An invalid spec touches nothing and waits for the next edit. Versions
     // are checked against the newest that runs anywhere: in the middle of a
@@ -67,16 +65,11 @@ pub(super) async fn admit(
             warn!(%message, "invalid spec");
             ctx.publish(tc, EventType::Warning, "InvalidSpec", "Validate", &message)
                 .await;
-            let (s, r) = ("InvalidSpec", "waiting for the spec to be fixed");
-            conditions::set(c, condition::STALLED, true, s, message.clone(), generation);
-            conditions::set(c, condition::RECONCILING, false, s, r, generation);
-            conditions::set(c, condition::READY, false, s, message, generation);
-            return Ok(Admission::Hold(Action::await_change()));
+            let invalid =
+                Summary::blocked("InvalidSpec", message, "waiting for the spec to be fixed");
+            return Ok(Admission::Hold(Action::await_change(), invalid));
         }
     };
-    let why = "the spec is valid";
-    conditions::set(c, condition::STALLED, false, "SpecValid", why, generation);
-
     if let Some(restore) = tc.annotations().get(kok_crds::RESTORE_ANNOTATION) {
         let held = restore_hold(ctx, &ns, restore).await?;
         if held.rebuilding {
@@ -93,26 +86,28 @@ pub(super) async fn admit(
         if let Some((reason, message)) = held.problem {
             ctx.publish(tc, EventType::Warning, reason, "Restore", &message)
                 .await;
-            conditions::set(c, condition::STALLED, true, reason, &message, generation);
-            conditions::set(c, condition::READY, false, reason, message, generation);
             let r = "the control plane is stopped until someone acts";
-            conditions::set(c, condition::RECONCILING, false, reason, r, generation);
-            return Ok(Admission::Hold(Action::requeue(STALLED_RECHECK)));
+            let held = Summary::blocked(reason, message, r);
+            return Ok(Admission::Hold(Action::requeue(STALLED_RECHECK), held));
         }
-        let r = "RestoreInProgress";
-        let doing =
-            format!("EtcdRestore {restore} is restoring etcd; the control plane is left to it");
-        conditions::set(c, condition::RECONCILING, true, r, doing, generation);
-        // The control plane is (being) stopped: not Ready until the restore hands it back.
-        let doing = format!("EtcdRestore {restore} is restoring etcd");
-        conditions::set(c, condition::READY, false, r, doing, generation);
-        return Ok(Admission::Hold(Action::await_change()));
+        let restoring = Summary::Working {
+            reason: "RestoreInProgress".into(),
+            doing: format!(
+                "EtcdRestore {restore} is restoring etcd; the control plane is left to it"
+            ),
+            // The control plane is (being) stopped: not Ready until the restore hands it back.
+            not_ready: Some(format!("EtcdRestore {restore} is restoring etcd")),
+            stuck: None,
+        };
+        return Ok(Admission::Hold(Action::await_change(), restoring));
     }
 
     if tc.spec.paused {
-        let why = "spec.paused is true: kok leaves the control plane as it is";
-        conditions::set(c, condition::RECONCILING, false, "Paused", why, generation);
-        return Ok(Admission::Hold(Action::await_change()));
+        let why = "spec.paused is true: kok leaves the control plane as it is".into();
+        return Ok(Admission::Hold(
+            Action::await_change(),
+            Summary::Paused { why },
+        ));
     }
     Ok(Admission::Proceed(valid))
 }

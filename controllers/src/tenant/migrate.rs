@@ -40,6 +40,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kok_crds::{BackupPhase, MigrationPhase, MigrationShape, MigrationStatus, UpgradeStrategy};
 use kok_templates::backup::artifact_key;
+use kok_templates::kstatus::Summary;
 use kok_templates::membership::{self, Mover};
 use kok_templates::migration::{self as mig, Decision};
 use kok_templates::names::{component_selector, APISERVER, TENANT_LABEL};
@@ -310,24 +311,9 @@ fn set_conditions(status: &mut TenantClusterStatus, generation: Option<i64>) {
         m.phase,
         m.message.clone().unwrap_or_default()
     );
-    let c = &mut status.conditions;
-    conditions::set(
-        c,
-        condition::READY,
-        false,
-        "Migrating",
-        &message,
-        generation,
-    );
-    conditions::set(
-        c,
-        condition::RECONCILING,
-        true,
-        "Migrating",
-        &message,
-        generation,
-    );
-    conditions::set(c, condition::STALLED, false, "Migrating", "", generation);
+    let migrating = Summary::working("Migrating", message);
+    let fine = Some(("Migrating", ""));
+    conditions::summarize(&mut status.conditions, &migrating, fine, generation);
 }
 
 fn source_placement(x: &Pass<'_>, m: &MigrationStatus) -> Placement {

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kok_crds::{condition, TenantCluster, TenantClusterStatus, UpgradeStrategy};
 use kok_templates::controlplane::{self as cp, Placement, Resolved};
 use kok_templates::etcd_scale;
+use kok_templates::kstatus::{Cond, Summary};
 use kok_templates::membership::{self, Mover};
 use kok_templates::names::tenant_names;
 use kok_templates::pki::CaKind;
@@ -119,42 +120,21 @@ async fn report_error(tc: &TenantCluster, error: &Error, ctx: &Context) {
     let old = tc.status.clone().unwrap_or_default();
     let mut status = old.clone();
     status.observed_generation = generation;
-    let c = &mut status.conditions;
-    conditions::set(
-        c,
-        condition::READY,
-        false,
-        reason,
-        message.clone(),
-        generation,
-    );
-    if stalled {
-        conditions::set(
-            c,
-            condition::STALLED,
-            true,
+    let summary = if stalled {
+        Summary::blocked(
             reason,
             message.clone(),
-            generation,
-        );
-        conditions::set(
-            c,
-            condition::RECONCILING,
-            false,
-            reason,
             "waiting for the problem to be fixed",
-            generation,
-        );
+        )
     } else {
-        conditions::set(
-            c,
-            condition::RECONCILING,
-            true,
-            reason,
-            format!("retrying: {message}"),
-            generation,
-        );
-    }
+        Summary::Working {
+            reason: reason.into(),
+            doing: format!("retrying: {message}"),
+            not_ready: Some(message.clone()),
+            stuck: None,
+        }
+    };
+    conditions::summarize(&mut status.conditions, &summary, None, generation);
     if let Err(e) = patch_status(ctx, tc, &old, status).await {
         warn!(error = %e, "could not record the reconcile error in status");
     }
@@ -194,7 +174,9 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     // 1. Admit: an invalid spec, a restore or a pause stops the pass here.
     let valid = match admit(&tc, ctx, &mut status).await? {
         Admission::Proceed(valid) => valid,
-        Admission::Hold(action) => {
+        Admission::Hold(action, said) => {
+            let fine = Some(tenant_status::SPEC_VALID);
+            conditions::summarize(&mut status.conditions, &said, fine, generation);
             patch_status(ctx, &tc, &old_status, status).await?;
             return Ok(action);
         }
@@ -246,14 +228,17 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
                 &message,
             )
             .await;
-            let c = &mut status.conditions;
-            let g = generation;
-            conditions::set(c, condition::CERTIFICATES, false, reason, &message, g);
-            conditions::set(c, condition::STALLED, true, reason, &message, g);
+            let certificates = Cond {
+                type_: condition::CERTIFICATES,
+                status: false,
+                reason: reason.into(),
+                message: message.clone(),
+            };
             // Not Ready and not progressing: nothing is signed until someone restores the Secret.
-            conditions::set(c, condition::READY, false, reason, message, g);
-            let r = "waiting for the Secret to be restored";
-            conditions::set(c, condition::RECONCILING, false, reason, r, g);
+            let waiting = "waiting for the Secret to be restored";
+            let blocked = Summary::blocked(reason, message, waiting).conditions(None);
+            let computed = blocked.into_iter().chain([certificates]);
+            conditions::apply(&mut status.conditions, computed, generation);
             patch_status(ctx, &tc, &old_status, status).await?;
             return Ok(Action::await_change());
         }
@@ -489,55 +474,6 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     } else {
         None
     };
-    let g = generation;
-    let c = &mut status.conditions;
-    let summary = tenant_status::summary(&verdict, open_upgrade.as_ref());
-    for cc in verdict.components.iter().chain(&summary) {
-        conditions::set(c, cc.type_, cc.ok, cc.reason, cc.message.clone(), g);
-    }
-    let expiry = pki
-        .earliest_expiry
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default();
-    let valid_until = format!("all certificates valid; the first expires at {expiry}");
-    conditions::set(c, condition::CERTIFICATES, true, "Valid", valid_until, g);
-    match &healing {
-        heal::Healing::Replacing(why) => {
-            conditions::set(c, condition::RECONCILING, true, "HealingEtcd", why, g);
-        }
-        heal::Healing::QuorumLost(why) => {
-            // kok cannot bring the data back by itself: a person must act.
-            conditions::set(c, condition::READY, false, "EtcdQuorumLost", why, g);
-            conditions::set(c, condition::STALLED, true, "EtcdQuorumLost", why, g);
-            let r = "waiting for a restore (see Stalled)";
-            conditions::set(c, condition::RECONCILING, false, "EtcdQuorumLost", r, g);
-        }
-        heal::Healing::Idle => {}
-    }
-    match &scaling {
-        scale::Scaling::Moving(why) => {
-            conditions::set(c, condition::READY, false, "ScalingEtcd", why, g);
-            conditions::set(c, condition::RECONCILING, true, "ScalingEtcd", why, g);
-        }
-        scale::Scaling::Blocked(why) => {
-            let r = "EtcdScalingBlocked";
-            conditions::set(c, condition::READY, false, r, why, g);
-            conditions::set(c, condition::STALLED, true, r, why, g);
-            conditions::set(
-                c,
-                condition::RECONCILING,
-                false,
-                r,
-                "waiting for a person",
-                g,
-            );
-        }
-        scale::Scaling::Idle => {}
-    }
-
     // Backups this installation cannot keep: the control plane still runs,
     // but the spec is not met until the destination or the operator changes.
     let backup_refused = tc
@@ -546,21 +482,39 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
         .as_ref()
         .and_then(|b| kok_templates::backup::storage_refusal(b, &ctx.policy))
         .map(|e| e.to_string());
-    if let Some(why) = &backup_refused {
-        let r = "BackupDestinationRefused";
-        conditions::set(c, condition::READY, false, r, why, g);
-        conditions::set(c, condition::STALLED, true, r, why, g);
-        let w = "waiting for a spec or operator change";
-        conditions::set(c, condition::RECONCILING, false, r, w, g);
-    }
-
-    if let Some(why) = migration_refused {
-        // Serving, but not what the spec asks for, until the spec changes.
-        conditions::set(c, condition::READY, false, "MigrationFailed", &why, g);
-        conditions::set(c, condition::STALLED, true, "MigrationFailed", &why, g);
-        let r = "waiting for a spec change";
-        conditions::set(c, condition::RECONCILING, false, "MigrationFailed", r, g);
-    }
+    // What else this pass concluded, highest precedence first: a person
+    // must act on the first two; scaling and healing move by themselves.
+    let steps: Vec<Summary> = [
+        migration_refused.map(|why| {
+            // Serving, but not what the spec asks for, until the spec changes.
+            Summary::blocked("MigrationFailed", why, "waiting for a spec change")
+        }),
+        backup_refused.as_ref().map(|why| {
+            let w = "waiting for a spec or operator change";
+            Summary::blocked("BackupDestinationRefused", why, w)
+        }),
+        scaling.summary(),
+        healing.summary(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let expiry = pki
+        .earliest_expiry
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    let certificates = Cond {
+        type_: condition::CERTIFICATES,
+        status: true,
+        reason: "Valid".into(),
+        message: format!("all certificates valid; the first expires at {expiry}"),
+    };
+    let computed = tenant_status::conditions(&verdict, open_upgrade.as_ref(), &steps);
+    let computed = computed.into_iter().chain([certificates]);
+    conditions::apply(&mut status.conditions, computed, generation);
 
     // 10. Inspect (on its interval, on request, or at once when etcd raised
     //     an alarm) once the tenant API answers; repair what policy allows.

@@ -11,6 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use kok_crds::{EtcdScaling, ScalingPhase, TenantCluster, TenantClusterStatus};
 use kok_templates::controlplane::{Placement, ETCD_PEER_PORT};
 use kok_templates::etcd_scale::{self as es, Move};
+use kok_templates::kstatus::Summary;
 use kok_templates::restore::member_claim;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -30,6 +31,21 @@ pub(super) enum Scaling {
     Moving(String),
     /// Waiting for a person: the message names what to do (for `Stalled`).
     Blocked(String),
+}
+
+impl Scaling {
+    /// What scaling concluded, for the tenant's kstatus conditions.
+    pub(super) fn summary(&self) -> Option<Summary> {
+        match self {
+            Scaling::Idle => None,
+            Scaling::Moving(why) => Some(Summary::working("ScalingEtcd", why.clone())),
+            Scaling::Blocked(why) => Some(Summary::blocked(
+                "EtcdScalingBlocked",
+                why.clone(),
+                "waiting for a person",
+            )),
+        }
+    }
 }
 
 fn etcd_err(e: impl std::fmt::Display) -> Error {

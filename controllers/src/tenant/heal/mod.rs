@@ -19,6 +19,7 @@ use kok_crds::{
 use kok_templates::controlplane::{self as cp, Placement};
 use kok_templates::etcd_scale;
 use kok_templates::inspection::{self as insp, ETCD_MEMBER_LOST};
+use kok_templates::kstatus::Summary;
 use kok_templates::membership::{self, lost_members, MemberVolume, Mover};
 use kok_templates::names::Names;
 use kok_templates::restore::member_claim;
@@ -73,6 +74,28 @@ pub(super) enum Healing {
     /// A lost quorum kok does not restore by itself: the runbook step, for
     /// `Stalled` (a person must act).
     QuorumLost(String),
+}
+
+impl Healing {
+    /// What healing concluded, for the tenant's kstatus conditions.
+    pub(super) fn summary(&self) -> Option<Summary> {
+        match self {
+            Healing::Idle => None,
+            // A member is replaced under a control plane that may still serve.
+            Healing::Replacing(why) => Some(Summary::Working {
+                reason: "HealingEtcd".into(),
+                doing: why.clone(),
+                not_ready: None,
+                stuck: None,
+            }),
+            // kok cannot bring the data back by itself: a person must act.
+            Healing::QuorumLost(why) => Some(Summary::blocked(
+                "EtcdQuorumLost",
+                why.clone(),
+                "waiting for a restore (see Stalled)",
+            )),
+        }
+    }
 }
 
 /// One pass of the etcd member healing. Records the claims of members
