@@ -373,6 +373,37 @@ pub fn progress_poll(not_ready_for: std::time::Duration) -> std::time::Duration 
     std::time::Duration::from_secs(secs)
 }
 
+/// What decides when a tenant pass looks again.
+#[derive(Debug, Clone, Copy)]
+pub struct Wake {
+    pub ready: bool,
+    /// etcd settles its cluster version a moment after the members agree.
+    pub etcd_version_known: bool,
+    /// A roll or a member move in progress: etcd's progress (a learner
+    /// catching up) is not a watched object, so it is polled.
+    pub moving_members: bool,
+    /// Scaling blocked or quorum lost: a person (or a restore, whose end
+    /// wakes the pass) must act; looked at again on the resync, not polled.
+    pub waiting_for_person: bool,
+    pub next_inspection: std::time::Duration,
+    pub not_ready_for: std::time::Duration,
+    pub resync: std::time::Duration,
+    pub progress_poll: std::time::Duration,
+}
+
+/// When a tenant pass looks again.
+pub fn next_look(w: &Wake) -> std::time::Duration {
+    if w.waiting_for_person {
+        w.resync
+    } else if w.ready && w.etcd_version_known && !w.moving_members {
+        w.resync.min(w.next_inspection)
+    } else if w.ready || w.moving_members {
+        w.progress_poll
+    } else {
+        progress_poll(w.not_ready_for)
+    }
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -679,5 +710,61 @@ mod tests {
         once(&cs);
         assert_eq!(get(&cs, condition::STALLED).reason, "MigrationFailed");
         assert_eq!(get(&cs, condition::READY).reason, "MigrationFailed");
+    }
+
+    #[test]
+    fn a_pass_looks_again_by_what_it_waits_for() {
+        use std::time::Duration as D;
+        let settled = Wake {
+            ready: true,
+            etcd_version_known: true,
+            moving_members: false,
+            waiting_for_person: false,
+            next_inspection: D::from_secs(120),
+            not_ready_for: D::ZERO,
+            resync: D::from_secs(300),
+            progress_poll: D::from_secs(5),
+        };
+        assert_eq!(
+            next_look(&settled),
+            D::from_secs(120),
+            "the inspection comes first"
+        );
+        let w = Wake {
+            next_inspection: D::from_secs(900),
+            ..settled
+        };
+        assert_eq!(next_look(&w), D::from_secs(300));
+        let w = Wake {
+            moving_members: true,
+            ..settled
+        };
+        assert_eq!(next_look(&w), D::from_secs(5));
+        let w = Wake {
+            etcd_version_known: false,
+            ..settled
+        };
+        assert_eq!(next_look(&w), D::from_secs(5));
+        let w = Wake {
+            ready: false,
+            not_ready_for: D::from_secs(700),
+            ..settled
+        };
+        assert_eq!(next_look(&w), D::from_secs(60));
+        // Moving members while not Ready is polled, not backed off.
+        let w = Wake {
+            ready: false,
+            moving_members: true,
+            not_ready_for: D::from_secs(700),
+            ..settled
+        };
+        assert_eq!(next_look(&w), D::from_secs(5));
+        // A person must act: the resync, even mid-move.
+        let w = Wake {
+            waiting_for_person: true,
+            moving_members: true,
+            ..settled
+        };
+        assert_eq!(next_look(&w), D::from_secs(300));
     }
 }

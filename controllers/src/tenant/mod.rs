@@ -148,6 +148,13 @@ pub fn error_policy(tc: Arc<TenantCluster>, error: &Error, ctx: Arc<Context>) ->
 
 /// One pass: admit, then Services, PKI, kubeconfigs, plan which versions
 /// this pass renders, apply the workloads, observe, and write the status.
+///
+/// Long (about 430 lines) on purpose for now: it is the ten numbered steps
+/// in order, each a call into the module that owns it, and what one step
+/// hands the next (placement, PKI, kubeconfigs, rendering, what was seen)
+/// stays visible as locals. The decisions are elsewhere and tested: the
+/// conditions (`tenant_status::conditions`), when to look again
+/// (`tenant_status::next_look`), who may move members (`membership`).
 async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     // A pass acts only on the status the previous pass wrote: the watch can
     // hand over a cached object from before that write (seen: an inspection
@@ -557,11 +564,48 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     let cluster_version_known = upgrade::etcd_cluster_version_settled(&status);
     let not_ready = not_ready_for(&status);
     patch_status(ctx, &tc, &old_status, status).await?;
-    let refusal_key = format!("backup-refused/{}/{name}", p.namespace);
-    match &backup_refused {
+    announce(
+        ctx,
+        &tc,
+        &old_status,
+        backup_refused.as_deref(),
+        became_ready,
+        &scaling,
+    )
+    .await;
+    let replacing = matches!(healing, heal::Healing::Replacing(_))
+        || matches!(scaling, scale::Scaling::Moving(_));
+    Ok(Action::requeue(tenant_status::next_look(
+        &tenant_status::Wake {
+            ready,
+            etcd_version_known: cluster_version_known,
+            moving_members: replacing,
+            waiting_for_person: matches!(scaling, scale::Scaling::Blocked(_))
+                || matches!(healing, heal::Healing::QuorumLost(_)),
+            next_inspection,
+            not_ready_for: not_ready,
+            resync: RESYNC,
+            progress_poll: PROGRESS_POLL,
+        },
+    )))
+}
+
+/// The Events a pass says once: a refused backup destination (again only
+/// when the reason changes), the first Ready, a blocked etcd scaling.
+async fn announce(
+    ctx: &Context,
+    tc: &TenantCluster,
+    old_status: &TenantClusterStatus,
+    backup_refused: Option<&str>,
+    became_ready: bool,
+    scaling: &scale::Scaling,
+) {
+    let (namespace, name) = (tc.namespace().unwrap_or_default(), tc.name_any());
+    let refusal_key = format!("backup-refused/{namespace}/{name}");
+    match backup_refused {
         Some(why) if ctx.first_saying(&refusal_key, why) => {
             let (t, r) = (EventType::Warning, "BackupDestinationRefused");
-            ctx.publish(tc.as_ref(), t, r, "Backup", why).await;
+            ctx.publish(tc, t, r, "Backup", why).await;
         }
         Some(_) => {}
         None => {
@@ -571,17 +615,9 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
     if became_ready {
         info!("tenant control plane ready");
         let (t, r) = (EventType::Normal, "Ready");
-        ctx.publish(
-            tc.as_ref(),
-            t,
-            r,
-            "Reconcile",
-            "the tenant control plane is serving",
-        )
-        .await;
+        ctx.publish(tc, t, r, "Reconcile", "the tenant control plane is serving")
+            .await;
     }
-    let replacing = matches!(healing, heal::Healing::Replacing(_))
-        || matches!(scaling, scale::Scaling::Moving(_));
     if let scale::Scaling::Blocked(why) = &scaling {
         let before = old_status
             .etcd_scaling
@@ -589,28 +625,9 @@ async fn apply_tenant(tc: Arc<TenantCluster>, ctx: &Context) -> Result<Action> {
             .and_then(|s| s.message.as_deref());
         if before != Some(why.as_str()) {
             let (t, r) = (EventType::Warning, "EtcdScalingBlocked");
-            ctx.publish(tc.as_ref(), t, r, "ScaleEtcd", why).await;
+            ctx.publish(tc, t, r, "ScaleEtcd", why).await;
         }
     }
-    if let scale::Scaling::Blocked(_) = scaling {
-        // Waiting for a person: looked at again on the resync, not polled.
-        return Ok(Action::requeue(RESYNC));
-    }
-    if let heal::Healing::QuorumLost(_) = healing {
-        // Waiting for a person (or a restore, whose end wakes this pass).
-        return Ok(Action::requeue(RESYNC));
-    }
-    Ok(Action::requeue(
-        if ready && cluster_version_known && !replacing {
-            RESYNC.min(next_inspection)
-        } else if ready || replacing {
-            // A roll or a member move in progress is polled: etcd's progress
-            // (a learner catching up) is not a watched object.
-            PROGRESS_POLL
-        } else {
-            kok_templates::tenant_status::progress_poll(not_ready)
-        },
-    ))
 }
 
 /// How long the tenant has not been Ready (since its Ready condition last
