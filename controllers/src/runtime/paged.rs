@@ -2,7 +2,7 @@
 //! Secrets, Nodes, every resource a migration copies), so one read holds one
 //! page in memory, never the whole list.
 //!
-//! ```ignore
+//! ```text
 //! let mut pages = Pages::new(&api, ListParams::default().limit(250));
 //! while let Some(page) = pages.next().await {
 //!     for obj in page? { ... }
