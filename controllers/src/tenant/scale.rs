@@ -256,6 +256,9 @@ async fn add_learner(
             s.message = Some(format!("waiting for the old claim {claim_name} to go"));
             return Ok(Step::Wait);
         }
+        // The claim is gone: a record of it, left when the status write of
+        // the pass that deleted it was lost, names nothing any more.
+        status.etcd_retired_claims.remove(&claim_name);
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.namespace);
     if pods.get_opt(&p.names.etcd_member(k)).await?.is_some() {
